@@ -1,0 +1,39 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
+
+.PHONY: demo test install install-dev lint typecheck unit clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: $(PY) pyproject.toml constraints.txt
+	$(PIP) -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(PIP) -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+## Run the first documented example for real (3 worker processes) and print its result.
+demo: install
+	$(PY) examples/quickstart.py
+
+lint: install-dev
+	$(PY) -m ruff check src tests examples
+	$(PY) -m ruff format --check src tests examples
+
+typecheck: install-dev
+	$(PY) -m mypy
+
+## Lint, type-check and run the whole suite (real gloo processes).
+test: lint typecheck
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

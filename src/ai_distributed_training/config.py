@@ -1,0 +1,149 @@
+"""One typed, validated config tree: model spec, synthetic data spec and training settings.
+
+Every default lives here and nowhere else. Unknown keys are errors that name the key (and the
+closest valid one); every bad value is reported as :class:`~.errors.ConfigError` naming the value
+and what is accepted, before any worker starts.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError, ConfigTypeError
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class _Strict(BaseModel):
+    """Base of every config model: no coercion of types, no unknown keys."""
+
+    model_config = ConfigDict(
+        strict=True, extra="forbid", frozen=True, arbitrary_types_allowed=True
+    )
+
+
+class ModelSpec(_Strict):
+    """A built-in architecture; input and output sizes are inferred from the data."""
+
+    model_name: str = Field(min_length=1, description="Label for the model, echoed in results.")
+    architecture: Literal["mlp", "linear"] = Field(
+        "mlp", description="Built-in architecture: 'mlp' or 'linear'."
+    )
+    hidden_sizes: list[PositiveInt] = Field(
+        default_factory=lambda: [512, 512],
+        description="Widths of the MLP's hidden layers (positive integers).",
+    )
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout after each hidden layer.")
+    activation: Literal["relu", "gelu", "tanh"] = Field(
+        "relu", description="Activation after each hidden layer."
+    )
+
+
+class SyntheticDataSpec(_Strict):
+    """A deterministic, learnable synthetic dataset: labels come from a fixed random teacher."""
+
+    samples: int = Field(gt=0, description="Number of samples (positive integer).")
+    features: int = Field(gt=0, description="Number of input features (positive integer).")
+    classes: int = Field(2, ge=2, description="Number of classes for classification (>= 2).")
+    task: Literal["classification", "regression"] = Field(
+        "classification", description="'classification' or 'regression'."
+    )
+    seed: int = Field(0, ge=0, description="Seed of the data and its labelling teacher (>= 0).")
+
+
+class TrainingSettings(_Strict):
+    """Training settings accepted by the constructor and by ``train_distributed``."""
+
+    nodes: int = Field(1, gt=0, description="Number of worker processes (positive integer).")
+    epochs: int = Field(2, gt=0, description="Passes over the training split.")
+    batch_size: int = Field(
+        1024, gt=0, description="GLOBAL batch: samples per optimizer step, across all workers."
+    )
+    learning_rate: float = Field(1e-3, gt=0.0, description="Optimizer learning rate.")
+    optimizer: Literal["adamw", "adam", "sgd"] = Field(
+        "adamw", description="'adamw', 'adam' or 'sgd' (with momentum)."
+    )
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="Momentum of 'sgd'.")
+    weight_decay: float = Field(0.0, ge=0.0, description="Weight decay of the optimizer.")
+    seed: int = Field(0, ge=0, description="Seed of model init and per-epoch shuffling (>= 0).")
+    validation_split: float = Field(
+        0.1, ge=0.0, lt=1.0, description="Fraction of samples held out for validation."
+    )
+    loss_fn: Callable[..., Any] | None = Field(
+        None,
+        description="loss_fn(outputs, targets) -> mean loss over the batch; default: "
+        "cross-entropy for classification, MSE for regression.",
+    )
+    use_gpus: bool = Field(False, description="Train on CUDA GPUs with NCCL, one per worker.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="'auto' (bf16 autocast on GPUs that support it, else fp32), 'fp32' or 'bf16'.",
+    )
+    threads_per_worker: int | None = Field(
+        None, gt=0, description="Intra-op threads per worker; default max(1, cores // nodes)."
+    )
+    collective_timeout_s: float = Field(
+        300.0, gt=0.0, description="A collective that waits longer than this fails the job."
+    )
+    log_level: LogLevel | None = Field(
+        None,
+        description="Level of the workers' log lines; default: the caller's level for this "
+        "library's logger if logging is configured, else WARNING.",
+    )
+
+
+SETTING_NAMES: tuple[str, ...] = tuple(TrainingSettings.model_fields)
+
+_M = TypeVar("_M", bound=_Strict)
+
+_TYPE_ERRORS = {
+    "int_type",
+    "float_type",
+    "bool_type",
+    "string_type",
+    "literal_error",
+    "callable_type",
+    "tuple_type",
+    "list_type",
+    "dict_type",
+    "is_instance_of",
+}
+
+
+def validate(model: type[_M], values: Mapping[str, Any], what: str) -> _M:
+    """Build ``model`` from ``values``, turning pydantic's errors into one clear ConfigError.
+
+    ``what`` names the thing being validated in the message (e.g. ``"setting"``).
+    """
+    try:
+        return model.model_validate(dict(values))
+    except ValidationError as err:
+        raise _config_error(model, err, what) from None
+
+
+def _config_error(model: type[_Strict], err: ValidationError, what: str) -> ConfigError:
+    known = list(model.model_fields)
+    problems: list[str] = []
+    is_type_error = False
+    for e in err.errors():
+        name = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            problems.append(f"unknown {what} {name!r}{hint}; known: {', '.join(known)}")
+            continue
+        if e["type"] == "missing":
+            problems.append(f"{what} {name!r} is required")
+            continue
+        top = str(e["loc"][0]) if e["loc"] else ""
+        field = model.model_fields.get(top)
+        accepted = f" Accepted: {field.description}" if field and field.description else ""
+        is_type_error |= e["type"] in _TYPE_ERRORS
+        problems.append(f"{what} {name}={e['input']!r} is invalid: {e['msg']}.{accepted}")
+    cls = ConfigTypeError if is_type_error else ConfigError
+    return cls("; ".join(problems))

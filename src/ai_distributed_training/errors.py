@@ -1,0 +1,59 @@
+"""The library's exceptions.
+
+Bad input is reported before any worker starts, as :class:`ConfigError` (a ``ValueError``) or
+:class:`ConfigTypeError` (also a ``TypeError``), with a message that names the bad value and what
+is accepted. A failure inside a worker reaches the caller as :class:`WorkerFailedError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class ConfigError(ValueError):
+    """A setting, model spec or data input has a bad value; raised before any worker starts."""
+
+
+class ConfigTypeError(ConfigError, TypeError):
+    """A setting, model spec or data input has the wrong type; raised before any worker starts."""
+
+
+@dataclass(frozen=True)
+class RankFailure:
+    """What one failed worker reported: its global rank and why it stopped."""
+
+    rank: int
+    exitcode: int
+    #: Signal name (e.g. ``"SIGKILL"``) when the process was killed by a signal, else ``None``.
+    signal: str | None
+    #: ``"ExcType: message"`` of the exception the worker raised, or a description of its exit.
+    message: str
+    #: The worker's Python traceback, when it raised (empty when it was killed).
+    traceback: str
+
+
+class WorkerFailedError(RuntimeError):
+    """One or more workers failed; the whole job was stopped and no worker is left running.
+
+    ``failures`` lists every failed rank; ``first`` is the root cause (the earliest failure).
+    """
+
+    def __init__(self, failures: list[RankFailure]) -> None:
+        if not failures:
+            raise ValueError("WorkerFailedError needs at least one failure")
+        self.failures = failures
+        self.first = failures[0]
+        first = self.first
+        how = f"killed by {first.signal}" if first.signal else f"exit code {first.exitcode}"
+        lines = [f"worker rank {first.rank} failed ({how}): {first.message}"]
+        others = [f.rank for f in failures[1:]]
+        if others:
+            lines.append(f"(ranks {others} stopped after it)")
+        if first.traceback:
+            lines.append(f"traceback of rank {first.rank}:\n{first.traceback.rstrip()}")
+        super().__init__("\n".join(lines))
+
+    @property
+    def rank(self) -> int:
+        """Global rank of the first worker that failed."""
+        return self.first.rank

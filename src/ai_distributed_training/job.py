@@ -1,0 +1,82 @@
+"""The job: everything the caller hands to its workers, and what rank 0 hands back.
+
+The caller writes a job directory; each worker reads it. User objects (modules, factories,
+datasets, loss functions), including ones defined in a script's ``__main__``, travel with
+cloudpickle, so workers never re-run the user's script. The caller's ``sys.path`` travels too, so
+classes from the user's own modules import in the workers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import torch
+
+from .config import TrainingSettings
+from .data import DataSource
+from .models import ModelSource
+
+JOB_FILE = "job.pkl"
+SYS_PATH_FILE = "sys_path.json"
+RESULT_FILE = "result.pt"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One training job as the workers see it."""
+
+    settings: TrainingSettings
+    model: ModelSource
+    data: DataSource
+    threads_per_worker: int
+    log_level: str
+    job_dir: str
+
+    @property
+    def result_path(self) -> Path:
+        return Path(self.job_dir) / RESULT_FILE
+
+    def save(self) -> Path:
+        """Write the job into ``job_dir`` (staging data files there) and return its path."""
+        job_dir = Path(self.job_dir)
+        staged = Job(
+            self.settings,
+            self.model,
+            self.data.stage(job_dir),
+            self.threads_per_worker,
+            self.log_level,
+            self.job_dir,
+        )
+        (job_dir / SYS_PATH_FILE).write_text(json.dumps([p for p in sys.path if p]))
+        path = job_dir / JOB_FILE
+        with path.open("wb") as f:
+            cloudpickle.dump(staged, f)
+        return path
+
+    @staticmethod
+    def load(path: str | os.PathLike[str]) -> Job:
+        """Read a job written by :meth:`save` (in a worker)."""
+        job_dir = Path(path).parent
+        for entry in reversed(json.loads((job_dir / SYS_PATH_FILE).read_text())):
+            if entry not in sys.path:
+                sys.path.insert(0, entry)
+        with Path(path).open("rb") as f:
+            job = cloudpickle.load(f)
+        assert isinstance(job, Job)
+        return job
+
+
+def write_atomically(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file, fsync, then rename: readers never see a partial file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with tmp.open("wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

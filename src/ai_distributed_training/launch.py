@@ -1,0 +1,120 @@
+"""Create local workers with torch.distributed.elastic (what torchrun runs) and report failures.
+
+The elastic agent runs inside the caller's process; each worker is a fresh interpreter running
+``python -m ai_distributed_training.worker``, so the user's script is never re-executed. When one
+worker fails, the agent stops all of them and we raise :class:`~.errors.WorkerFailedError` naming
+the root-cause rank. The agent replaces the caller's signal handlers and sets environment
+variables; both are restored afterwards, and Ctrl-C reaches the caller as ``KeyboardInterrupt``
+after every worker has stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, SignalException
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+from .errors import RankFailure, WorkerFailedError
+
+_HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+#: Messages of errors a rank raises only because a PEER failed first (not a root cause).
+_PEER_FAILURE_HINTS = (
+    "Connection closed by peer",
+    "Connection reset by peer",
+    "Broken pipe",
+    "DistNetworkError",
+    "DistBackendError",
+)
+
+
+@contextlib.contextmanager
+def _restored_process_state() -> Iterator[None]:
+    """Undo what the elastic agent changes in the caller: signal handlers and os.environ."""
+    handlers = {sig: signal.getsignal(sig) for sig in _HANDLED_SIGNALS}
+    environ = dict(os.environ)
+    # Workers must import this package even when the caller found it through sys.path tweaks.
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (_PACKAGE_ROOT, os.environ.get("PYTHONPATH", "")) if p
+    )
+    # Workers get a fresh store per attempt (pytorch issue 135712: a shared rendezvous store
+    # made restarts read stale addresses).
+    os.environ["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
+    try:
+        yield
+    finally:
+        for sig, handler in handlers.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+        os.environ.clear()
+        os.environ.update(environ)
+
+
+def launch_local(job_path: Path, nproc: int, shutdown_timeout_s: int = 5) -> None:
+    """Run ``nproc`` workers of the job at ``job_path`` on this host and wait for them.
+
+    Raises:
+        WorkerFailedError: a worker raised or died; every worker has been stopped.
+        KeyboardInterrupt: the caller was interrupted; every worker has been stopped.
+    """
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        run_id=f"adt-{uuid.uuid4().hex[:12]}",
+        rdzv_backend="c10d",
+        rdzv_endpoint="127.0.0.1:0",  # port 0: a free port, so jobs on one host never collide
+        local_addr="127.0.0.1",
+        max_restarts=0,
+        monitor_interval=0.1,
+        logs_specs=DefaultLogsSpecs(log_dir=str(job_path.parent / "elastic")),
+        shutdown_timeout=shutdown_timeout_s,
+    )
+    args = ["-m", "ai_distributed_training.worker", str(job_path)]
+    with _restored_process_state():
+        try:
+            elastic_launch(config, sys.executable)(*args)
+        except ChildFailedError as err:
+            raise WorkerFailedError(rank_failures(err.failures)) from None
+        except SignalException as err:
+            if err.sigval == signal.SIGINT:
+                raise KeyboardInterrupt from None
+            raise
+
+
+def rank_failures(failures: dict[int, ProcessFailure]) -> list[RankFailure]:
+    """Failures ordered root cause first: errors caused by a peer's failure come last."""
+    out = [_rank_failure(rank, f) for rank, f in failures.items()]
+
+    def key(f: RankFailure) -> tuple[bool, int]:
+        secondary = any(h in f.message or h in f.traceback for h in _PEER_FAILURE_HINTS)
+        return secondary, f.rank
+
+    return sorted(out, key=key)
+
+
+def _rank_failure(rank: int, failure: ProcessFailure) -> RankFailure:
+    data: Any = failure.error_file_data or {}
+    message = data.get("message", {}) if isinstance(data, dict) else {}
+    extra = message.get("extraInfo", {}) if isinstance(message, dict) else {}
+    traceback = extra.get("py_callstack", "") if isinstance(extra, dict) else ""
+    signal_name = failure.signal_name() if failure.exitcode < 0 else None
+    text = (
+        failure.message
+        if failure.message
+        else (
+            f"the process was killed by {signal_name}"
+            if signal_name
+            else f"the process exited with code {failure.exitcode}"
+        )
+    )
+    return RankFailure(rank, failure.exitcode, signal_name, text.strip(), traceback)

@@ -1,0 +1,73 @@
+"""Parallelism strategies: objects with one interface, so the loop has no strategy branches.
+
+Every collective method here must be called on every rank.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Protocol
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+
+class Strategy(Protocol):
+    """How the model is replicated or sharded and how ranks talk to each other."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """Prepare ``model`` (already on ``device``) for training; returns the module to call."""
+        ...
+
+    def unwrap(self, wrapped: nn.Module) -> nn.Module:
+        """The user's plain module inside what :meth:`wrap` returned."""
+        ...
+
+    def all_reduce(self, tensor: torch.Tensor, op: dist.ReduceOp.RedOpType) -> torch.Tensor:
+        """Reduce ``tensor`` in place across ranks (every rank must call) and return it."""
+        ...
+
+    def replicas_identical(self, model: nn.Module) -> bool:
+        """Whether every rank holds bitwise-identical parameters (every rank must call)."""
+        ...
+
+
+class DDPStrategy:
+    """Data parallelism with ``DistributedDataParallel``: full replicas, gradients all-reduced.
+
+    With one rank the model is not wrapped (nothing to synchronize), so a single worker costs
+    the same as plain PyTorch.
+    """
+
+    def __init__(self, rank: int, world_size: int, device: torch.device) -> None:
+        self.rank, self.world_size, self.device = rank, world_size, device
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        if self.world_size == 1:
+            return model
+        device_ids = [self.device] if self.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=device_ids)
+
+    def unwrap(self, wrapped: nn.Module) -> nn.Module:
+        return wrapped.module if isinstance(wrapped, DistributedDataParallel) else wrapped
+
+    def all_reduce(self, tensor: torch.Tensor, op: dist.ReduceOp.RedOpType) -> torch.Tensor:
+        if self.world_size > 1:
+            dist.all_reduce(tensor, op=op)
+        return tensor
+
+    def replicas_identical(self, model: nn.Module) -> bool:
+        digest = hashlib.sha256()
+        for tensor in model.state_dict().values():
+            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        if self.world_size == 1:
+            return True
+        digests: list[str | None] = [None] * self.world_size
+        dist.all_gather_object(digests, digest.hexdigest())
+        return len(set(digests)) == 1

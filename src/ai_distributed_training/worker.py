@@ -1,0 +1,127 @@
+"""One rank: environment -> process group -> model and data -> loop -> result -> teardown.
+
+Run as ``python -m ai_distributed_training.worker JOB_FILE`` by the elastic agent (our launcher or
+torchrun); it reads its rank from torchrun's environment variables (``RANK``, ``LOCAL_RANK``,
+``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``). ``@record`` writes an uncaught exception with
+its traceback to the error file the agent reads, which is how the caller learns why a rank failed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.distributed.elastic.multiprocessing.errors import record
+
+from .job import Job, write_atomically
+from .loop import train
+from .sharding import train_val_split
+from .strategies import DDPStrategy
+from .tracking import JobLog, configure_worker_logging
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RankEnv:
+    """This process's place in the job, as torchrun's environment describes it."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+
+    @classmethod
+    def from_environ(cls) -> RankEnv:
+        return cls(
+            int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
+        )
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this worker if its launching process dies, so none is orphaned."""
+    if sys.platform.startswith("linux"):
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast when asked for, or on 'auto' where the GPU supports it; else None (fp32)."""
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def run_rank(job: Job, env: RankEnv) -> dict[str, Any]:
+    """Train this rank's part of ``job``; returns the result (the same on every rank)."""
+    settings = job.settings
+    torch.set_num_threads(job.threads_per_worker)
+    if settings.use_gpus:
+        device = torch.device("cuda", env.local_rank)
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    dist.init_process_group(
+        backend,
+        timeout=timedelta(seconds=settings.collective_timeout_s),
+        device_id=device if device.type == "cuda" else None,
+    )
+    try:
+        log.debug("joined the process group (%s, world size %d)", backend, env.world_size)
+        strategy = DDPStrategy(env.rank, env.world_size, device)
+        job_log = JobLog(enabled=env.rank == 0)
+        torch.manual_seed(settings.seed)  # identical initial weights on every rank
+        model = job.model.build(job.data.info)
+        torch.manual_seed(settings.seed + 1 + env.rank)  # per-rank stream (e.g. dropout)
+        reader = job.data.open()
+        split = train_val_split(len(reader), settings.validation_split, settings.seed)
+        loop = train(
+            model,
+            reader,
+            job.data.info.task,
+            split,
+            settings,
+            strategy,
+            job_log,
+            autocast_dtype(settings.precision, device),
+        )
+        in_sync = strategy.replicas_identical(model)
+        return {
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "history": loop.history,
+            "steps": loop.steps,
+            "samples_seen": loop.samples_seen,
+            "train_time_s": loop.train_time_s,
+            "weights_in_sync": in_sync,
+            "world_size": env.world_size,
+        }
+    finally:
+        dist.destroy_process_group()
+
+
+@record
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of a worker process launched by the elastic agent."""
+    argv = sys.argv[1:] if argv is None else argv
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # the agent forwards Ctrl-C: stop at once
+    job = Job.load(argv[0])
+    env = RankEnv.from_environ()
+    configure_worker_logging(env.rank, job.log_level)
+    result = run_rank(job, env)
+    if env.rank == 0:  # global rank 0 alone hands the result back
+        write_atomically(result, job.result_path)
+
+
+if __name__ == "__main__":
+    main()
