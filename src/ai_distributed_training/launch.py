@@ -11,6 +11,7 @@ after every worker has stopped.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -26,6 +27,7 @@ from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 from .errors import RankFailure, WorkerFailedError
 
 _HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+_ELASTIC_EVENTS_LOGGER = "torchelastic-events-null"  # event_log_handler="null" logs here
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 #: Messages of errors a rank raises only because a PEER failed first (not a root cause).
 _PEER_FAILURE_HINTS = (
@@ -42,6 +44,9 @@ def _restored_process_state() -> Iterator[None]:
     """Undo what the elastic agent changes in the caller: signal handlers and os.environ."""
     handlers = {sig: signal.getsignal(sig) for sig in _HANDLED_SIGNALS}
     environ = dict(os.environ)
+    # The agent logs a JSON event per worker state change at INFO; keep it out of the app's logs.
+    events = logging.getLogger(_ELASTIC_EVENTS_LOGGER)
+    events_propagate, events.propagate = events.propagate, False
     # Workers must import this package even when the caller found it through sys.path tweaks.
     os.environ["PYTHONPATH"] = os.pathsep.join(
         p for p in (_PACKAGE_ROOT, os.environ.get("PYTHONPATH", "")) if p
@@ -57,6 +62,7 @@ def _restored_process_state() -> Iterator[None]:
                 signal.signal(sig, handler)
         os.environ.clear()
         os.environ.update(environ)
+        events.propagate = events_propagate
 
 
 def launch_local(job_path: Path, nproc: int, shutdown_timeout_s: int = 5) -> None:

@@ -27,7 +27,7 @@ from .sharding import train_val_split
 from .strategies import DDPStrategy
 from .tracking import JobLog, configure_worker_logging
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("ai_distributed_training.worker")  # not __name__: run as __main__
 
 
 @dataclass(frozen=True)

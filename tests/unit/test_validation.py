@@ -1,0 +1,154 @@
+"""Bad input gets a clear error naming the value and what is accepted, before any worker starts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import ai_distributed_training.api as api
+from ai_distributed_training import (
+    ConfigError,
+    ConfigTypeError,
+    DistributedTraining,
+    GPUAcceleratedTraining,
+)
+
+MODEL = {"model_name": "m", "hidden_sizes": [8]}
+DATA = {"samples": 100, "features": 4}
+
+
+@pytest.fixture(autouse=True)
+def _no_launch(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Any launch here is a failure: every error must come before a worker starts."""
+
+    def forbidden(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a worker was launched for invalid input")
+
+    monkeypatch.setattr(api, "launch_local", forbidden)
+    yield
+
+
+def train(model: Any = MODEL, data: Any = DATA, **settings: Any) -> None:
+    DistributedTraining().train_distributed(model, data, **settings)
+
+
+@pytest.mark.parametrize(
+    ("nodes", "error"),
+    [
+        (0, ConfigError),
+        (-1, ConfigError),
+        (2.5, ConfigTypeError),
+        ("3", ConfigTypeError),
+        (True, ConfigTypeError),
+    ],
+)
+def test_nodes_must_be_a_positive_integer(nodes: Any, error: type[Exception]) -> None:
+    with pytest.raises(error, match=rf"nodes={nodes!r}.*positive integer"):
+        train(nodes=nodes)
+
+
+def test_config_errors_are_value_errors_and_type_errors_are_both() -> None:
+    assert issubclass(ConfigError, ValueError)
+    assert issubclass(ConfigTypeError, TypeError) and issubclass(ConfigTypeError, ValueError)
+
+
+def test_more_nodes_than_training_samples() -> None:
+    with pytest.raises(ConfigError, match=r"nodes=95 is more than the 90 training samples"):
+        train(nodes=95)
+
+
+def test_global_batch_smaller_than_nodes() -> None:
+    with pytest.raises(ConfigError, match=r"batch_size=2 .*nodes=3"):
+        train(nodes=3, batch_size=2)
+
+
+def test_unknown_setting_is_named_with_a_suggestion() -> None:
+    with pytest.raises(ConfigError, match=r"unknown setting 'lerning_rate'.*'learning_rate'"):
+        train(lerning_rate=0.1)
+    with pytest.raises(ConfigError, match=r"unknown setting 'epoch'.*'epochs'"):
+        DistributedTraining(epoch=3)
+
+
+def test_model_dict_without_model_name() -> None:
+    with pytest.raises(ConfigError, match=r"'model_name'"):
+        train(model={"architecture": "mlp"})
+
+
+def test_unknown_architecture_lists_the_known_ones() -> None:
+    with pytest.raises(ConfigError, match=r"architecture='resnet'.*'mlp' or 'linear'"):
+        train(model={"model_name": "m", "architecture": "resnet"})
+
+
+def test_unknown_model_key_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"unknown model key 'hiden_sizes'.*'hidden_sizes'"):
+        train(model={"model_name": "m", "hiden_sizes": [3]})
+
+
+def test_model_of_an_unaccepted_type() -> None:
+    with pytest.raises(ConfigTypeError, match=r"model of type int is not accepted"):
+        train(model=3)
+
+
+def test_factory_must_return_a_module() -> None:
+    with pytest.raises(ConfigTypeError, match=r"returned int, not an nn.Module"):
+        train(model=lambda: 3)
+
+
+@pytest.mark.parametrize("key", ["samples", "features"])
+@pytest.mark.parametrize("value", [0, -5])
+def test_non_positive_samples_or_features(key: str, value: int) -> None:
+    with pytest.raises(ConfigError, match=rf"{key}={value} is invalid"):
+        train(data={**DATA, key: value})
+
+
+def test_x_and_y_of_different_lengths() -> None:
+    with pytest.raises(ConfigError, match=r"len\(X\)=10, len\(y\)=9"):
+        train(data=(torch.randn(10, 3), torch.zeros(9).long()))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nan_or_inf_in_inputs(bad: float) -> None:
+    x = np.random.default_rng(0).normal(size=(20, 3))
+    x[7, 1] = bad
+    with pytest.raises(ConfigError, match=r"X contains NaN or inf values \(first rows: \[7\]\)"):
+        train(data=(x, np.zeros(20, dtype=np.int64)))
+    y = np.zeros(20)
+    y[3] = bad
+    with pytest.raises(ConfigError, match=r"y contains NaN or inf"):
+        train(data=(np.zeros((20, 3)), y))
+
+
+def test_data_of_an_unaccepted_type() -> None:
+    with pytest.raises(ConfigTypeError, match=r"data of type set is not accepted"):
+        train(data={1, 2})
+
+
+def test_missing_data_file() -> None:
+    with pytest.raises(ConfigError, match=r"does not exist"):
+        train(data="/nonexistent/data.npz")
+
+
+def test_unsupported_file_suffix(tmp_path: Any) -> None:
+    path = tmp_path / "data.xlsx"
+    path.write_text("x")
+    with pytest.raises(ConfigError, match=r"unsupported suffix '.xlsx'.*\.npy"):
+        train(data=str(path))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")
+def test_gpus_without_cuda_is_a_clear_error() -> None:
+    with pytest.raises(ConfigError, match=r"use_gpus=True but CUDA is not available"):
+        GPUAcceleratedTraining().train_distributed(MODEL, DATA, nodes=2)
+
+
+def test_module_instance_and_factory_are_accepted_before_launch() -> None:
+    # Valid inputs reach the launcher (here: the guard), proving validation let them through.
+    with pytest.raises(AssertionError, match="launched"):
+        train(model=nn.Linear(4, 2))
+    with pytest.raises(AssertionError, match="launched"):
+        train(model=lambda: nn.Linear(4, 2))
