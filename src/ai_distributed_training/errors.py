@@ -49,6 +49,12 @@ class WorkerFailedError(RuntimeError):
         others = [f.rank for f in failures[1:]]
         if others:
             lines.append(f"(ranks {others} stopped after it)")
+        stopped = [f.rank for f in failures[1:] if f.signal == "SIGTERM"]
+        if "Timed out" in first.message and stopped:
+            lines.append(
+                f"rank {first.rank} waited longer than collective_timeout_s for a peer; "
+                f"ranks still running when the job was stopped (likely stuck): {stopped}"
+            )
         if first.traceback:
             lines.append(f"traceback of rank {first.rank}:\n{first.traceback.rstrip()}")
         super().__init__("\n".join(lines))

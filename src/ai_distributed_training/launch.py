@@ -98,29 +98,29 @@ def launch_local(job_path: Path, nproc: int, shutdown_timeout_s: int = 5) -> Non
 
 
 def rank_failures(failures: dict[int, ProcessFailure]) -> list[RankFailure]:
-    """Failures ordered root cause first: errors caused by a peer's failure come last."""
+    """Failures ordered root cause first: ranks that failed because a peer did (a closed
+    connection), then ranks the agent itself stopped (SIGTERM), come last."""
     out = [_rank_failure(rank, f) for rank, f in failures.items()]
 
-    def key(f: RankFailure) -> tuple[bool, int]:
+    def key(f: RankFailure) -> tuple[bool, bool, int]:
         secondary = any(h in f.message or h in f.traceback for h in _PEER_FAILURE_HINTS)
-        return secondary, f.rank
+        return f.signal == "SIGTERM", secondary, f.rank
 
     return sorted(out, key=key)
 
 
 def _rank_failure(rank: int, failure: ProcessFailure) -> RankFailure:
-    data: Any = failure.error_file_data or {}
-    message = data.get("message", {}) if isinstance(data, dict) else {}
-    extra = message.get("extraInfo", {}) if isinstance(message, dict) else {}
-    traceback = extra.get("py_callstack", "") if isinstance(extra, dict) else ""
+    # @record writes {"message": {"message": "Type: text", "extraInfo": {"py_callstack": ...}}};
+    # ProcessFailure.message holds the inner object (a dict) or, for a dead process, a string.
+    inner: Any = failure.message
+    text = inner.get("message", "") if isinstance(inner, dict) else str(inner or "")
+    extra = inner.get("extraInfo", {}) if isinstance(inner, dict) else {}
+    traceback = str(extra.get("py_callstack", "")) if isinstance(extra, dict) else ""
     signal_name = failure.signal_name() if failure.exitcode < 0 else None
-    text = (
-        failure.message
-        if failure.message
-        else (
+    if not text or text.startswith("To enable traceback"):
+        text = (
             f"the process was killed by {signal_name}"
             if signal_name
             else f"the process exited with code {failure.exitcode}"
         )
-    )
     return RankFailure(rank, failure.exitcode, signal_name, text.strip(), traceback)

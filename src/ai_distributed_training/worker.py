@@ -76,9 +76,9 @@ def run_rank(job: Job, env: RankEnv) -> dict[str, Any]:
         timeout=timedelta(seconds=settings.collective_timeout_s),
         device_id=device if device.type == "cuda" else None,
     )
+    strategy = DDPStrategy(env.rank, env.world_size, device)
     try:
         log.debug("joined the process group (%s, world size %d)", backend, env.world_size)
-        strategy = DDPStrategy(env.rank, env.world_size, device)
         job_log = JobLog(enabled=env.rank == 0)
         torch.manual_seed(settings.seed)  # identical initial weights on every rank
         model = job.model.build(job.data.info)
@@ -106,6 +106,7 @@ def run_rank(job: Job, env: RankEnv) -> dict[str, Any]:
             "world_size": env.world_size,
         }
     finally:
+        strategy.close()
         dist.destroy_process_group()
 
 

@@ -1,0 +1,102 @@
+"""A failing, dead or hung worker stops the job fast, names the rank, leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ai_distributed_training import DistributedTraining, WorkerFailedError
+from tests.conftest import worker_pids
+
+pytestmark = pytest.mark.distributed
+
+DATA = {"samples": 400, "features": 4}
+
+
+class Faulty(nn.Module):
+    """Misbehaves on one rank at its third training step: raise, die or hang."""
+
+    def __init__(self, mode: str, stamp_file: str, rank: int = 1, step: int = 3) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 2)
+        self.mode, self.stamp_file, self.rank, self.step = mode, stamp_file, rank, step
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and dist.get_rank() == self.rank:
+            self.calls += 1
+            if self.calls == self.step:
+                Path(self.stamp_file).write_text(str(time.time()))
+                if self.mode == "raise":
+                    raise ValueError(f"boom on purpose at step {self.step}")
+                if self.mode == "kill":
+                    os.kill(os.getpid(), signal.SIGKILL)
+                if self.mode == "hang":
+                    time.sleep(3600)
+        return self.lin(x)
+
+
+def _fail(mode: str, tmp_path: Path, **settings: object) -> tuple[WorkerFailedError, float]:
+    stamp = tmp_path / "fault-time"
+    trainer = DistributedTraining(epochs=50, batch_size=8, **settings)
+    with pytest.raises(WorkerFailedError) as info:
+        trainer.train_distributed(Faulty(mode, str(stamp)), DATA, nodes=2)
+    return info.value, time.time() - float(stamp.read_text())
+
+
+def test_raising_worker_is_reported_with_rank_type_message_and_traceback(tmp_path: Path) -> None:
+    err, seconds = _fail("raise", tmp_path)
+    assert seconds < 10
+    assert err.rank == 1
+    assert "ValueError: boom on purpose at step 3" in err.first.message
+    assert "in forward" in err.first.traceback and "raise ValueError" in err.first.traceback
+    text = str(err)
+    assert text.startswith("worker rank 1 failed (exit code 1): ValueError: boom on purpose")
+    assert "traceback of rank 1" in text
+
+
+def test_killed_worker_is_reported_with_its_signal(tmp_path: Path) -> None:
+    err, seconds = _fail("kill", tmp_path)
+    assert seconds < 10
+    assert (err.rank, err.first.signal) == (1, "SIGKILL")
+    assert "killed by SIGKILL" in str(err)
+
+
+def test_hung_worker_fails_the_job_within_the_collective_timeout(tmp_path: Path) -> None:
+    err, seconds = _fail("hang", tmp_path, collective_timeout_s=3.0)
+    assert seconds < 3.0 + 7  # the timeout, plus time to stop every worker
+    assert err.rank == 0 and "Timed out" in err.first.message
+    assert "likely stuck): [1]" in str(err)
+
+
+def test_ctrl_c_in_the_caller_stops_every_worker(tmp_path: Path) -> None:
+    script = tmp_path / "long_job.py"
+    script.write_text(
+        textwrap.dedent("""
+        from ai_distributed_training import DistributedTraining
+        DistributedTraining(epochs=1000).train_distributed(
+            {"model_name": "m"}, {"samples": 20000, "features": 32}, nodes=2)
+    """)
+    )
+    proc = subprocess.Popen([sys.executable, str(script)], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while len(worker_pids()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(worker_pids()) == 2, "the workers never started"
+    time.sleep(2)  # let them get into training
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=20)
+    assert time.monotonic() - sent < 10
+    assert proc.returncode != 0 and "KeyboardInterrupt" in stderr
+    assert worker_pids() == []
