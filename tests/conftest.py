@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,8 +16,14 @@ WORKER_MODULE = "ai_distributed_training.worker"
 _SET_BY_OTHERS = {"PYTEST_CURRENT_TEST", "TORCHINDUCTOR_CACHE_DIR"}
 
 
+# Every process this test session starts inherits this tag, orphans included, so the leak check
+# sees exactly this session's workers (not another job's on the same machine).
+SESSION_TAG = f"ADT_TEST_SESSION={uuid.uuid4().hex}"
+os.environ["ADT_TEST_SESSION"] = SESSION_TAG.split("=", 1)[1]
+
+
 def worker_pids() -> list[int]:
-    """PIDs of live worker processes of this library (any job) on this machine."""
+    """PIDs of live worker processes started by this test session."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -24,11 +31,20 @@ def worker_pids() -> list[int]:
         try:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
             state = (entry / "stat").read_text().split(")")[-1].split()[0]
+            if WORKER_MODULE not in cmdline:
+                continue
+            environ = (entry / "environ").read_bytes().decode(errors="replace").split("\0")
         except OSError:
             continue
-        if WORKER_MODULE in cmdline and state != "Z":
+        if SESSION_TAG in environ and state != "Z":
             pids.append(int(entry.name))
     return pids
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run directories (``runs/``) land in the test's own temporary directory."""
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture(autouse=True)

@@ -3,16 +3,21 @@
 import logging
 
 from .api import DistributedTraining, GPUAcceleratedTraining
+from .callbacks import Callback, CallbackContext, EarlyStopping
 from .config import ModelSpec, SyntheticDataSpec, TrainingSettings
 from .errors import ConfigError, ConfigTypeError, RankFailure, WorkerFailedError
+from .report import write_report
 from .result import TrainingResult
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())  # quiet unless the app configures
 
 __all__ = [
+    "Callback",
+    "CallbackContext",
     "ConfigError",
     "ConfigTypeError",
     "DistributedTraining",
+    "EarlyStopping",
     "GPUAcceleratedTraining",
     "ModelSpec",
     "RankFailure",
@@ -20,5 +25,6 @@ __all__ = [
     "TrainingResult",
     "TrainingSettings",
     "WorkerFailedError",
+    "write_report",
 ]
 __version__ = "0.1.0"

@@ -7,25 +7,33 @@ Subclass :class:`DistributedTraining` and override :meth:`~DistributedTraining.t
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
-from .config import TrainingSettings, validate
-from .data import DataSource, resolve_data
-from .errors import ConfigError
+from .config import TrainingSettings, settings_as_plain_data, validate
+from .data import DataSource, SyntheticSource, resolve_data
+from .errors import ConfigError, WorkerFailedError
 from .job import Job
 from .launch import launch_local
 from .models import ModelSource, resolve_model
+from .report import write_report
 from .result import TrainingResult
-from .tracking import JOB_LOGGER, caller_log_level
+from .tracking import EVENTS_FILE, JOB_LOGGER, caller_log_level
+
+CONFIG_FILE = "config.yaml"
+SUMMARY_FILE = "summary.json"
 
 log = logging.getLogger(JOB_LOGGER)
 
@@ -105,11 +113,45 @@ def _check_gpus(nodes: int) -> None:
         )
 
 
-def run(prepared: PreparedJob, started: float) -> TrainingResult:
-    """Launch the workers for ``prepared`` and turn rank 0's output into a result."""
+def create_run_dir(settings: TrainingSettings, model_name: str) -> Path | None:
+    """``<runs_dir>/<timestamp>-<model_name>/``, new and writable; None when runs_dir is None.
+
+    Raises:
+        ConfigError: the directory cannot be created or written (before any worker starts).
+    """
+    if settings.runs_dir is None:
+        return None
+    safe_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_name) or "model"
+    stem = Path(settings.runs_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}-{safe_name}"
+    for attempt in range(1000):
+        path = stem if attempt == 0 else stem.with_name(f"{stem.name}-{attempt}")
+        try:
+            path.mkdir(parents=True)
+            (path / ".write-test").touch()
+            (path / ".write-test").unlink()
+            return path
+        except FileExistsError:
+            continue
+        except OSError as err:
+            raise ConfigError(
+                f"runs_dir={settings.runs_dir!r} cannot be written: {err}; pass a writable "
+                "directory, or runs_dir=None for no run directory"
+            ) from None
+    raise ConfigError(f"runs_dir={settings.runs_dir!r}: too many runs named {stem.name}")
+
+
+def run(prepared: PreparedJob, started: float, inputs: dict[str, Any]) -> TrainingResult:
+    """Launch the workers for ``prepared`` and turn rank 0's output into a result.
+
+    ``inputs`` describes the model and data inputs for the run directory's ``config.yaml``.
+    """
     settings, info = prepared.settings, prepared.data.info
+    run_dir = create_run_dir(settings, prepared.model.name)
     job_dir = tempfile.mkdtemp(prefix="adt-job-")
     try:
+        if run_dir:
+            config = {**inputs, **settings_as_plain_data(settings)}
+            (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
         job = Job(
             settings,
             prepared.model,
@@ -117,11 +159,22 @@ def run(prepared: PreparedJob, started: float) -> TrainingResult:
             prepared.threads_per_worker,
             prepared.log_level,
             job_dir,
+            str(run_dir) if run_dir else None,
         )
         job_path = job.save()
-        log.info("Starting distributed training across %d nodes...", settings.nodes)
-        launch_local(job_path, settings.nodes)
+        nodes = settings.nodes
+        _announce(run_dir, logging.INFO, f"Starting distributed training across {nodes} nodes...")
+        launch_local(
+            ["ai_distributed_training.worker", str(job_path)],
+            settings.nodes,
+            log_dir=Path(job_dir) / "elastic",
+        )
         out = torch.load(job.result_path, weights_only=True)
+    except WorkerFailedError as err:
+        _announce(
+            run_dir, logging.ERROR, f"Distributed training failed: {str(err).splitlines()[0]}"
+        )
+        raise
     finally:
         shutil.rmtree(job_dir, ignore_errors=True)
 
@@ -142,7 +195,7 @@ def run(prepared: PreparedJob, started: float) -> TrainingResult:
         backend="nccl" if gpus else "gloo",
         task=info.task,
         data=info.description,
-        epochs=settings.epochs,
+        epochs=len(history),  # fewer than settings.epochs when stopped early
         global_batch_size=settings.batch_size,
         steps=out["steps"],
         samples_seen=out["samples_seen"],
@@ -153,10 +206,38 @@ def run(prepared: PreparedJob, started: float) -> TrainingResult:
         train_time_s=out["train_time_s"],
         threads_per_worker=prepared.threads_per_worker,
         weights_in_sync=out["weights_in_sync"],
+        stopped_early=out["stopped_early"],
+        run_dir=str(run_dir) if run_dir else None,
         wall_time_s=time.perf_counter() - started,
     )
-    log.info("Distributed training complete. %r", result)
+    if run_dir:
+        (run_dir / SUMMARY_FILE).write_text(json.dumps(dict(result), indent=2) + "\n")
+        write_report(run_dir)
+    _announce(run_dir, logging.INFO, f"Distributed training complete. {result!r}")
     return result
+
+
+def _announce(run_dir: Path | None, level: int, message: str) -> None:
+    """A job-level event: to this library's logger, and to the run's events.log (which rank 0
+    appends its own lines to) whatever the app's logging level."""
+    log.log(level, message)
+    if run_dir is not None:
+        with (run_dir / EVENTS_FILE).open("a") as f:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            f.write(f"{stamp} {logging.getLevelName(level)} {message}\n")
+
+
+def _synthetic_spec(source: DataSource) -> Any:
+    return source.spec if isinstance(source, SyntheticSource) else None
+
+
+def _describe(value: Any, spec: Any) -> Any:
+    """How a model or data input appears in config.yaml: a spec, a path, or a description."""
+    if spec is not None:
+        return spec.model_dump()
+    if isinstance(value, (str, os.PathLike)):
+        return str(value)
+    return f"<{type(value).__name__}>"
 
 
 class DistributedTraining:
@@ -193,7 +274,14 @@ class DistributedTraining:
         if nodes is not None:
             settings["nodes"] = nodes
         prepared = prepare(model, data, self.resolve_settings(**settings))
-        return run(prepared, started)
+        return run(
+            prepared,
+            started,
+            {
+                "model": _describe(model, prepared.model.spec),
+                "data": _describe(data, _synthetic_spec(prepared.data)),
+            },
+        )
 
 
 class GPUAcceleratedTraining(DistributedTraining):

@@ -90,6 +90,27 @@ class TrainingSettings(_Strict):
     collective_timeout_s: float = Field(
         300.0, gt=0.0, description="A collective that waits longer than this fails the job."
     )
+    runs_dir: str | None = Field(
+        "runs",
+        description="Where each run writes its directory <timestamp>-<model_name>/ "
+        "(config, metrics, summary, weights, events, report); None writes none.",
+    )
+    log_every_steps: int = Field(
+        50, gt=0, description="Write a rank-aggregated step record every this many steps."
+    )
+    progress: Literal["auto", "bar", "lines", "off"] = Field(
+        "auto",
+        description="'bar' (a live bar), 'lines' (periodic lines), 'off', or 'auto': a "
+        "bar when standard error is a terminal, else off (the CLI: lines).",
+    )
+    tensorboard: bool = Field(
+        False, description="Also write TensorBoard event files into the run directory."
+    )
+    callbacks: list[Any] = Field(
+        default_factory=list,
+        description="Callback objects (see ai_distributed_training.Callback), called on every "
+        "rank; must be picklable.",
+    )
     log_level: LogLevel | None = Field(
         None,
         description="Level of the workers' log lines; default: the caller's level for this "
@@ -147,3 +168,16 @@ def _config_error(model: type[_Strict], err: ValidationError, what: str) -> Conf
         problems.append(f"{what} {name}={e['input']!r} is invalid: {e['msg']}.{accepted}")
     cls = ConfigTypeError if is_type_error else ConfigError
     return cls("; ".join(problems))
+
+
+def settings_as_plain_data(settings: TrainingSettings) -> dict[str, Any]:
+    """The settings as YAML/JSON-safe data: functions and callbacks become descriptive names."""
+    out: dict[str, Any] = {}
+    for name in TrainingSettings.model_fields:
+        value = getattr(settings, name)
+        if name == "callbacks":
+            value = [type(cb).__name__ for cb in value]
+        elif callable(value):
+            value = f"<function {getattr(value, '__qualname__', type(value).__name__)}>"
+        out[name] = value
+    return out

@@ -8,6 +8,7 @@ classes from the user's own modules import in the workers.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -37,6 +38,8 @@ class Job:
     threads_per_worker: int
     log_level: str
     job_dir: str
+    #: The run directory rank 0 writes metrics, events and weights into (None: no files).
+    run_dir: str | None
 
     @property
     def result_path(self) -> Path:
@@ -45,14 +48,7 @@ class Job:
     def save(self) -> Path:
         """Write the job into ``job_dir`` (staging data files there) and return its path."""
         job_dir = Path(self.job_dir)
-        staged = Job(
-            self.settings,
-            self.model,
-            self.data.stage(job_dir),
-            self.threads_per_worker,
-            self.log_level,
-            self.job_dir,
-        )
+        staged = dataclasses.replace(self, data=self.data.stage(job_dir))
         (job_dir / SYS_PATH_FILE).write_text(json.dumps([p for p in sys.path if p]))
         path = job_dir / JOB_FILE
         with path.open("wb") as f:

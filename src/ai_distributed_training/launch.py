@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +65,12 @@ def _restored_process_state() -> Iterator[None]:
         events.propagate = events_propagate
 
 
-def launch_local(job_path: Path, nproc: int, shutdown_timeout_s: int = 5) -> None:
-    """Run ``nproc`` workers of the job at ``job_path`` on this host and wait for them.
+def launch_local(
+    module_args: Sequence[str], nproc: int, log_dir: Path, shutdown_timeout_s: int = 5
+) -> None:
+    """Run ``nproc`` workers of ``python -m <module_args>`` on this host and wait for them.
+
+    Elastic's per-attempt error files go under ``log_dir``.
 
     Raises:
         WorkerFailedError: a worker raised or died; every worker has been stopped.
@@ -82,13 +86,12 @@ def launch_local(job_path: Path, nproc: int, shutdown_timeout_s: int = 5) -> Non
         local_addr="127.0.0.1",
         max_restarts=0,
         monitor_interval=0.1,
-        logs_specs=DefaultLogsSpecs(log_dir=str(job_path.parent / "elastic")),
+        logs_specs=DefaultLogsSpecs(log_dir=str(log_dir)),
         shutdown_timeout=shutdown_timeout_s,
     )
-    args = ["-m", "ai_distributed_training.worker", str(job_path)]
     with _restored_process_state():
         try:
-            elastic_launch(config, sys.executable)(*args)
+            elastic_launch(config, sys.executable)("-m", *module_args)
         except ChildFailedError as err:
             raise WorkerFailedError(rank_failures(err.failures)) from None
         except SignalException as err:

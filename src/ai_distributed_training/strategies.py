@@ -34,6 +34,10 @@ class Strategy(Protocol):
         """Reduce ``tensor`` in place across ranks (every rank must call) and return it."""
         ...
 
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Every rank's ``tensor`` stacked in rank order (every rank must call)."""
+        ...
+
     def replicas_identical(self, model: nn.Module) -> bool:
         """Whether every rank holds bitwise-identical parameters (every rank must call)."""
         ...
@@ -75,6 +79,13 @@ class DDPStrategy:
         if self.world_size > 1:
             dist.all_reduce(tensor, op=op)
         return tensor
+
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.world_size == 1:
+            return tensor.unsqueeze(0)
+        parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
+        dist.all_gather(parts, tensor)
+        return torch.stack(parts)
 
     def replicas_identical(self, model: nn.Module) -> bool:
         digest = hashlib.sha256()

@@ -7,8 +7,11 @@ use ordinary module loggers and carry their rank in the prefix.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
 PACKAGE_LOGGER = "ai_distributed_training"
@@ -46,9 +49,11 @@ def configure_worker_logging(rank: int, level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_Prefix(rank))
     handler.setFormatter(logging.Formatter("%(adt_prefix)s %(levelname)s %(message)s"))
+    handler.setLevel(level)  # what reaches the terminal
     logger = logging.getLogger(PACKAGE_LOGGER)
     logger.handlers[:] = [handler]
-    logger.setLevel(level)
+    # INFO always passes the logger: rank 0's events.log records job events whatever the level.
+    logger.setLevel(min(logging.INFO, logging.getLevelName(level)))
     logger.propagate = False
 
 
@@ -69,3 +74,106 @@ def caller_log_level() -> str:
         if level <= logging.getLevelName(name):
             return name
     return "ERROR"
+
+
+# --- run directory and progress: real on global rank 0, no-ops elsewhere ------------------------
+
+METRICS_FILE = "metrics.jsonl"
+EVENTS_FILE = "events.log"
+TENSORBOARD_DIR = "tensorboard"
+
+
+class Tracker:
+    """Where the loop reports: metric records, progress. This base class does nothing; it is what
+    every rank but global rank 0 gets, so the loop calls it unconditionally."""
+
+    def start(self, total_steps: int, steps_per_epoch: int, epochs: int) -> None:
+        """Training begins."""
+
+    def step(self, epoch: int, step_in_epoch: int) -> None:
+        """One optimizer step finished (cheap: no reductions)."""
+
+    def record(self, record: dict[str, Any]) -> None:
+        """A rank-aggregated step or epoch record."""
+
+    def close(self) -> None:
+        """Training ended (or failed): flush and release files."""
+
+
+class RankZeroTracker(Tracker):
+    """Global rank 0: appends records to ``metrics.jsonl``, logs events to ``events.log``,
+    optionally writes TensorBoard events, and shows progress."""
+
+    def __init__(self, run_dir: Path | None, progress: str, tensorboard: bool) -> None:
+        self.run_dir = run_dir
+        self.progress = _progress_mode(progress)
+        self._metrics = (run_dir / METRICS_FILE).open("a") if run_dir else None
+        self._events: logging.Handler | None = None
+        if run_dir:
+            self._events = logging.FileHandler(run_dir / EVENTS_FILE)
+            self._events.setLevel(logging.INFO)
+            self._events.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+            logging.getLogger(PACKAGE_LOGGER).addHandler(self._events)
+        self._tb: Any = None
+        if tensorboard and run_dir:
+            from torch.utils.tensorboard import SummaryWriter  # optional extra
+
+            self._tb = SummaryWriter(str(run_dir / TENSORBOARD_DIR))
+        self._bar: Any = None
+        self._started = time.perf_counter()
+        self._total = self._done = self._steps_per_epoch = self._epochs = 0
+
+    def start(self, total_steps: int, steps_per_epoch: int, epochs: int) -> None:
+        self._total, self._steps_per_epoch, self._epochs = total_steps, steps_per_epoch, epochs
+        self._started = time.perf_counter()
+        if self.progress == "bar":
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True, leave=True)
+
+    def step(self, epoch: int, step_in_epoch: int) -> None:
+        self._done += 1
+        if self._bar is not None:
+            self._bar.set_description(f"epoch {epoch}/{self._epochs}", refresh=False)
+            self._bar.update(1)
+
+    def record(self, record: dict[str, Any]) -> None:
+        if self._metrics is not None:
+            self._metrics.write(json.dumps(record) + "\n")
+            self._metrics.flush()
+        if self._tb is not None:
+            for key, value in record.items():
+                if isinstance(value, float):
+                    self._tb.add_scalar(f"{record['type']}/{key}", value, record["step"])
+        loss = record.get("train_loss")
+        if self._bar is not None and loss is not None:
+            self._bar.set_postfix(
+                loss=f"{loss:.4g}", samples_s=f"{record.get('samples_per_second', 0):.0f}"
+            )
+        if self.progress == "lines" and record["type"] == "step":
+            elapsed = time.perf_counter() - self._started
+            eta = elapsed / max(self._done, 1) * (self._total - self._done)
+            print(
+                f"[adt] epoch {record['epoch']}/{self._epochs} step {self._done}/{self._total} "
+                f"loss={loss:.4g} samples/s={record['samples_per_second']:.0f} "
+                f"eta={eta:.0f}s",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        if self._metrics is not None:
+            self._metrics.close()
+        if self._events is not None:
+            logging.getLogger(PACKAGE_LOGGER).removeHandler(self._events)
+            self._events.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _progress_mode(progress: str) -> str:
+    if progress == "auto":
+        return "bar" if sys.stderr.isatty() else "off"
+    return progress

@@ -15,6 +15,7 @@ import signal
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,7 +26,9 @@ from .job import Job, write_atomically
 from .loop import train
 from .sharding import train_val_split
 from .strategies import DDPStrategy
-from .tracking import JobLog, configure_worker_logging
+from .tracking import JobLog, RankZeroTracker, Tracker, configure_worker_logging
+
+MODEL_FILE = "model.pt"
 
 log = logging.getLogger("ai_distributed_training.worker")  # not __name__: run as __main__
 
@@ -77,9 +80,16 @@ def run_rank(job: Job, env: RankEnv) -> dict[str, Any]:
         device_id=device if device.type == "cuda" else None,
     )
     strategy = DDPStrategy(env.rank, env.world_size, device)
+    # Roles are decided once: global rank 0 logs the job and writes files, others don't.
+    job_log = JobLog(enabled=env.rank == 0)
+    run_dir = Path(job.run_dir) if job.run_dir else None
+    tracker = (
+        RankZeroTracker(run_dir, settings.progress, settings.tensorboard)
+        if env.rank == 0
+        else Tracker()
+    )
     try:
         log.debug("joined the process group (%s, world size %d)", backend, env.world_size)
-        job_log = JobLog(enabled=env.rank == 0)
         torch.manual_seed(settings.seed)  # identical initial weights on every rank
         model = job.model.build(job.data.info)
         torch.manual_seed(settings.seed + 1 + env.rank)  # per-rank stream (e.g. dropout)
@@ -93,6 +103,7 @@ def run_rank(job: Job, env: RankEnv) -> dict[str, Any]:
             settings,
             strategy,
             job_log,
+            tracker,
             autocast_dtype(settings.precision, device),
         )
         in_sync = strategy.replicas_identical(model)
@@ -103,9 +114,11 @@ def run_rank(job: Job, env: RankEnv) -> dict[str, Any]:
             "samples_seen": loop.samples_seen,
             "train_time_s": loop.train_time_s,
             "weights_in_sync": in_sync,
+            "stopped_early": loop.stopped_early,
             "world_size": env.world_size,
         }
     finally:
+        tracker.close()
         strategy.close()
         dist.destroy_process_group()
 
@@ -120,7 +133,9 @@ def main(argv: list[str] | None = None) -> None:
     env = RankEnv.from_environ()
     configure_worker_logging(env.rank, job.log_level)
     result = run_rank(job, env)
-    if env.rank == 0:  # global rank 0 alone hands the result back
+    if env.rank == 0:  # global rank 0 alone hands the result back and saves the weights
+        if job.run_dir:
+            write_atomically(result["state_dict"], Path(job.run_dir) / MODEL_FILE)
         write_atomically(result, job.result_path)
 
 

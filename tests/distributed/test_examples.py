@@ -24,8 +24,7 @@ def _run(script: Path) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         timeout=300,
-        cwd=ROOT,
-        check=False,
+        check=False,  # cwd stays the test's tmp dir, so the run directory lands there
     )
 
 
