@@ -7,6 +7,7 @@ Subclass :class:`DistributedTraining` and override :meth:`~DistributedTraining.t
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -84,6 +85,11 @@ def prepare(model: Any, data: Any, settings: TrainingSettings) -> PreparedJob:
         )
     if settings.use_gpus:
         _check_gpus(nodes)
+    if settings.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError(
+            "tensorboard=True needs the tensorboard package: "
+            "pip install 'ai-distributed-training[tensorboard]'"
+        )
     cores = available_cores()
     threads = settings.threads_per_worker or max(1, cores // nodes)
     if nodes > cores and not settings.use_gpus:

@@ -16,6 +16,7 @@ back to the embedded demo (the documented first example).
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,22 @@ DEMO: dict[str, Any] = {
 }
 #: Settings that only a Python caller can give (they hold code).
 PYTHON_ONLY = ("loss_fn", "callbacks")
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-3`` as a string; learning rates are written that way, so read
+    exponent notation without a dot as a float too."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # safe: a SafeLoader subclass
 
 
 def _valid_keys() -> list[str]:
@@ -57,7 +74,7 @@ def _closest(key: str) -> str:
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """The mapping in a YAML config file; ConfigError if unreadable or not a mapping."""
     try:
-        loaded = yaml.safe_load(Path(path).read_text())
+        loaded = _load(Path(path).read_text())
     except OSError as err:
         raise ConfigError(f"cannot read config file {str(path)!r}: {err.strerror}") from None
     except yaml.YAMLError as err:
@@ -78,7 +95,7 @@ def apply_set(config: dict[str, Any], assignment: str) -> None:
     if not sep or not key:
         raise ConfigError(f"--set {assignment!r} must look like key=value (e.g. epochs=3)")
     try:
-        value = yaml.safe_load(raw) if raw else ""
+        value = _load(raw) if raw else ""
     except yaml.YAMLError:
         value = raw
     *parents, leaf = key.split(".")

@@ -212,3 +212,12 @@ def test_progress_lines_when_asked(capfd: pytest.CaptureFixture[str]) -> None:
     err = capfd.readouterr().err
     assert err.count("[adt] epoch 1/1 step 3/9 loss=") == 1
     assert "samples/s=" in err and "eta=" in err
+
+
+def test_progress_bar_when_asked(capfd: pytest.CaptureFixture[str]) -> None:
+    DistributedTraining(epochs=2, progress="bar", runs_dir=None).train_distributed(
+        MODEL, {"samples": 300, "features": 3}, nodes=2, batch_size=30
+    )
+    err = capfd.readouterr().err
+    assert "epoch 2/2" in err and "18/18" in err and "step/s" in err  # tqdm, on rank 0 only
+    assert err.count("18/18") == 1 or "loss=" in err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
 from typing import Any
 
@@ -152,3 +153,19 @@ def test_module_instance_and_factory_are_accepted_before_launch() -> None:
         train(model=nn.Linear(4, 2))
     with pytest.raises(AssertionError, match="launched"):
         train(model=lambda: nn.Linear(4, 2))
+
+
+def test_runs_dir_that_cannot_be_written() -> None:
+    with pytest.raises(ConfigError, match=r"runs_dir='/dev/null/runs' cannot be written"):
+        train(runs_dir="/dev/null/runs")
+
+
+def test_tensorboard_without_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "tensorboard" else real(name, *a),
+    )
+    with pytest.raises(ConfigError, match=r"pip install 'ai-distributed-training\[tensorboard\]'"):
+        train(tensorboard=True)
