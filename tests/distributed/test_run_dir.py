@@ -220,4 +220,4 @@ def test_progress_bar_when_asked(capfd: pytest.CaptureFixture[str]) -> None:
     )
     err = capfd.readouterr().err
     assert "epoch 2/2" in err and "18/18" in err and "step/s" in err  # tqdm, on rank 0 only
-    assert err.count("18/18") == 1 or "loss=" in err
+    assert "loss=" in err and "samples_s=" in err  # the postfix from the reduced records
