@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import yaml
 
+from .checkpoint import list_checkpoints
 from .config import TrainingSettings, settings_as_plain_data, validate
 from .data import DataSource, SyntheticSource, resolve_data
 from .errors import ConfigError, WorkerFailedError
@@ -85,6 +86,11 @@ def prepare(model: Any, data: Any, settings: TrainingSettings) -> PreparedJob:
         )
     if settings.use_gpus:
         _check_gpus(nodes)
+    if settings.resume not in (None, "auto") and not Path(settings.resume).is_file():
+        raise ConfigError(
+            f"resume={settings.resume!r}: no such checkpoint file; pass 'auto' "
+            "or the path of a step-*.pt checkpoint"
+        )
     if settings.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise ConfigError(
             "tensorboard=True needs the tensorboard package: "
@@ -128,7 +134,7 @@ def create_run_dir(settings: TrainingSettings, model_name: str) -> Path | None:
     if settings.runs_dir is None:
         return None
     safe_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_name) or "model"
-    stem = Path(settings.runs_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}-{safe_name}"
+    stem = Path(settings.runs_dir).resolve() / f"{time.strftime('%Y%m%d-%H%M%S')}-{safe_name}"
     for attempt in range(1000):
         path = stem if attempt == 0 else stem.with_name(f"{stem.name}-{attempt}")
         try:
@@ -146,6 +152,26 @@ def create_run_dir(settings: TrainingSettings, model_name: str) -> Path | None:
     raise ConfigError(f"runs_dir={settings.runs_dir!r}: too many runs named {stem.name}")
 
 
+def checkpoint_dir(settings: TrainingSettings, run_dir: Path | None) -> Path | None:
+    """Where checkpoints go: ``checkpoint_dir``, else ``<run_dir>/checkpoints``, else none.
+
+    Raises:
+        ConfigError: the directory cannot be created or written (before any worker starts).
+    """
+    if settings.checkpoint_dir is None:
+        return run_dir / "checkpoints" if run_dir else None
+    path = Path(settings.checkpoint_dir).resolve()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise ConfigError(
+            f"checkpoint_dir={settings.checkpoint_dir!r} cannot be written: {err}"
+        ) from None
+    return path
+
+
 def run(prepared: PreparedJob, started: float, inputs: dict[str, Any]) -> TrainingResult:
     """Launch the workers for ``prepared`` and turn rank 0's output into a result.
 
@@ -153,10 +179,11 @@ def run(prepared: PreparedJob, started: float, inputs: dict[str, Any]) -> Traini
     """
     settings, info = prepared.settings, prepared.data.info
     run_dir = create_run_dir(settings, prepared.model.name)
+    ckpt_dir = checkpoint_dir(settings, run_dir)
+    config = {**inputs, **settings_as_plain_data(settings)}
     job_dir = tempfile.mkdtemp(prefix="adt-job-")
     try:
         if run_dir:
-            config = {**inputs, **settings_as_plain_data(settings)}
             (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
         job = Job(
             settings,
@@ -166,6 +193,8 @@ def run(prepared: PreparedJob, started: float, inputs: dict[str, Any]) -> Traini
             prepared.log_level,
             job_dir,
             str(run_dir) if run_dir else None,
+            str(ckpt_dir) if ckpt_dir else None,
+            config,
         )
         job_path = job.save()
         nodes = settings.nodes
@@ -174,12 +203,14 @@ def run(prepared: PreparedJob, started: float, inputs: dict[str, Any]) -> Traini
             ["ai_distributed_training.worker", str(job_path)],
             settings.nodes,
             log_dir=Path(job_dir) / "elastic",
+            max_restarts=settings.max_restarts,
         )
         out = torch.load(job.result_path, weights_only=True)
     except WorkerFailedError as err:
-        _announce(
-            run_dir, logging.ERROR, f"Distributed training failed: {str(err).splitlines()[0]}"
-        )
+        newest = list_checkpoints(ckpt_dir) if ckpt_dir else []
+        err.note_checkpoint(str(newest[0]) if newest else None)
+        first_line = str(err).splitlines()[0]
+        _announce(run_dir, logging.ERROR, f"Distributed training failed: {first_line}")
         raise
     finally:
         shutil.rmtree(job_dir, ignore_errors=True)
@@ -213,6 +244,9 @@ def run(prepared: PreparedJob, started: float, inputs: dict[str, Any]) -> Traini
         threads_per_worker=prepared.threads_per_worker,
         weights_in_sync=out["weights_in_sync"],
         stopped_early=out["stopped_early"],
+        restarts=out["restarts"],
+        skipped_steps=out["skipped_steps"],
+        checkpoint_dir=str(ckpt_dir) if ckpt_dir else None,
         run_dir=str(run_dir) if run_dir else None,
         wall_time_s=time.perf_counter() - started,
     )

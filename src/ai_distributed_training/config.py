@@ -56,6 +56,19 @@ class SyntheticDataSpec(_Strict):
     seed: int = Field(0, ge=0, description="Seed of the data and its labelling teacher (>= 0).")
 
 
+class FaultSpec(_Strict):
+    """One injected fault, to rehearse failures: it fires once, in one attempt of the job."""
+
+    kind: Literal["kill", "raise", "hang", "nan"] = Field(
+        description="'kill' (SIGKILL), 'raise' (an exception), 'hang' (stuck), 'nan' (NaN loss)."
+    )
+    rank: int = Field(0, ge=0, description="Global rank that misbehaves.")
+    step: int = Field(1, gt=0, description="Global optimizer step (1-based) it happens at.")
+    attempt: int = Field(
+        0, ge=0, description="Which attempt of the job (0: the first; n: after n restarts)."
+    )
+
+
 class TrainingSettings(_Strict):
     """Training settings accepted by the constructor and by ``train_distributed``."""
 
@@ -110,6 +123,33 @@ class TrainingSettings(_Strict):
         default_factory=list,
         description="Callback objects (see ai_distributed_training.Callback), called on every "
         "rank; must be picklable.",
+    )
+    checkpoint_dir: str | None = Field(
+        None,
+        description="Checkpoint directory; default <run_dir>/checkpoints (none without a "
+        "run directory).",
+    )
+    checkpoint_every: int | None = Field(
+        None, gt=0, description="Also checkpoint every this many steps (always at epoch ends)."
+    )
+    keep_checkpoints: int = Field(3, gt=0, description="Newest checkpoints kept on disk.")
+    resume: str | None = Field(
+        None,
+        description="'auto' (newest valid checkpoint in checkpoint_dir, if any) or a "
+        "checkpoint file path; restarted workers always resume automatically.",
+    )
+    max_restarts: int = Field(
+        3, ge=0, description="Times the elastic agent restarts all workers after one fails."
+    )
+    skip_nonfinite_steps: bool = Field(
+        False,
+        description="Skip (on every rank together) a step whose loss is NaN/inf "
+        "instead of failing the job.",
+    )
+    fault_injection: list[FaultSpec] = Field(
+        default_factory=list,
+        description="Faults to inject, e.g. [{kind: kill, rank: 1, "
+        "step: 5}]; for rehearsing recovery.",
     )
     log_level: LogLevel | None = Field(
         None,
@@ -177,6 +217,8 @@ def settings_as_plain_data(settings: TrainingSettings) -> dict[str, Any]:
         value = getattr(settings, name)
         if name == "callbacks":
             value = [type(cb).__name__ for cb in value]
+        elif name == "fault_injection":
+            value = [f.model_dump() for f in value]
         elif callable(value):
             value = f"<function {getattr(value, '__qualname__', type(value).__name__)}>"
         out[name] = value

@@ -59,6 +59,14 @@ class WorkerFailedError(RuntimeError):
             lines.append(f"traceback of rank {first.rank}:\n{first.traceback.rstrip()}")
         super().__init__("\n".join(lines))
 
+    #: The newest checkpoint on disk when the job failed (None: none was written).
+    last_checkpoint: str | None = None
+
+    def note_checkpoint(self, path: str | None) -> None:
+        """Record (and mention in the message) the checkpoint a rerun can resume from."""
+        self.last_checkpoint = path
+        self.args = (f"{self.args[0]}\nlast checkpoint: {path or 'none'}",)
+
     @property
     def rank(self) -> int:
         """Global rank of the first worker that failed."""

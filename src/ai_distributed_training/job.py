@@ -40,6 +40,10 @@ class Job:
     job_dir: str
     #: The run directory rank 0 writes metrics, events and weights into (None: no files).
     run_dir: str | None
+    #: Where checkpoints are written and looked for (None: no checkpoints).
+    checkpoint_dir: str | None
+    #: The resolved config as plain data, stored in every checkpoint.
+    config: dict[str, Any]
 
     @property
     def result_path(self) -> Path:

@@ -66,7 +66,11 @@ def _restored_process_state() -> Iterator[None]:
 
 
 def launch_local(
-    module_args: Sequence[str], nproc: int, log_dir: Path, shutdown_timeout_s: int = 5
+    module_args: Sequence[str],
+    nproc: int,
+    log_dir: Path,
+    max_restarts: int = 0,
+    shutdown_timeout_s: int = 5,
 ) -> None:
     """Run ``nproc`` workers of ``python -m <module_args>`` on this host and wait for them.
 
@@ -84,7 +88,7 @@ def launch_local(
         rdzv_backend="c10d",
         rdzv_endpoint="127.0.0.1:0",  # port 0: a free port, so jobs on one host never collide
         local_addr="127.0.0.1",
-        max_restarts=0,
+        max_restarts=max_restarts,  # the agent restarts ALL workers when one fails
         monitor_interval=0.1,
         logs_specs=DefaultLogsSpecs(log_dir=str(log_dir)),
         shutdown_timeout=shutdown_timeout_s,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
@@ -36,6 +36,10 @@ class Strategy(Protocol):
 
     def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
         """Every rank's ``tensor`` stacked in rank order (every rank must call)."""
+        ...
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """Every rank's picklable ``obj`` in rank order (every rank must call)."""
         ...
 
     def replicas_identical(self, model: nn.Module) -> bool:
@@ -87,12 +91,15 @@ class DDPStrategy:
         dist.all_gather(parts, tensor)
         return torch.stack(parts)
 
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        if self.world_size == 1:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
     def replicas_identical(self, model: nn.Module) -> bool:
         digest = hashlib.sha256()
         for tensor in model.state_dict().values():
             digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-        if self.world_size == 1:
-            return True
-        digests: list[str | None] = [None] * self.world_size
-        dist.all_gather_object(digests, digest.hexdigest())
-        return len(set(digests)) == 1
+        return len(set(self.all_gather_object(digest.hexdigest()))) == 1

@@ -22,8 +22,10 @@ import torch
 import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
 
+from .checkpoint import load_checkpoint, load_newest_valid
+from .faults import FaultInjector
 from .job import Job, write_atomically
-from .loop import train
+from .loop import Checkpointer, train
 from .sharding import train_val_split
 from .strategies import DDPStrategy
 from .tracking import JobLog, RankZeroTracker, Tracker, configure_worker_logging
@@ -53,6 +55,23 @@ def _die_with_parent() -> None:
     if sys.platform.startswith("linux"):
         PR_SET_PDEATHSIG = 1
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def find_resume_point(
+    resume: str | None, ckpt_dir: Path | None, attempt: int
+) -> dict[str, Any] | None:
+    """The checkpoint to start from: after a restart (attempt > 0) or with ``resume="auto"``,
+    the newest valid one in ``ckpt_dir``; with a path, that file; else none (a fresh start)."""
+    if attempt > 0 or resume == "auto":
+        found = load_newest_valid(ckpt_dir) if ckpt_dir else None
+        if found is None:
+            log.info("no checkpoint to resume from: starting from scratch")
+            return None
+        log.info("resuming from %s", found[0])
+        return found[1]
+    if resume:
+        return load_checkpoint(Path(resume))
+    return None
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -95,6 +114,11 @@ def run_rank(job: Job, env: RankEnv) -> dict[str, Any]:
         torch.manual_seed(settings.seed + 1 + env.rank)  # per-rank stream (e.g. dropout)
         reader = job.data.open()
         split = train_val_split(len(reader), settings.validation_split, settings.seed)
+        attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+        ckpt_dir = Path(job.checkpoint_dir) if job.checkpoint_dir else None
+        resume = find_resume_point(settings.resume, ckpt_dir, attempt)
+        checkpointer = Checkpointer(ckpt_dir, env.rank == 0, settings.keep_checkpoints, job.config)
+        faults = FaultInjector(settings.fault_injection, env.rank, attempt)
         loop = train(
             model,
             reader,
@@ -105,6 +129,9 @@ def run_rank(job: Job, env: RankEnv) -> dict[str, Any]:
             job_log,
             tracker,
             autocast_dtype(settings.precision, device),
+            checkpointer,
+            faults,
+            resume,
         )
         in_sync = strategy.replicas_identical(model)
         return {
@@ -115,6 +142,8 @@ def run_rank(job: Job, env: RankEnv) -> dict[str, Any]:
             "train_time_s": loop.train_time_s,
             "weights_in_sync": in_sync,
             "stopped_early": loop.stopped_early,
+            "skipped_steps": loop.skipped_steps,
+            "restarts": attempt,
             "world_size": env.world_size,
         }
     finally:

@@ -48,7 +48,7 @@ class Faulty(nn.Module):
 
 def _fail(mode: str, tmp_path: Path, **settings: object) -> tuple[WorkerFailedError, float]:
     stamp = tmp_path / "fault-time"
-    trainer = DistributedTraining(epochs=50, batch_size=8, **settings)
+    trainer = DistributedTraining(epochs=50, batch_size=8, max_restarts=0, **settings)
     with pytest.raises(WorkerFailedError) as info:
         trainer.train_distributed(Faulty(mode, str(stamp)), DATA, nodes=2)
     return info.value, time.time() - float(stamp.read_text())

@@ -1,0 +1,114 @@
+"""Checkpoints: atomic files holding everything needed to continue as if nothing happened.
+
+A checkpoint ``step-00000042.pt`` holds the model and optimizer state, the loop position (epoch,
+step within the epoch, global step, partial epoch sums, history so far), every rank's RNG states
+(torch, NumPy, Python) and the resolved config. Global rank 0 writes it through
+:func:`~.job.write_atomically` (temporary file, fsync, rename), so a crash mid-save never leaves
+the newest checkpoint unreadable. Everything is stored as tensors and plain data, so loading uses
+``torch.load(weights_only=True)`` (no arbitrary code runs from a checkpoint file).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .job import write_atomically
+
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"^step-(\d{8})\.pt$")
+
+
+def checkpoint_path(directory: Path, step: int) -> Path:
+    return directory / f"step-{step:08d}.pt"
+
+
+def list_checkpoints(directory: Path) -> list[Path]:
+    """Checkpoint files in ``directory``, newest (highest step) first."""
+    if not directory.is_dir():
+        return []
+    found = [p for p in directory.iterdir() if _NAME.match(p.name)]
+    return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)), reverse=True)  # type: ignore[union-attr]
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read one checkpoint; raises if it is truncated or corrupt."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or "loop" not in state or "model" not in state:
+        raise ValueError(f"{path.name} is not a checkpoint of this library")
+    return state
+
+
+def load_newest_valid(directory: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest readable checkpoint in ``directory``; unreadable ones are skipped with a
+    warning naming them. None when there is none."""
+    for path in list_checkpoints(directory):
+        try:
+            return path, load_checkpoint(path)
+        except Exception as err:  # truncated, corrupt, foreign: fall back to the previous one
+            log.warning(
+                "skipping unreadable checkpoint %s (%s: %s); trying the previous one",
+                path,
+                type(err).__name__,
+                err,
+            )
+    return None
+
+
+def save_checkpoint(directory: Path, step: int, state: dict[str, Any], keep: int) -> Path:
+    """Write ``state`` atomically as the checkpoint of ``step``; keep the newest ``keep``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = checkpoint_path(directory, step)
+    write_atomically(state, path)
+    for old in list_checkpoints(directory)[keep:]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+# --- RNG states as tensors and plain data (so weights_only loading works) -----------------------
+
+
+def capture_rng() -> dict[str, Any]:
+    """This process's torch, NumPy and Python RNG states (and CUDA's, when used)."""
+    _, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    assert isinstance(keys, np.ndarray)
+    version, internal, gauss = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
+        "python": {"version": version, "internal": list(internal), "gauss": gauss},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Undo :func:`capture_rng`."""
+    torch.set_rng_state(state["torch"])
+    np_state = state["numpy"]
+    np.random.set_state(
+        (
+            "MT19937",
+            np_state["keys"].numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["cached"],
+        )
+    )
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["internal"]), py["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])

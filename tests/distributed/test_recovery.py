@@ -1,0 +1,210 @@
+"""Fault recovery: checkpoints, exact resume, automatic restarts, fault injection, bad steps."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ai_distributed_training import DistributedTraining, TrainingResult, WorkerFailedError
+from ai_distributed_training.checkpoint import list_checkpoints, load_checkpoint
+from ai_distributed_training.sharding import epoch_order, global_batch, train_val_split
+from tests.distributed.test_training import RecordingDataset
+
+pytestmark = pytest.mark.distributed
+
+# Dropout makes the per-rank RNG streams matter: a resume that lost them would not be exact.
+MODEL = {"model_name": "m", "hidden_sizes": [32, 32], "dropout": 0.1}
+DATA = {"samples": 1000, "features": 8}
+TRAINER = DistributedTraining(epochs=2, batch_size=64, checkpoint_every=4, keep_checkpoints=10)
+# 900 training samples, 64 per step: 15 steps per epoch, 30 in all; checkpoints every 4 steps.
+
+
+def _losses(result: TrainingResult) -> list[tuple[float, ...]]:
+    return [(h["train_loss"], h["val_loss"], h["val_accuracy"]) for h in result["history"]]
+
+
+def _bitwise_equal(a: TrainingResult, b: TrainingResult) -> bool:
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted() -> TrainingResult:
+    return TRAINER.train_distributed(MODEL, DATA, nodes=2)
+
+
+def test_killed_worker_is_restarted_and_the_result_is_bitwise_equal(
+    uninterrupted: TrainingResult,
+) -> None:
+    result = TRAINER.train_distributed(
+        MODEL,
+        DATA,
+        nodes=2,
+        max_restarts=1,
+        fault_injection=[{"kind": "kill", "rank": 1, "step": 7}],
+    )  # mid-epoch, after step 4's ckpt
+    assert result["restarts"] == 1
+    assert _bitwise_equal(result, uninterrupted)
+    assert _losses(result) == _losses(uninterrupted)
+
+
+def test_raising_worker_is_restarted_too(uninterrupted: TrainingResult) -> None:
+    result = TRAINER.train_distributed(
+        MODEL,
+        DATA,
+        nodes=2,
+        max_restarts=1,
+        fault_injection=[{"kind": "raise", "rank": 0, "step": 18}],
+    )  # in epoch 2
+    assert result["restarts"] == 1 and _bitwise_equal(result, uninterrupted)
+
+
+def test_five_kill_restarts_in_a_row(uninterrupted: TrainingResult) -> None:
+    faults = [
+        {"kind": "kill", "rank": attempt % 2, "step": 3 + 5 * attempt, "attempt": attempt}
+        for attempt in range(5)
+    ]
+    result = TRAINER.train_distributed(MODEL, DATA, nodes=2, max_restarts=5, fault_injection=faults)
+    assert result["restarts"] == 5 and _bitwise_equal(result, uninterrupted)
+
+
+def test_resume_from_a_mid_epoch_file_is_exact_and_needs_the_rng_state(
+    uninterrupted: TrainingResult, tmp_path: Path
+) -> None:
+    ckpt = Path(uninterrupted["checkpoint_dir"]) / "step-00000008.pt"
+    state = load_checkpoint(ckpt)
+    assert (state["loop"]["epoch"], state["loop"]["step_in_epoch"]) == (1, 8)
+    assert state["config"]["checkpoint_every"] == 4 and len(state["ranks"]) == 2
+    resumed = TRAINER.train_distributed(MODEL, DATA, nodes=2, resume=str(ckpt))
+    assert _bitwise_equal(resumed, uninterrupted)
+
+    # The same resume with the RNG states replaced (as if not restored) must differ: this is
+    # what makes the equality above a real check.
+    torch.manual_seed(12345)
+    for rank_state in state["ranks"]:
+        rank_state["rng"]["torch"] = torch.get_rng_state()
+    broken = tmp_path / "step-00000008.pt"
+    torch.save(state, broken)
+    assert not _bitwise_equal(
+        TRAINER.train_distributed(MODEL, DATA, nodes=2, resume=str(broken)), uninterrupted
+    )
+
+
+def test_corrupt_newest_checkpoint_is_skipped_with_a_warning(
+    uninterrupted: TrainingResult, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    ckpts = tmp_path / "ckpts"
+    shutil.copytree(uninterrupted["checkpoint_dir"], ckpts)
+    newest = list_checkpoints(ckpts)[0]
+    newest.write_bytes(newest.read_bytes()[:1000])  # truncated, as by a crash mid-copy
+    result = TRAINER.train_distributed(
+        MODEL, DATA, nodes=2, resume="auto", checkpoint_dir=str(ckpts)
+    )
+    assert f"skipping unreadable checkpoint {newest}" in capfd.readouterr().err
+    assert _bitwise_equal(result, uninterrupted)
+
+
+def test_exhausted_restarts_name_the_rank_signal_and_last_checkpoint() -> None:
+    faults = [{"kind": "kill", "rank": 1, "step": 6, "attempt": a} for a in range(2)]
+    with pytest.raises(WorkerFailedError) as info:
+        TRAINER.train_distributed(MODEL, DATA, nodes=2, max_restarts=1, fault_injection=faults)
+    err = info.value
+    assert (err.rank, err.first.signal) == (1, "SIGKILL")
+    assert err.last_checkpoint is not None and err.last_checkpoint.endswith("step-00000004.pt")
+    assert "last checkpoint:" in str(err) and "killed by SIGKILL" in str(err)
+
+
+def test_nan_loss_stops_the_job_naming_step_and_rank_and_keeps_the_checkpoint() -> None:
+    with pytest.raises(WorkerFailedError) as info:
+        TRAINER.train_distributed(
+            MODEL,
+            DATA,
+            nodes=2,
+            max_restarts=0,
+            fault_injection=[{"kind": "nan", "rank": 1, "step": 6}],
+        )
+    assert "NonFiniteLossError: non-finite loss at step 6 (epoch 1) on rank(s) [1]" in str(
+        info.value
+    )
+    assert info.value.last_checkpoint is not None
+    assert load_checkpoint(Path(info.value.last_checkpoint))["loop"]["step"] == 4  # intact
+
+
+def test_nan_loss_can_be_skipped_by_every_rank_together() -> None:
+    result = TRAINER.train_distributed(
+        MODEL,
+        DATA,
+        nodes=2,
+        skip_nonfinite_steps=True,
+        fault_injection=[{"kind": "nan", "rank": 0, "step": 6}],
+    )
+    assert result["skipped_steps"] == 1 and result["weights_in_sync"]
+    assert all(torch.isfinite(p).all() for p in result.model.parameters())
+
+
+def test_resume_on_three_nodes_from_a_two_node_checkpoint(tmp_path: Path) -> None:
+    n, batch = 203, 20
+    trainer = DistributedTraining(
+        epochs=1,
+        batch_size=batch,
+        validation_split=0.0,
+        checkpoint_every=3,
+        checkpoint_dir=str(tmp_path / "ckpt"),
+    )
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    with pytest.raises(WorkerFailedError):
+        trainer.train_distributed(
+            MODEL,
+            RecordingDataset(n, str(first)),
+            nodes=2,
+            max_restarts=0,
+            fault_injection=[{"kind": "raise", "rank": 0, "step": 5}],
+        )
+    ckpt = tmp_path / "ckpt" / "step-00000003.pt"
+    result = trainer.train_distributed(
+        MODEL, RecordingDataset(n, str(second)), nodes=3, resume=str(ckpt)
+    )
+    assert result["nodes_used"] == 3 and result["steps"] == -(-n // batch)
+    seen = torch.zeros(n, dtype=torch.long)
+    for file in second.glob("*.jsonl"):
+        for line in file.read_text().splitlines():
+            seen[json.loads(line)] += 1
+    train_idx, _ = train_val_split(n, 0.0, 0)
+    done = torch.cat([global_batch(epoch_order(n, 0, 0), s, batch) for s in range(3)])
+    expected = torch.ones(n, dtype=torch.long)
+    expected[train_idx[done]] = 0  # the 3 global batches before the checkpoint are not redone
+    assert torch.equal(seen, expected)
+
+
+def test_fault_injection_from_the_cli() -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ai_distributed_training",
+            "train",
+            "--nodes",
+            "2",
+            "--set",
+            "data.samples=500",
+            "--set",
+            "max_restarts=0",
+            "--set",
+            "fault_injection=[{kind: raise, rank: 1, step: 2}]",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert "worker rank 1 failed" in proc.stderr
+    assert "InjectedFault: injected fault: rank 1 raised at step 2" in proc.stderr
