@@ -25,12 +25,16 @@ PLOTS = {
 
 
 def read_records(run_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The (step, epoch) records of ``metrics.jsonl``."""
+    """The (step, epoch) records of ``metrics.jsonl``, one per step, in step order."""
     path = run_dir / "metrics.jsonl"
     records = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    # After a restart, the steps since the last checkpoint are trained (and logged) again: the
+    # last record of each (type, step) is the one that counts.
+    latest = {(r["type"], r["step"]): r for r in records}
+    ordered = sorted(latest.values(), key=lambda r: int(r["step"]))
     return (
-        [r for r in records if r["type"] == "step"],
-        [r for r in records if r["type"] == "epoch"],
+        [r for r in ordered if r["type"] == "step"],
+        [r for r in ordered if r["type"] == "epoch"],
     )
 
 

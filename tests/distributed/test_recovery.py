@@ -208,3 +208,34 @@ def test_fault_injection_from_the_cli() -> None:
     assert proc.returncode == 1
     assert "worker rank 1 failed" in proc.stderr
     assert "InjectedFault: injected fault: rank 1 raised at step 2" in proc.stderr
+
+
+def test_injected_hang_fails_within_the_collective_timeout_naming_the_stuck_rank() -> None:
+    with pytest.raises(WorkerFailedError) as info:
+        TRAINER.train_distributed(
+            MODEL,
+            DATA,
+            nodes=2,
+            max_restarts=0,
+            collective_timeout_s=3.0,
+            fault_injection=[{"kind": "hang", "rank": 1, "step": 3}],
+        )
+    assert "likely stuck): [1]" in str(info.value)
+
+
+def test_metrics_of_a_restarted_run_keep_one_record_per_step(
+    uninterrupted: TrainingResult,
+) -> None:
+    from ai_distributed_training.report import read_records
+
+    result = TRAINER.train_distributed(
+        MODEL,
+        DATA,
+        nodes=2,
+        max_restarts=1,
+        log_every_steps=2,
+        fault_injection=[{"kind": "kill", "rank": 0, "step": 7}],
+    )
+    steps, epochs = read_records(Path(result["run_dir"]))
+    assert [s["step"] for s in steps] == sorted({s["step"] for s in steps})
+    assert [e["epoch"] for e in epochs] == [1, 2]

@@ -169,3 +169,20 @@ def test_tensorboard_without_the_package(monkeypatch: pytest.MonkeyPatch) -> Non
     )
     with pytest.raises(ConfigError, match=r"pip install 'ai-distributed-training\[tensorboard\]'"):
         train(tensorboard=True)
+
+
+def test_checkpoint_dir_that_cannot_be_written() -> None:
+    with pytest.raises(ConfigError, match=r"checkpoint_dir='/dev/null/ckpt' cannot be written"):
+        train(checkpoint_dir="/dev/null/ckpt")
+
+
+def test_resume_from_a_missing_file() -> None:
+    with pytest.raises(ConfigError, match=r"resume='/nope.pt': no such checkpoint file"):
+        train(resume="/nope.pt")
+
+
+def test_fault_injection_spec_is_validated() -> None:
+    with pytest.raises(ConfigError, match=r"fault_injection.0.kind='explode'.*'kill'"):
+        train(fault_injection=[{"kind": "explode"}])
+    with pytest.raises(ConfigError, match=r"unknown setting 'fault_injection.0.stp'"):
+        train(fault_injection=[{"kind": "kill", "stp": 3}])
