@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
 
-.PHONY: demo test install install-dev lint typecheck unit clean
+.PHONY: demo test install install-dev lint typecheck readme clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ typecheck: install-dev
 ## Lint, type-check and run the whole suite (real gloo processes).
 test: lint typecheck
 	$(PY) -m pytest
+
+## Regenerate the README's settings table from the config model.
+readme: install
+	$(PY) scripts/update_readme.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -24,8 +24,8 @@ import torch
 import yaml
 
 from .checkpoint import list_checkpoints
-from .config import TrainingSettings, settings_as_plain_data, validate
-from .data import DataSource, SyntheticSource, resolve_data
+from .config import TrainingSettings, check_warmup, settings_as_plain_data, validate
+from .data import DataInfo, DataSource, SyntheticSource, resolve_data
 from .errors import ConfigError, WorkerFailedError
 from .job import Job
 from .launch import launch_local
@@ -60,6 +60,7 @@ class PreparedJob:
     data: DataSource
     threads_per_worker: int
     log_level: str
+    validation: DataSource | None = None
 
 
 def prepare(model: Any, data: Any, settings: TrainingSettings) -> PreparedJob:
@@ -69,9 +70,11 @@ def prepare(model: Any, data: Any, settings: TrainingSettings) -> PreparedJob:
         ConfigError / ConfigTypeError: naming the bad value and what is accepted.
     """
     model_source = resolve_model(model)
-    data_source = resolve_data(data)
+    data_source = resolve_data(data, settings.task)
     nodes, info = settings.nodes, data_source.info
-    n_train = info.samples - int(info.samples * settings.validation_split)
+    validation = _resolve_validation(settings, info)
+    held_out = 0.0 if validation else settings.validation_split
+    n_train = info.samples - int(info.samples * held_out)
     if nodes > n_train:
         raise ConfigError(
             f"nodes={nodes} is more than the {n_train} training samples "
@@ -86,6 +89,11 @@ def prepare(model: Any, data: Any, settings: TrainingSettings) -> PreparedJob:
         )
     if settings.use_gpus:
         _check_gpus(nodes)
+    elif settings.precision == "fp16":
+        raise ConfigError(
+            "precision='fp16' needs GPUs (use_gpus=True); on CPUs use 'bf16' or 'fp32'"
+        )
+    check_warmup(settings)
     if settings.resume not in (None, "auto") and not Path(settings.resume).is_file():
         raise ConfigError(
             f"resume={settings.resume!r}: no such checkpoint file; pass 'auto' "
@@ -106,8 +114,26 @@ def prepare(model: Any, data: Any, settings: TrainingSettings) -> PreparedJob:
             stacklevel=3,
         )
     return PreparedJob(
-        settings, model_source, data_source, threads, settings.log_level or caller_log_level()
+        settings,
+        model_source,
+        data_source,
+        threads,
+        settings.log_level or caller_log_level(),
+        validation,
     )
+
+
+def _resolve_validation(settings: TrainingSettings, info: DataInfo) -> DataSource | None:
+    """The separate validation set, checked to fit the training data (same inputs and task)."""
+    if settings.validation_data is None:
+        return None
+    source = resolve_data(settings.validation_data, settings.task or info.task)
+    if source.info.input_shape != info.input_shape:
+        raise ConfigError(
+            f"validation_data inputs have shape {source.info.input_shape}, the "
+            f"training data {info.input_shape}; they must match"
+        )
+    return source
 
 
 def _check_gpus(nodes: int) -> None:
@@ -195,6 +221,7 @@ def run(prepared: PreparedJob, started: float, inputs: dict[str, Any]) -> Traini
             str(run_dir) if run_dir else None,
             str(ckpt_dir) if ckpt_dir else None,
             config,
+            prepared.validation,
         )
         job_path = job.save()
         nodes = settings.nodes

@@ -78,12 +78,55 @@ class TrainingSettings(_Strict):
         1024, gt=0, description="GLOBAL batch: samples per optimizer step, across all workers."
     )
     learning_rate: float = Field(1e-3, gt=0.0, description="Optimizer learning rate.")
-    optimizer: Literal["adamw", "adam", "sgd"] = Field(
-        "adamw", description="'adamw', 'adam' or 'sgd' (with momentum)."
+    optimizer: Literal["adamw", "adam", "sgd"] | Callable[..., Any] = Field(
+        "adamw",
+        description="'adamw', 'adam', 'sgd' (with momentum), or a factory "
+        "optimizer(params) -> torch.optim.Optimizer.",
     )
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="Momentum of 'sgd'.")
     weight_decay: float = Field(0.0, ge=0.0, description="Weight decay of the optimizer.")
     seed: int = Field(0, ge=0, description="Seed of model init and per-epoch shuffling (>= 0).")
+    gradient_accumulation_steps: int = Field(
+        1,
+        gt=0,
+        description="Micro-batches per optimizer step on each worker (gradients are "
+        "synchronized on the last one only); batch_size stays the global batch per step.",
+    )
+    max_grad_norm: float | None = Field(
+        None, gt=0.0, description="Clip the global (synchronized) gradient norm to this value."
+    )
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field(
+        "constant",
+        description="Learning-rate schedule over all optimizer steps, after warmup: "
+        "'constant', 'linear' (to 0) or 'cosine' (to 0).",
+    )
+    warmup_steps: int | None = Field(
+        None, ge=0, description="Steps of linear warmup from 0 (exclusive with warmup_ratio)."
+    )
+    warmup_ratio: float | None = Field(
+        None, ge=0.0, lt=1.0, description="Warmup as a fraction of all optimizer steps."
+    )
+    task: Literal["classification", "regression"] | None = Field(
+        None,
+        description="Default: inferred from the targets (integers: classification, "
+        "floats: regression).",
+    )
+    validation_data: Any = Field(
+        None, description="Validation set in any form data accepts; replaces validation_split."
+    )
+    eval_every: int | None = Field(
+        None, gt=0, description="Also validate every this many steps (always after each epoch)."
+    )
+    metrics: dict[str, Callable[..., Any]] = Field(
+        default_factory=dict,
+        description="{name: fn(outputs, targets) -> per-sample tensor "
+        "[batch]}, reported as train_<name> and val_<name> (means over every sample).",
+    )
+    deterministic: bool = Field(
+        False,
+        description="Deterministic algorithms only (and cuDNN/cuBLAS settings on GPU): "
+        "repeated runs are bitwise identical.",
+    )
     validation_split: float = Field(
         0.1, ge=0.0, lt=1.0, description="Fraction of samples held out for validation."
     )
@@ -93,9 +136,10 @@ class TrainingSettings(_Strict):
         "cross-entropy for classification, MSE for regression.",
     )
     use_gpus: bool = Field(False, description="Train on CUDA GPUs with NCCL, one per worker.")
-    precision: Literal["auto", "fp32", "bf16"] = Field(
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto",
-        description="'auto' (bf16 autocast on GPUs that support it, else fp32), 'fp32' or 'bf16'.",
+        description="'auto' (bf16 autocast on GPUs that support it, else fp32), 'fp32', "
+        "'bf16' (autocast, on CPU too) or 'fp16' (GPU only, with a gradient scaler).",
     )
     threads_per_worker: int | None = Field(
         None, gt=0, description="Intra-op threads per worker; default max(1, cores // nodes)."
@@ -160,6 +204,27 @@ class TrainingSettings(_Strict):
 
 SETTING_NAMES: tuple[str, ...] = tuple(TrainingSettings.model_fields)
 
+
+def check_warmup(settings: TrainingSettings) -> None:
+    if settings.warmup_steps is not None and settings.warmup_ratio is not None:
+        raise ConfigError(
+            f"warmup_steps={settings.warmup_steps} and warmup_ratio="
+            f"{settings.warmup_ratio} were both given; pass one of them"
+        )
+
+
+def settings_markdown_table() -> str:
+    """The README's settings table, generated from :class:`TrainingSettings` (so it cannot
+    drift from the code)."""
+    rows = ["| setting | default | meaning |", "|---|---|---|"]
+    for name, field in TrainingSettings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        shown = "see meaning" if name == "threads_per_worker" else repr(default)
+        meaning = str(field.description).replace("|", "\\|")
+        rows.append(f"| `{name}` | `{shown}` | {meaning} |")
+    return "\n".join(rows)
+
+
 _M = TypeVar("_M", bound=_Strict)
 
 _TYPE_ERRORS = {
@@ -217,6 +282,10 @@ def settings_as_plain_data(settings: TrainingSettings) -> dict[str, Any]:
         value = getattr(settings, name)
         if name == "callbacks":
             value = [type(cb).__name__ for cb in value]
+        elif name == "metrics":
+            value = {k: f"<function {getattr(f, '__qualname__', '?')}>" for k, f in value.items()}
+        elif name == "validation_data" and value is not None and not isinstance(value, str):
+            value = f"<{type(value).__name__}>"
         elif name == "fault_injection":
             value = [f.model_dump() for f in value]
         elif callable(value):

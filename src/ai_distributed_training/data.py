@@ -155,6 +155,7 @@ class TensorSource:
     info: DataInfo
 
     def stage(self, job_dir: Path) -> TensorFileSource:
+        job_dir.mkdir(parents=True, exist_ok=True)
         path = job_dir / "data.pt"
         torch.save({"X": self.x, "y": self.y}, path)
         return TensorFileSource(str(path), self.info)
@@ -179,10 +180,10 @@ class TensorFileSource:
 
 
 def tensors_source(
-    x: Any, y: Any, description: str, integral_is_class: bool = False
+    x: Any, y: Any, description: str, integral_is_class: bool = False, task: Task | None = None
 ) -> TensorSource:
-    """Validate ``(X, y)`` and infer the task; ``integral_is_class`` reads whole-number float
-    targets (from a table file) as class labels."""
+    """Validate ``(X, y)`` and infer the task (or apply ``task`` when given);
+    ``integral_is_class`` reads whole-number float targets (from a table file) as class labels."""
     xt, yt = _as_tensor(x, "X"), _as_tensor(y, "y")
     if xt.ndim == 0 or yt.ndim == 0:
         raise ConfigError(
@@ -198,16 +199,28 @@ def tensors_source(
     _check_finite(xt, "X")
     if yt.dtype == torch.bool:
         yt = yt.long()
+    if task == "regression":
+        yt = yt.float()
+    elif task == "classification" and yt.is_floating_point():
+        _check_finite(yt, "y")
+        if not bool((yt == yt.round()).all()):
+            raise ConfigError(
+                "task='classification' needs integer class labels, but y has "
+                "non-integer values; use task='regression' or integer labels"
+            )
+        yt = yt.long()
     if yt.is_floating_point():
         _check_finite(yt, "y")
-        if integral_is_class and yt.ndim == 1 and bool((yt == yt.round()).all()) and yt.min() >= 0:
+        integral = bool((yt == yt.round()).all()) and yt.min() >= 0
+        if integral_is_class and task != "regression" and yt.ndim == 1 and integral:
             yt = yt.long()
+    inferred: Task
     if yt.is_floating_point():
-        task: Task = "regression"
+        inferred = "regression"
         yt = yt.float()
         outputs = int(np.prod(yt.shape[1:], dtype=np.int64)) if yt.ndim > 1 else 1
     else:
-        task = "classification"
+        inferred = "classification"
         if yt.ndim != 1:
             raise ConfigError(
                 f"integer targets are class labels and must be 1-D; got y shape "
@@ -220,9 +233,9 @@ def tensors_source(
     info = DataInfo(
         len(xt),
         tuple(xt.shape[1:]),
-        task,
+        inferred,
         outputs,
-        f"{description}: {len(xt)} x {tuple(xt.shape[1:])}, {task}",
+        f"{description}: {len(xt)} x {tuple(xt.shape[1:])}, {inferred}",
     )
     return TensorSource(xt.contiguous(), yt.contiguous(), info)
 
@@ -305,7 +318,7 @@ class DatasetSource:
 FILE_SUFFIXES = (".npy", ".npz", ".pt", ".csv")
 
 
-def file_source(path: str | os.PathLike[str]) -> TensorSource:
+def file_source(path: str | os.PathLike[str], task: Task | None = None) -> TensorSource:
     """Load a data file (see the module docstring for the accepted formats)."""
     p = Path(path)
     suffix = p.suffix.lower()
@@ -318,13 +331,13 @@ def file_source(path: str | os.PathLike[str]) -> TensorSource:
         raise ConfigError(f"data file {str(p)!r} does not exist")
     if suffix == ".npz":
         with np.load(p) as z:
-            return tensors_source(*_pair(dict(z), p), description=p.name)
+            return tensors_source(*_pair(dict(z), p), description=p.name, task=task)
     if suffix == ".pt":
         blob = torch.load(p, weights_only=True)
         if isinstance(blob, Mapping):
-            return tensors_source(*_pair(dict(blob), p), description=p.name)
+            return tensors_source(*_pair(dict(blob), p), description=p.name, task=task)
         if isinstance(blob, (tuple, list)) and len(blob) == 2:
-            return tensors_source(blob[0], blob[1], description=p.name)
+            return tensors_source(blob[0], blob[1], description=p.name, task=task)
         raise ConfigError(f"{p.name} must hold a tuple (X, y) or a dict with keys 'X' and 'y'")
     table = np.load(p) if suffix == ".npy" else _read_csv(p)
     if table.ndim != 2 or table.shape[1] < 2:
@@ -332,7 +345,7 @@ def file_source(path: str | os.PathLike[str]) -> TensorSource:
             f"{p.name} must be a 2-D table with the target in its last column; "
             f"got shape {table.shape}"
         )
-    return tensors_source(table[:, :-1], table[:, -1], p.name, integral_is_class=True)
+    return tensors_source(table[:, :-1], table[:, -1], p.name, integral_is_class=True, task=task)
 
 
 def _pair(arrays: dict[str, Any], p: Path) -> tuple[Any, Any]:
@@ -358,24 +371,36 @@ def _read_csv(p: Path) -> np.ndarray[Any, Any]:
 # --- entry point ---------------------------------------------------------------------------------
 
 
-def resolve_data(data: Any) -> DataSource:
+def resolve_data(data: Any, task: Task | None = None) -> DataSource:
     """Turn any accepted data input into a validated :class:`DataSource`.
 
     Accepted: a synthetic spec dict ``{"samples", "features", "classes", "task", "seed"}``,
     a pair ``(X, y)`` of tensors or NumPy arrays, a map-style ``torch.utils.data.Dataset`` of
     ``(input, target)`` pairs, or a path to a ``.npy``/``.npz``/``.pt``/``.csv`` file.
 
+    ``task`` ("classification" or "regression") overrides the task inferred from the targets.
+
     Raises:
         ConfigError: a bad value (naming it); ConfigTypeError: an input of a type not accepted.
     """
+    source: DataSource
     if isinstance(data, Mapping):
-        return SyntheticSource.from_spec(validate(SyntheticDataSpec, data, "data key"))
-    if isinstance(data, (str, os.PathLike)):
-        return file_source(data)
-    if isinstance(data, Dataset):
-        return DatasetSource.from_dataset(data)
-    if isinstance(data, (tuple, list)) and len(data) == 2:
-        return tensors_source(data[0], data[1], description="arrays")
+        source = SyntheticSource.from_spec(validate(SyntheticDataSpec, data, "data key"))
+    elif isinstance(data, (str, os.PathLike)):
+        return file_source(data, task)
+    elif isinstance(data, Dataset):
+        source = DatasetSource.from_dataset(data)
+    elif isinstance(data, (tuple, list)) and len(data) == 2:
+        return tensors_source(data[0], data[1], description="arrays", task=task)
+    else:
+        source = None  # type: ignore[assignment]
+    if source is not None:
+        if task is not None and task != source.info.task:
+            raise ConfigError(
+                f"task={task!r} conflicts with the data, whose task is "
+                f"{source.info.task!r} (set the task in the data spec or dataset)"
+            )
+        return source
     raise ConfigTypeError(
         f"data of type {type(data).__name__} is not accepted; pass a synthetic spec dict "
         "{'samples': N, 'features': F}, a pair (X, y) of tensors or arrays, a map-style "

@@ -44,6 +44,8 @@ class Job:
     checkpoint_dir: str | None
     #: The resolved config as plain data, stored in every checkpoint.
     config: dict[str, Any]
+    #: A separate validation set (setting validation_data), or None.
+    validation: DataSource | None = None
 
     @property
     def result_path(self) -> Path:
@@ -52,7 +54,8 @@ class Job:
     def save(self) -> Path:
         """Write the job into ``job_dir`` (staging data files there) and return its path."""
         job_dir = Path(self.job_dir)
-        staged = dataclasses.replace(self, data=self.data.stage(job_dir))
+        validation = self.validation.stage(job_dir / "validation") if self.validation else None
+        staged = dataclasses.replace(self, data=self.data.stage(job_dir), validation=validation)
         (job_dir / SYS_PATH_FILE).write_text(json.dumps([p for p in sys.path if p]))
         path = job_dir / JOB_FILE
         with path.open("wb") as f:

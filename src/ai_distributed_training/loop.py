@@ -2,8 +2,8 @@
 
 It behaves the same under our launcher, under torchrun and in a single process: everything
 distributed goes through the :class:`~.strategies.Strategy` object, and every rank runs every
-collective (reductions are unconditional; writing goes through a :class:`~.tracking.Tracker` that
-does nothing off global rank 0).
+collective (reductions and checkpoints are unconditional; writing goes through a
+:class:`~.tracking.Tracker` and a :class:`Checkpointer` that only write on global rank 0).
 """
 
 from __future__ import annotations
@@ -11,14 +11,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from .callbacks import Callback, CallbackContext, wants_step_metrics
@@ -26,14 +25,14 @@ from .checkpoint import capture_rng, restore_rng, save_checkpoint
 from .config import TrainingSettings
 from .data import BatchReader, Task
 from .faults import FaultInjector
+from .metrics import BUSY, CLIPPED, COUNT, STEPS, Meter, per_worker
+from .optim import LossSum, build_optimizer, build_scheduler, loss_sum_fn
 from .sharding import epoch_order, global_batch, loss_scale, num_steps, rank_share
 from .strategies import Strategy
 from .tracking import JobLog, Tracker
 
 log = logging.getLogger(__name__)
-LossSum = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-# Per-rank window statistics, in this order, gathered at log steps and epoch ends.
-_LOSS, _CORRECT, _COUNT, _BUSY, _STEPS = range(5)
+AutocastFactory = Callable[[], contextlib.AbstractContextManager[Any]]
 
 
 @dataclass
@@ -79,63 +78,24 @@ class Checkpointer:
     def save(
         self,
         strategy: Strategy,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
+        stateful: Mapping[str, Any],
         position: LoopPosition,
         epoch_stats: torch.Tensor,
     ) -> None:
+        """Checkpoint ``stateful`` objects (model, optimizer, ...: anything with state_dict)."""
         if self.directory is None:
             return
         mine = {"rng": capture_rng(), "epoch_stats": epoch_stats.cpu()}
         ranks = strategy.all_gather_object(mine)  # collective: every rank, every time
         if self.writes:
-            state = {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "loop": asdict(position),
-                "ranks": ranks,
-                "world_size": strategy.world_size,
-                "config": self.config,
-            }
+            state = {name: obj.state_dict() for name, obj in stateful.items()}
+            state.update(
+                loop=asdict(position),
+                ranks=ranks,
+                world_size=strategy.world_size,
+                config=self.config,
+            )
             self.last = save_checkpoint(self.directory, position.step, state, self.keep)
-
-
-def build_optimizer(settings: TrainingSettings, model: nn.Module) -> torch.optim.Optimizer:
-    """The optimizer named by ``settings.optimizer``."""
-    params, lr, wd = model.parameters(), settings.learning_rate, settings.weight_decay
-    if settings.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=settings.momentum, weight_decay=wd)
-    if settings.optimizer == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
-
-
-def loss_sum_fn(task: Task, user_loss: Callable[..., Any] | None) -> LossSum:
-    """A function giving the SUM of per-sample losses of a (possibly empty) local batch.
-
-    Sums, not means: the loop scales them so that unequal shares weigh correctly (see
-    :func:`~.sharding.loss_scale`). A user ``loss_fn`` returns a batch mean, so it is multiplied
-    by the batch length.
-    """
-
-    def summed(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if len(y) == 0:  # keep the graph connected so DDP still reduces every gradient
-            return out.sum() * 0.0
-        out = out.float()
-        if user_loss is not None:
-            return torch.as_tensor(user_loss(out, y)) * len(y)
-        if task == "classification":
-            return F.cross_entropy(out, y, reduction="sum")
-        flat_out, flat_y = out.reshape(len(y), -1), y.reshape(len(y), -1)
-        return F.mse_loss(flat_out, flat_y, reduction="sum") / flat_y.shape[1]
-
-    return summed
-
-
-def _correct(out: torch.Tensor, y: torch.Tensor, task: Task) -> torch.Tensor:
-    if task != "classification" or len(y) == 0:
-        return torch.zeros((), device=out.device)
-    return (out.argmax(dim=1) == y).sum()
 
 
 def _gradients_finite(model: nn.Module) -> bool:
@@ -143,6 +103,14 @@ def _gradients_finite(model: nn.Module) -> bool:
     answer here without any extra communication (a NaN loss anywhere poisons them all)."""
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else True
+
+
+def _targets(y: torch.Tensor, task: Task) -> torch.Tensor:
+    if task == "regression" and not y.is_floating_point():
+        return y.float()
+    if task == "classification" and y.is_floating_point():
+        return y.long()
+    return y
 
 
 def train(
@@ -158,24 +126,41 @@ def train(
     checkpointer: Checkpointer,
     faults: FaultInjector,
     resume: dict[str, Any] | None = None,
+    val_reader: BatchReader | None = None,
 ) -> LoopResult:
     """Train ``model`` for ``settings.epochs`` epochs, from ``resume`` (a checkpoint) if given;
-    collective: call on every rank."""
+    validate on ``val_reader`` (all of it) or else on the ``split``'s held-out indices.
+    Collective: call on every rank."""
     rank, world_size, device = strategy.rank, strategy.world_size, strategy.device
     train_idx, val_idx = split
-    batch_size = settings.batch_size
+    if val_reader is not None:
+        val_idx = torch.arange(len(val_reader))
+    batch_size, accumulation = settings.batch_size, settings.gradient_accumulation_steps
     steps_per_epoch = num_steps(len(train_idx), batch_size)
     if resume is not None:
         model.load_state_dict(resume["model"])
     wrapped = strategy.wrap(model.to(device))
     optimizer = build_optimizer(settings, wrapped)
+    scheduler = build_scheduler(settings, optimizer, steps_per_epoch * settings.epochs)
+    # fp16 needs loss scaling; bf16 and fp32 do not.
+    scaler = torch.amp.GradScaler(device.type) if autocast_dtype == torch.float16 else None
+    stateful: dict[str, Any] = {
+        "model": strategy.unwrap(wrapped),
+        "optimizer": optimizer,
+        "scheduler": scheduler,
+    }
+    if scaler is not None:
+        stateful["scaler"] = scaler
     loss_sum = loss_sum_fn(task, settings.loss_fn)
+    meter = Meter(task, settings.metrics, device)
     callbacks: list[Callback] = list(settings.callbacks)
     reduce_each_step = wants_step_metrics(callbacks)
     pos = LoopPosition()
-    epoch_stats = torch.zeros(5, dtype=torch.float64, device=device)
+    epoch_stats = meter.zeros()
     if resume is not None:
-        optimizer.load_state_dict(resume["optimizer"])
+        for name, obj in stateful.items():
+            if name != "model":
+                obj.load_state_dict(resume[name])
         pos = LoopPosition(**resume["loop"])
         epoch_stats = _restore_rank_state(resume, rank, world_size, settings.seed, pos.step)
         epoch_stats = epoch_stats.to(device)
@@ -192,98 +177,123 @@ def train(
             getattr(cb, name)(ctx)
         return ctx.stop_requested
 
+    def validate() -> dict[str, float]:
+        return evaluate(
+            strategy.unwrap(wrapped),
+            val_reader or reader,
+            val_idx,
+            task,
+            batch_size,
+            strategy,
+            loss_sum,
+            meter,
+            autocast,
+        )
+
+    def forward_backward(share: torch.Tensor, scale: float, step: int) -> torch.Tensor:
+        """This rank's share of one global batch, in ``accumulation`` micro-batches; gradients
+        are synchronized on the last micro-batch only. Returns the share's stat vector."""
+        stats = meter.zeros()
+        micro_batches = share.tensor_split(accumulation)
+        for i, indices in enumerate(micro_batches):
+            last = i == len(micro_batches) - 1
+            with contextlib.nullcontext() if last else strategy.no_sync(wrapped):
+                x, y = reader.batch(indices)
+                x = x.to(device, non_blocking=True)
+                y = _targets(y.to(device, non_blocking=True), task)
+                with autocast():
+                    out = wrapped(x)
+                local_sum = faults.loss(step, loss_sum(out, y))
+                # Scaled so DDP's gradient average is the mean over the whole global batch.
+                loss = local_sum * scale
+                (scaler.scale(loss) if scaler is not None else loss).backward()
+            stats += meter.batch(local_sum, out, y)
+        return stats
+
     stopped_early = False
     tracker.start(steps_per_epoch * settings.epochs, steps_per_epoch, settings.epochs)
     hooks("on_train_start", pos.epoch, pos.step, {})
     for epoch in range(pos.epoch, settings.epochs + 1):
         wrapped.train()
         order = epoch_order(len(train_idx), settings.seed, epoch - 1)
-        window = torch.zeros(5, dtype=torch.float64, device=device)
+        window = meter.zeros()
         epoch_started = window_started = time.perf_counter()
         for step_in_epoch in range(pos.step_in_epoch, steps_per_epoch):
             faults.before_step(pos.step + 1)
             step_started = time.perf_counter()
             batch = global_batch(order, step_in_epoch, batch_size)
-            x, y = reader.batch(train_idx[rank_share(batch, rank, world_size)])
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with autocast():
-                out = wrapped(x)
-            local_sum = faults.loss(pos.step + 1, loss_sum(out, y))
-            # Scale so DDP's gradient average equals the mean over the whole global batch.
-            loss = local_sum * loss_scale(len(batch), world_size)
+            share = train_idx[rank_share(batch, rank, world_size)]
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            stats = forward_backward(share, loss_scale(len(batch), world_size), pos.step + 1)
             pos.step += 1
             pos.step_in_epoch = step_in_epoch + 1
-            if not _gradients_finite(wrapped):
-                bad = strategy.all_gather(
-                    torch.tensor([float(not torch.isfinite(local_sum))], device=device)
-                )
-                ranks = [r for r in range(world_size) if bad[r, 0] > 0] or "unknown"
-                where = f"step {pos.step} (epoch {epoch}) on rank(s) {ranks}"
-                if not settings.skip_nonfinite_steps:
-                    last = checkpointer.last or "none written yet"
-                    raise NonFiniteLossError(
-                        f"non-finite loss at {where}; the last good checkpoint is intact: "
-                        f"{last}; pass skip_nonfinite_steps=True to skip such steps"
-                    )
-                job_log.warning("skipping %s: non-finite loss", where)
-                pos.skipped_steps += 1
-                optimizer.zero_grad(set_to_none=True)
-                tracker.step(epoch, step_in_epoch + 1)
-                continue
-            optimizer.step()
+            tracker.step(epoch, step_in_epoch + 1)
 
-            stats = torch.stack(
-                [
-                    local_sum.detach().double(),
-                    _correct(out.detach(), y, task).double(),
-                    torch.tensor(float(len(y)), device=device),
-                    torch.tensor(time.perf_counter() - step_started, device=device),
-                    torch.ones((), device=device),
-                ]
-            )
+            if scaler is None and not _gradients_finite(wrapped):
+                _non_finite(strategy, stats, pos, epoch, settings, checkpointer, job_log)
+                optimizer.zero_grad(set_to_none=True)
+                continue  # skipped on every rank together
+            if settings.max_grad_norm is not None:
+                if scaler is not None:
+                    scaler.unscale_(optimizer)
+                norm = nn.utils.clip_grad_norm_(wrapped.parameters(), settings.max_grad_norm)
+                stats[CLIPPED] = float(norm > settings.max_grad_norm)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            scheduler.step()
+
+            stats[BUSY], stats[STEPS] = time.perf_counter() - step_started, 1
             window += stats
             epoch_stats += stats
-            tracker.step(epoch, step_in_epoch + 1)
             if reduce_each_step:
                 step_loss = strategy.all_reduce(stats[:1].clone(), dist.ReduceOp.SUM)
                 hooks("on_step_end", epoch, pos.step, {"train_loss": float(step_loss) / len(batch)})
-            if pos.step % settings.log_every_steps == 0 and step_in_epoch + 1 < steps_per_epoch:
-                per_worker = strategy.all_gather(window)
+            mid_epoch = step_in_epoch + 1 < steps_per_epoch
+            if pos.step % settings.log_every_steps == 0 and mid_epoch:
+                gathered = strategy.all_gather(window)
                 now = time.perf_counter()
                 tracker.record(
-                    _step_record(per_worker, task, epoch, pos.step, now - window_started)
+                    {
+                        "type": "step",
+                        "epoch": epoch,
+                        "step": pos.step,
+                        **meter.summarize("train", gathered.sum(0)),
+                        "lr": float(scheduler.get_last_lr()[0]),
+                        "samples_per_second": float(gathered[:, COUNT].sum())
+                        / (now - window_started),
+                        **per_worker(gathered),
+                    }
                 )
                 window.zero_()
                 window_started = now
+            eval_now = bool(settings.eval_every) and pos.step % (settings.eval_every or 1) == 0
+            if eval_now and mid_epoch and len(val_idx):
+                evaluation = validate()
+                tracker.record({"type": "eval", "epoch": epoch, "step": pos.step, **evaluation})
+                job_log.info("step %d: %s", pos.step, _fmt(evaluation))
             every = settings.checkpoint_every
-            if every and pos.step % every == 0 and step_in_epoch + 1 < steps_per_epoch:
-                checkpointer.save(strategy, strategy.unwrap(wrapped), optimizer, pos, epoch_stats)
+            if every and pos.step % every == 0 and mid_epoch:
+                checkpointer.save(strategy, stateful, pos, epoch_stats)
 
         wall = torch.tensor(
             [time.perf_counter() - epoch_started], dtype=torch.float64, device=device
         )
         gathered = strategy.all_gather(torch.cat([epoch_stats, wall]))
-        per_worker = gathered[:, :5]
-        elapsed = float(gathered[:, 5].max())  # an epoch lasts as long as its slowest rank
+        elapsed = float(gathered[:, -1].max())  # an epoch lasts as long as its slowest rank
+        gathered = gathered[:, :-1]
+        totals = gathered.sum(0)
         pos.train_time += elapsed
         metrics: dict[str, float] = {"epoch": epoch}
-        metrics.update(_summarize("train", per_worker.sum(0), task))
+        metrics.update(meter.summarize("train", totals))
         if len(val_idx):
-            metrics.update(
-                evaluate(
-                    strategy.unwrap(wrapped),
-                    reader,
-                    val_idx,
-                    settings,
-                    strategy,
-                    task,
-                    loss_sum,
-                    autocast,
-                )
-            )
-        metrics["samples_per_second"] = float(per_worker[:, _COUNT].sum()) / elapsed
+            metrics.update(validate())
+        metrics["lr"] = float(scheduler.get_last_lr()[0])
+        if settings.max_grad_norm is not None:
+            metrics["clipped_fraction"] = float(totals[CLIPPED]) / max(float(totals[STEPS]), 1)
+        metrics["samples_per_second"] = float(totals[COUNT]) / elapsed
         pos.history.append(metrics)
         tracker.record(
             {
@@ -291,18 +301,18 @@ def train(
                 "step": pos.step,
                 **metrics,
                 "epoch_time_s": elapsed,
-                **_per_worker(per_worker),
+                **per_worker(gathered),
             }
         )
         job_log.info(
             "epoch %d/%d: %s",
             epoch,
             settings.epochs,
-            ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "epoch"),
+            _fmt({k: v for k, v in metrics.items() if k != "epoch"}),
         )
         pos.epoch, pos.step_in_epoch = epoch + 1, 0
-        epoch_stats = torch.zeros(5, dtype=torch.float64, device=device)
-        checkpointer.save(strategy, strategy.unwrap(wrapped), optimizer, pos, epoch_stats)
+        epoch_stats = meter.zeros()
+        checkpointer.save(strategy, stateful, pos, epoch_stats)
         stop = torch.tensor(
             [float(hooks("on_epoch_end", epoch, pos.step, dict(metrics)))], device=device
         )
@@ -319,6 +329,35 @@ def train(
         stopped_early,
         pos.skipped_steps,
     )
+
+
+def _fmt(metrics: Mapping[str, float]) -> str:
+    return ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+
+
+def _non_finite(
+    strategy: Strategy,
+    stats: torch.Tensor,
+    pos: LoopPosition,
+    epoch: int,
+    settings: TrainingSettings,
+    checkpointer: Checkpointer,
+    job_log: JobLog,
+) -> None:
+    """Every rank saw non-finite gradients at this step: find which ranks' losses caused it
+    (a collective every rank reaches), then fail or count the step as skipped."""
+    local_bad = float(not torch.isfinite(stats[0]))
+    bad = strategy.all_gather(torch.tensor([local_bad], device=strategy.device))
+    ranks = [r for r in range(strategy.world_size) if bad[r, 0] > 0] or "unknown"
+    where = f"step {pos.step} (epoch {epoch}) on rank(s) {ranks}"
+    if not settings.skip_nonfinite_steps:
+        raise NonFiniteLossError(
+            f"non-finite loss at {where}; the last good checkpoint is intact: "
+            f"{checkpointer.last or 'none written yet'}; pass skip_nonfinite_steps=True to skip "
+            "such steps"
+        )
+    job_log.warning("skipping %s: non-finite loss", where)
+    pos.skipped_steps += 1
 
 
 def _restore_rank_state(
@@ -343,30 +382,8 @@ def _restore_rank_state(
         )
     torch.manual_seed(seed + 7919 * (step + 1) + rank)
     if rank == 0:
-        return torch.stack([r["epoch_stats"] for r in ranks]).sum(0)
-    return torch.zeros_like(ranks[0]["epoch_stats"])
-
-
-def _per_worker(per_worker: torch.Tensor) -> dict[str, list[float]]:
-    steps = per_worker[:, _STEPS].clamp(min=1)
-    return {
-        "worker_step_time_s": (per_worker[:, _BUSY] / steps).tolist(),
-        "worker_samples": per_worker[:, _COUNT].tolist(),
-    }
-
-
-def _step_record(
-    per_worker: torch.Tensor, task: Task, epoch: int, step: int, wall: float
-) -> dict[str, Any]:
-    totals = per_worker.sum(0)
-    return {
-        "type": "step",
-        "epoch": epoch,
-        "step": step,
-        **_summarize("train", totals, task),
-        "samples_per_second": float(totals[_COUNT]) / wall,
-        **_per_worker(per_worker),
-    }
+        return torch.stack([torch.as_tensor(r["epoch_stats"]) for r in ranks]).sum(0)
+    return torch.zeros_like(torch.as_tensor(ranks[0]["epoch_stats"]))
 
 
 @torch.no_grad()
@@ -374,34 +391,24 @@ def evaluate(
     model: nn.Module,
     reader: BatchReader,
     val_idx: torch.Tensor,
-    settings: TrainingSettings,
-    strategy: Strategy,
     task: Task,
+    batch_size: int,
+    strategy: Strategy,
     loss_sum: LossSum,
-    autocast: Callable[[], contextlib.AbstractContextManager[Any]],
+    meter: Meter,
+    autocast: AutocastFactory,
 ) -> dict[str, float]:
-    """Loss (and accuracy) over the whole validation split, each sample seen exactly once
-    across ranks (contiguous shares, no padding); sums and counts are reduced, not averages."""
+    """Loss, accuracy and user metrics over the whole validation set, each sample seen exactly
+    once across ranks (contiguous shares, no padding); sums and counts are reduced, not means."""
     model.eval()
     device = strategy.device
-    totals = torch.zeros(5, dtype=torch.float64, device=device)
-    local = rank_share(val_idx, strategy.rank, strategy.world_size)
-    for chunk in local.split(settings.batch_size):
+    totals = meter.zeros()
+    for chunk in rank_share(val_idx, strategy.rank, strategy.world_size).split(batch_size):
         x, y = reader.batch(chunk)
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x, y = x.to(device, non_blocking=True), _targets(y.to(device, non_blocking=True), task)
         with autocast():
             out = model(x)
-        totals[_LOSS] += loss_sum(out, y).double()
-        totals[_CORRECT] += _correct(out, y, task).double()
-        totals[_COUNT] += len(y)
+        totals += meter.batch(loss_sum(out, y), out, y)
     strategy.all_reduce(totals, dist.ReduceOp.SUM)
     model.train()
-    return _summarize("val", totals, task)
-
-
-def _summarize(prefix: str, totals: torch.Tensor, task: Task) -> dict[str, float]:
-    loss, correct, count = totals[:3].tolist()
-    out = {f"{prefix}_loss": loss / count}
-    if task == "classification":
-        out[f"{prefix}_accuracy"] = correct / count
-    return out
+    return meter.summarize("val", totals)

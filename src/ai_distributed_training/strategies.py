@@ -5,6 +5,7 @@ Every collective method here must be called on every rank.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 from typing import Any, Protocol
@@ -36,6 +37,10 @@ class Strategy(Protocol):
 
     def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
         """Every rank's ``tensor`` stacked in rank order (every rank must call)."""
+        ...
+
+    def no_sync(self, wrapped: nn.Module) -> contextlib.AbstractContextManager[Any]:
+        """Within it, backward passes accumulate gradients locally without synchronizing."""
         ...
 
     def all_gather_object(self, obj: Any) -> list[Any]:
@@ -83,6 +88,11 @@ class DDPStrategy:
         if self.world_size > 1:
             dist.all_reduce(tensor, op=op)
         return tensor
+
+    def no_sync(self, wrapped: nn.Module) -> contextlib.AbstractContextManager[Any]:
+        if isinstance(wrapped, DistributedDataParallel):
+            return wrapped.no_sync()
+        return contextlib.nullcontext()
 
     def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.world_size == 1:

@@ -78,6 +78,8 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """bf16 autocast when asked for, or on 'auto' where the GPU supports it; else None (fp32)."""
     if precision == "bf16":
         return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
     if precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return None
@@ -87,6 +89,11 @@ def run_rank(job: Job, env: RankEnv) -> dict[str, Any]:
     """Train this rank's part of ``job``; returns the result (the same on every rank)."""
     settings = job.settings
     torch.set_num_threads(job.threads_per_worker)
+    if settings.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before CUDA starts
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
     if settings.use_gpus:
         device = torch.device("cuda", env.local_rank)
         torch.cuda.set_device(device)
@@ -113,7 +120,9 @@ def run_rank(job: Job, env: RankEnv) -> dict[str, Any]:
         model = job.model.build(job.data.info)
         torch.manual_seed(settings.seed + 1 + env.rank)  # per-rank stream (e.g. dropout)
         reader = job.data.open()
-        split = train_val_split(len(reader), settings.validation_split, settings.seed)
+        val_reader = job.validation.open() if job.validation else None
+        held_out = 0.0 if val_reader is not None else settings.validation_split
+        split = train_val_split(len(reader), held_out, settings.seed)
         attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
         ckpt_dir = Path(job.checkpoint_dir) if job.checkpoint_dir else None
         resume = find_resume_point(settings.resume, ckpt_dir, attempt)
@@ -132,6 +141,7 @@ def run_rank(job: Job, env: RankEnv) -> dict[str, Any]:
             checkpointer,
             faults,
             resume,
+            val_reader,
         )
         in_sync = strategy.replicas_identical(model)
         return {

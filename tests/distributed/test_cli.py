@@ -106,32 +106,34 @@ def test_unknown_key_in_a_config_file(tmp_path: Path) -> None:
 
 
 def test_training_failure_exits_1_naming_the_rank() -> None:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "ai_distributed_training",
-            "train",
-            "--nodes",
-            "2",
-            "--set",
-            "epochs=1000",
-            "--set",
-            "data.samples=20000",
-            "--set",
-            "runs_dir=null",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 60
-    while len(worker_pids()) < 2 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    time.sleep(2)
-    victim = max(worker_pids())  # the rank-1 worker was started last
-    os.kill(victim, signal.SIGKILL)
-    _, stderr = proc.communicate(timeout=30)
+    command = [
+        sys.executable,
+        "-m",
+        "ai_distributed_training",
+        "train",
+        "--nodes",
+        "2",
+        "--set",
+        "epochs=1000",
+        "--set",
+        "data.samples=20000",
+        "--set",
+        "runs_dir=null",
+        "--set",
+        "max_restarts=0",
+    ]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(worker_pids()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(2)
+        os.kill(max(worker_pids()), signal.SIGKILL)  # the rank-1 worker was started last
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:  # never leave the job running, whatever failed above
+            proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=30)
     assert proc.returncode == 1
     assert "adt: training failed: worker rank" in stderr and "killed by SIGKILL" in stderr
 

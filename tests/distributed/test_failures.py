@@ -89,14 +89,19 @@ def test_ctrl_c_in_the_caller_stops_every_worker(tmp_path: Path) -> None:
     """)
     )
     proc = subprocess.Popen([sys.executable, str(script)], stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while len(worker_pids()) < 2 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert len(worker_pids()) == 2, "the workers never started"
-    time.sleep(2)  # let them get into training
-    sent = time.monotonic()
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=20)
+    try:
+        deadline = time.monotonic() + 60
+        while len(worker_pids()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(worker_pids()) == 2, "the workers never started"
+        time.sleep(2)  # let them get into training
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:  # never leave the job running, whatever failed above
+            proc.kill()
+            proc.communicate()
     assert time.monotonic() - sent < 10
     assert proc.returncode != 0 and "KeyboardInterrupt" in stderr
     assert worker_pids() == []

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ai_distributed_training.loop import loss_sum_fn
+from ai_distributed_training.optim import loss_sum_fn
 from ai_distributed_training.sharding import loss_scale, rank_share
 
 
@@ -65,3 +65,20 @@ def test_empty_share_contributes_zero_but_keeps_the_graph() -> None:
 def test_regression_loss_is_per_sample_mse_summed() -> None:
     out, y = torch.tensor([[1.0], [3.0]]), torch.tensor([0.0, 1.0])
     assert loss_sum_fn("regression", None)(out, y).item() == pytest.approx(1.0 + 4.0)
+
+
+@pytest.mark.parametrize("naive", [False, True])
+def test_micro_batch_accumulation_matches_the_full_batch_only_with_sum_scaling(
+    naive: bool,
+) -> None:
+    """Accumulating micro-batch gradients scaled like the loop (by 1 / global batch) equals the
+    full-batch gradient; scaling each micro-batch by its own mean (the naive way) does not."""
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(13, 5, generator=g), torch.randint(0, 3, (13,), generator=g)
+    w = torch.randn(5, 3, generator=g)
+    full = _grad(w, x, y, 1 / len(y))
+    accumulated = sum(
+        _grad(w, x[idx], y[idx], 1 / len(idx) / 4 if naive else loss_scale(len(y), 1))
+        for idx in torch.arange(13).tensor_split(4)
+    )
+    assert torch.allclose(accumulated, full, rtol=1e-5, atol=1e-7) is not naive

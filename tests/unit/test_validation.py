@@ -186,3 +186,31 @@ def test_fault_injection_spec_is_validated() -> None:
         train(fault_injection=[{"kind": "explode"}])
     with pytest.raises(ConfigError, match=r"unknown setting 'fault_injection.0.stp'"):
         train(fault_injection=[{"kind": "kill", "stp": 3}])
+
+
+def test_fp16_on_cpu_is_a_clear_error() -> None:
+    with pytest.raises(ConfigError, match=r"precision='fp16' needs GPUs"):
+        train(precision="fp16")
+
+
+def test_warmup_steps_and_ratio_are_exclusive() -> None:
+    with pytest.raises(ConfigError, match=r"warmup_steps=3 and warmup_ratio=0.1"):
+        train(warmup_steps=3, warmup_ratio=0.1)
+
+
+def test_classification_task_needs_integer_labels() -> None:
+    with pytest.raises(ConfigError, match=r"task='classification' needs integer class labels"):
+        train(data=(np.zeros((10, 2)), np.linspace(0, 1, 10)), task="classification")
+
+
+def test_task_conflicting_with_a_synthetic_spec() -> None:
+    with pytest.raises(ConfigError, match=r"task='regression' conflicts with the data"):
+        train(task="regression")
+
+
+def test_validation_data_must_match_the_inputs() -> None:
+    with pytest.raises(ConfigError, match=r"validation_data inputs have shape \(3,\)"):
+        train(
+            data=(np.zeros((10, 4)), np.zeros(10, dtype=np.int64)),
+            validation_data=(np.zeros((5, 3)), np.zeros(5, dtype=np.int64)),
+        )
