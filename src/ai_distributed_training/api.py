@@ -246,9 +246,8 @@ def run(prepared: PreparedJob, started: float, inputs: dict[str, Any]) -> Traini
     model.load_state_dict(out["state_dict"])
     history: list[dict[str, float]] = out["history"]
     last = history[-1]
-    metric_names = ["train_loss", "val_loss"]
-    if info.task == "classification":
-        metric_names += ["train_accuracy", "val_accuracy"]
+    names = ["loss", *(["accuracy"] if info.task == "classification" else []), *settings.metrics]
+    metric_names = [f"{split}_{name}" for name in names for split in ("train", "val")]
     gpus = settings.use_gpus
     result = TrainingResult(
         model,
@@ -277,6 +276,12 @@ def run(prepared: PreparedJob, started: float, inputs: dict[str, Any]) -> Traini
         run_dir=str(run_dir) if run_dir else None,
         wall_time_s=time.perf_counter() - started,
     )
+    if not result["weights_in_sync"]:
+        warnings.warn(
+            "the workers ended with different weights: something outside the "
+            "optimizer changed parameters on some ranks (see weights_in_sync)",
+            stacklevel=3,
+        )
     if run_dir:
         (run_dir / SUMMARY_FILE).write_text(json.dumps(dict(result), indent=2) + "\n")
         write_report(run_dir)
