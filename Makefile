@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
 
-.PHONY: demo test install install-dev lint typecheck readme clean
+.PHONY: demo test install install-dev lint typecheck readme bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +25,8 @@ demo: install
 	$(PY) examples/quickstart.py
 
 lint: install-dev
-	$(PY) -m ruff check src tests examples
-	$(PY) -m ruff format --check src tests examples
+	$(PY) -m ruff check src tests examples bench scripts
+	$(PY) -m ruff format --check src tests examples bench scripts
 
 typecheck: install-dev
 	$(PY) -m mypy
@@ -34,6 +34,10 @@ typecheck: install-dev
 ## Lint, type-check and run the whole suite (real gloo processes).
 test: lint typecheck
 	$(PY) -m pytest
+
+## Throughput against the hand-written DDP and single-process baselines (several minutes).
+bench: install
+	$(PY) -m bench
 
 ## Regenerate the README's settings table from the config model.
 readme: install

@@ -1,0 +1,1 @@
+"""Benchmarks: commands that print ratio tables against baselines measured in the same run."""
