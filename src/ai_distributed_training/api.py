@@ -27,7 +27,7 @@ from .checkpoint import list_checkpoints
 from .config import TrainingSettings, check_warmup, settings_as_plain_data, validate
 from .data import DataInfo, DataSource, SyntheticSource, resolve_data
 from .errors import ConfigError, WorkerFailedError
-from .job import Job
+from .job import Job, check_writable_dir
 from .launch import launch_local
 from .models import ModelSource, resolve_model
 from .report import write_report
@@ -164,9 +164,8 @@ def create_run_dir(settings: TrainingSettings, model_name: str) -> Path | None:
     for attempt in range(1000):
         path = stem if attempt == 0 else stem.with_name(f"{stem.name}-{attempt}")
         try:
-            path.mkdir(parents=True)
-            (path / ".write-test").touch()
-            (path / ".write-test").unlink()
+            path.mkdir(parents=True)  # not exist_ok: each run gets a new directory
+            check_writable_dir(path)
             return path
         except FileExistsError:
             continue
@@ -188,9 +187,7 @@ def checkpoint_dir(settings: TrainingSettings, run_dir: Path | None) -> Path | N
         return run_dir / "checkpoints" if run_dir else None
     path = Path(settings.checkpoint_dir).resolve()
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path):
-            pass
+        check_writable_dir(path)
     except OSError as err:
         raise ConfigError(
             f"checkpoint_dir={settings.checkpoint_dir!r} cannot be written: {err}"
@@ -233,6 +230,7 @@ def run(prepared: PreparedJob, started: float, inputs: dict[str, Any]) -> Traini
             max_restarts=settings.max_restarts,
         )
         out = torch.load(job.result_path, weights_only=True)
+        state_dict = torch.load(job.weights_path, weights_only=True)
     except WorkerFailedError as err:
         newest = list_checkpoints(ckpt_dir) if ckpt_dir else []
         err.note_checkpoint(str(newest[0]) if newest else None)
@@ -243,7 +241,7 @@ def run(prepared: PreparedJob, started: float, inputs: dict[str, Any]) -> Traini
         shutil.rmtree(job_dir, ignore_errors=True)
 
     model = prepared.model.build(info)
-    model.load_state_dict(out["state_dict"])
+    model.load_state_dict(state_dict)
     history: list[dict[str, float]] = out["history"]
     last = history[-1]
     names = ["loss", *(["accuracy"] if info.task == "classification" else []), *settings.metrics]

@@ -18,6 +18,7 @@ from . import __version__, runconfig
 from .api import DistributedTraining, available_cores
 from .config import TrainingSettings
 from .errors import ConfigError, WorkerFailedError
+from .job import check_writable_dir
 from .launch import launch_local
 from .report import write_report
 
@@ -107,9 +108,7 @@ def _check_port() -> str:
 
 def _check_runs_dir(path: str) -> Callable[[], str]:
     def check() -> str:
-        Path(path).mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path):
-            pass
+        check_writable_dir(Path(path))
         return f"{os.path.abspath(path)} is writable"
 
     return check

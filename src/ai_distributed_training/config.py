@@ -202,9 +202,6 @@ class TrainingSettings(_Strict):
     )
 
 
-SETTING_NAMES: tuple[str, ...] = tuple(TrainingSettings.model_fields)
-
-
 def check_warmup(settings: TrainingSettings) -> None:
     if settings.warmup_steps is not None and settings.warmup_ratio is not None:
         raise ConfigError(

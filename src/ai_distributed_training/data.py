@@ -383,26 +383,25 @@ def resolve_data(data: Any, task: Task | None = None) -> DataSource:
     Raises:
         ConfigError: a bad value (naming it); ConfigTypeError: an input of a type not accepted.
     """
+    if isinstance(data, (str, os.PathLike)):
+        return file_source(data, task)
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        return tensors_source(data[0], data[1], description="arrays", task=task)
     source: DataSource
     if isinstance(data, Mapping):
         source = SyntheticSource.from_spec(validate(SyntheticDataSpec, data, "data key"))
-    elif isinstance(data, (str, os.PathLike)):
-        return file_source(data, task)
     elif isinstance(data, Dataset):
         source = DatasetSource.from_dataset(data)
-    elif isinstance(data, (tuple, list)) and len(data) == 2:
-        return tensors_source(data[0], data[1], description="arrays", task=task)
     else:
-        source = None  # type: ignore[assignment]
-    if source is not None:
-        if task is not None and task != source.info.task:
-            raise ConfigError(
-                f"task={task!r} conflicts with the data, whose task is "
-                f"{source.info.task!r} (set the task in the data spec or dataset)"
-            )
-        return source
-    raise ConfigTypeError(
-        f"data of type {type(data).__name__} is not accepted; pass a synthetic spec dict "
-        "{'samples': N, 'features': F}, a pair (X, y) of tensors or arrays, a map-style "
-        f"torch Dataset, or a path to a {'/'.join(FILE_SUFFIXES)} file"
-    )
+        raise ConfigTypeError(
+            f"data of type {type(data).__name__} is not accepted; pass a synthetic spec dict "
+            "{'samples': N, 'features': F}, a pair (X, y) of tensors or arrays, a map-style "
+            f"torch Dataset, or a path to a {'/'.join(FILE_SUFFIXES)} file"
+        )
+    # A spec or a dataset states its own targets: a different task setting is a contradiction.
+    if task is not None and task != source.info.task:
+        raise ConfigError(
+            f"task={task!r} conflicts with the data, whose task is "
+            f"{source.info.task!r} (set the task in the data spec or dataset)"
+        )
+    return source

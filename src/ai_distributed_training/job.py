@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from .models import ModelSource
 JOB_FILE = "job.pkl"
 SYS_PATH_FILE = "sys_path.json"
 RESULT_FILE = "result.pt"
+MODEL_FILE = "model.pt"
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,13 @@ class Job:
 
     @property
     def result_path(self) -> Path:
+        """Rank 0's result (history, counts), without the weights."""
         return Path(self.job_dir) / RESULT_FILE
+
+    @property
+    def weights_path(self) -> Path:
+        """The final state dict, written once by rank 0: the run's model.pt, or a job file."""
+        return Path(self.run_dir or self.job_dir) / MODEL_FILE
 
     def save(self) -> Path:
         """Write the job into ``job_dir`` (staging data files there) and return its path."""
@@ -73,6 +81,17 @@ class Job:
             job = cloudpickle.load(f)
         assert isinstance(job, Job)
         return job
+
+
+def check_writable_dir(path: Path) -> None:
+    """Create ``path`` if needed and prove a file can be written in it.
+
+    Raises:
+        OSError: it cannot be created or written.
+    """
+    path.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path):
+        pass
 
 
 def write_atomically(obj: Any, path: Path) -> None:

@@ -121,10 +121,10 @@ class RankZeroTracker(Tracker):
             self._tb = SummaryWriter(str(run_dir / TENSORBOARD_DIR))
         self._bar: Any = None
         self._started = time.perf_counter()
-        self._total = self._done = self._steps_per_epoch = self._epochs = 0
+        self._total = self._done = self._epochs = 0
 
     def start(self, total_steps: int, steps_per_epoch: int, epochs: int) -> None:
-        self._total, self._steps_per_epoch, self._epochs = total_steps, steps_per_epoch, epochs
+        self._total, self._epochs = total_steps, epochs
         self._started = time.perf_counter()
         if self.progress == "bar":
             from tqdm import tqdm

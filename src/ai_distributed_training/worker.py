@@ -30,8 +30,6 @@ from .sharding import train_val_split
 from .strategies import DDPStrategy
 from .tracking import JobLog, RankZeroTracker, Tracker, configure_worker_logging
 
-MODEL_FILE = "model.pt"
-
 log = logging.getLogger("ai_distributed_training.worker")  # not __name__: run as __main__
 
 
@@ -172,9 +170,8 @@ def main(argv: list[str] | None = None) -> None:
     env = RankEnv.from_environ()
     configure_worker_logging(env.rank, job.log_level)
     result = run_rank(job, env)
-    if env.rank == 0:  # global rank 0 alone hands the result back and saves the weights
-        if job.run_dir:
-            write_atomically(result["state_dict"], Path(job.run_dir) / MODEL_FILE)
+    if env.rank == 0:  # global rank 0 alone saves the weights and hands the result back
+        write_atomically(result.pop("state_dict"), job.weights_path)
         write_atomically(result, job.result_path)
 
 

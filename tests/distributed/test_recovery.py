@@ -13,8 +13,10 @@ import torch
 
 from ai_distributed_training import DistributedTraining, TrainingResult, WorkerFailedError
 from ai_distributed_training.checkpoint import list_checkpoints, load_checkpoint
+from ai_distributed_training.report import read_records
 from ai_distributed_training.sharding import epoch_order, global_batch, train_val_split
 from tests.distributed.test_training import RecordingDataset
+from tests.helpers import bitwise_equal
 
 pytestmark = pytest.mark.distributed
 
@@ -29,17 +31,12 @@ def _losses(result: TrainingResult) -> list[tuple[float, ...]]:
     return [(h["train_loss"], h["val_loss"], h["val_accuracy"]) for h in result["history"]]
 
 
-def _bitwise_equal(a: TrainingResult, b: TrainingResult) -> bool:
-    sa, sb = a.model.state_dict(), b.model.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
-
-
 @pytest.fixture(scope="module")
 def uninterrupted() -> TrainingResult:
     return TRAINER.train_distributed(MODEL, DATA, nodes=2)
 
 
-def test_killed_worker_is_restarted_and_the_result_is_bitwise_equal(
+def test_killed_worker_is_restarted_and_the_result_isbitwise_equal(
     uninterrupted: TrainingResult,
 ) -> None:
     result = TRAINER.train_distributed(
@@ -50,7 +47,7 @@ def test_killed_worker_is_restarted_and_the_result_is_bitwise_equal(
         fault_injection=[{"kind": "kill", "rank": 1, "step": 7}],
     )  # mid-epoch, after step 4's ckpt
     assert result["restarts"] == 1
-    assert _bitwise_equal(result, uninterrupted)
+    assert bitwise_equal(result, uninterrupted)
     assert _losses(result) == _losses(uninterrupted)
 
 
@@ -62,7 +59,7 @@ def test_raising_worker_is_restarted_too(uninterrupted: TrainingResult) -> None:
         max_restarts=1,
         fault_injection=[{"kind": "raise", "rank": 0, "step": 18}],
     )  # in epoch 2
-    assert result["restarts"] == 1 and _bitwise_equal(result, uninterrupted)
+    assert result["restarts"] == 1 and bitwise_equal(result, uninterrupted)
 
 
 def test_five_kill_restarts_in_a_row(uninterrupted: TrainingResult) -> None:
@@ -71,7 +68,7 @@ def test_five_kill_restarts_in_a_row(uninterrupted: TrainingResult) -> None:
         for attempt in range(5)
     ]
     result = TRAINER.train_distributed(MODEL, DATA, nodes=2, max_restarts=5, fault_injection=faults)
-    assert result["restarts"] == 5 and _bitwise_equal(result, uninterrupted)
+    assert result["restarts"] == 5 and bitwise_equal(result, uninterrupted)
 
 
 def test_resume_from_a_mid_epoch_file_is_exact_and_needs_the_rng_state(
@@ -82,7 +79,7 @@ def test_resume_from_a_mid_epoch_file_is_exact_and_needs_the_rng_state(
     assert (state["loop"]["epoch"], state["loop"]["step_in_epoch"]) == (1, 8)
     assert state["config"]["checkpoint_every"] == 4 and len(state["ranks"]) == 2
     resumed = TRAINER.train_distributed(MODEL, DATA, nodes=2, resume=str(ckpt))
-    assert _bitwise_equal(resumed, uninterrupted)
+    assert bitwise_equal(resumed, uninterrupted)
 
     # The same resume with the RNG states replaced (as if not restored) must differ: this is
     # what makes the equality above a real check.
@@ -91,7 +88,7 @@ def test_resume_from_a_mid_epoch_file_is_exact_and_needs_the_rng_state(
         rank_state["rng"]["torch"] = torch.get_rng_state()
     broken = tmp_path / "step-00000008.pt"
     torch.save(state, broken)
-    assert not _bitwise_equal(
+    assert not bitwise_equal(
         TRAINER.train_distributed(MODEL, DATA, nodes=2, resume=str(broken)), uninterrupted
     )
 
@@ -107,7 +104,7 @@ def test_corrupt_newest_checkpoint_is_skipped_with_a_warning(
         MODEL, DATA, nodes=2, resume="auto", checkpoint_dir=str(ckpts)
     )
     assert f"skipping unreadable checkpoint {newest}" in capfd.readouterr().err
-    assert _bitwise_equal(result, uninterrupted)
+    assert bitwise_equal(result, uninterrupted)
 
 
 def test_exhausted_restarts_name_the_rank_signal_and_last_checkpoint() -> None:
@@ -223,11 +220,7 @@ def test_injected_hang_fails_within_the_collective_timeout_naming_the_stuck_rank
     assert "likely stuck): [1]" in str(info.value)
 
 
-def test_metrics_of_a_restarted_run_keep_one_record_per_step(
-    uninterrupted: TrainingResult,
-) -> None:
-    from ai_distributed_training.report import read_records
-
+def test_metrics_of_a_restarted_run_keep_one_record_per_step() -> None:
     result = TRAINER.train_distributed(
         MODEL,
         DATA,
