@@ -7,25 +7,11 @@ interleaved (A B C A B C ...) and the table shows medians and ratios from this o
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import subprocess
 import sys
-import time
-from pathlib import Path
+from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-OURS = """
-import json
-from ai_distributed_training import DistributedTraining
-from bench import workload as w
-r = DistributedTraining(epochs=w.EPOCHS, batch_size=w.GLOBAL_BATCH, learning_rate=w.LR,
-                        seed=w.SEED, validation_split=0.0, runs_dir=None, max_restarts=0)\\
-    .train_distributed({{"model_name": "mlp", "hidden_sizes": list(w.HIDDEN)}}, w.data(),
-                       nodes={nodes})
-print(json.dumps({{"samples_per_second": r["samples_per_second"], "final_loss": r["final_loss"]}}))
-"""
+from bench.common import OURS, run_once
 
 
 def variants(nodes: list[int]) -> dict[str, list[str]]:
@@ -37,24 +23,13 @@ def variants(nodes: list[int]) -> dict[str, list[str]]:
     return out
 
 
-def run_once(command: list[str]) -> tuple[dict[str, float], float]:
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    started = time.perf_counter()
-    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
-    wall = time.perf_counter() - started
-    if proc.returncode != 0:
-        raise RuntimeError(f"{command} failed:\n{proc.stderr[-2000:]}")
-    last = [line for line in proc.stdout.splitlines() if line.startswith("{")][-1]
-    return json.loads(last), wall
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--nodes", type=int, nargs="+", default=[1, 2, 4])
     args = parser.parse_args()
     cases = variants(args.nodes)
-    results: dict[str, list[tuple[dict[str, float], float]]] = {name: [] for name in cases}
+    results: dict[str, list[tuple[dict[str, Any], float]]] = {name: [] for name in cases}
     for _ in range(args.repeats):
         for name, command in cases.items():  # interleaved: noise hits every variant alike
             results[name].append(run_once(command))

@@ -5,6 +5,7 @@ Run as ``torchrun --standalone --nproc-per-node N bench/ddp_baseline.py``.
 
 from __future__ import annotations
 
+import gc
 import json
 import time
 
@@ -49,4 +50,5 @@ if rank == 0:
 # Without this, a DDP reducer alive at destroy_process_group aborts a rank at exit now and then
 # ("terminate called without an active exception"; seen here on 2 ranks too).
 del net, opt
+gc.collect()
 dist.destroy_process_group()

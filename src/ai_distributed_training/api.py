@@ -16,6 +16,7 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,11 @@ from .checkpoint import list_checkpoints
 from .config import TrainingSettings, check_warmup, settings_as_plain_data, validate
 from .data import DataInfo, DataSource, SyntheticSource, resolve_data
 from .errors import ConfigError, WorkerFailedError
+from .hardware import HardwareProfile, resolve_profile
 from .job import Job, check_writable_dir
 from .launch import launch_local
 from .models import ModelSource, resolve_model
+from .plan import DEFAULT_NODES, Plan, make_plan
 from .report import write_report
 from .result import TrainingResult
 from .tracking import EVENTS_FILE, JOB_LOGGER, caller_log_level
@@ -266,6 +269,7 @@ def run(prepared: PreparedJob, started: float, inputs: dict[str, Any]) -> Traini
         samples_per_second=out["samples_seen"] / out["train_time_s"],
         train_time_s=out["train_time_s"],
         threads_per_worker=prepared.threads_per_worker,
+        peak_memory_per_worker_bytes=out["peak_memory_per_worker_bytes"],
         weights_in_sync=out["weights_in_sync"],
         stopped_early=out["stopped_early"],
         restarts=out["restarts"],
@@ -352,6 +356,48 @@ class DistributedTraining:
                 "data": _describe(data, _synthetic_spec(prepared.data)),
             },
         )
+
+    def plan(
+        self,
+        model: Any,
+        data: Any,
+        nodes: int | Sequence[int] | None = None,
+        hardware: str | Path | HardwareProfile | None = None,
+        calibrate: bool = False,
+        threshold: float = 0.8,
+        **settings: Any,
+    ) -> Plan:
+        """Predict memory per worker, step time, samples/s and scaling efficiency for node
+        counts 1, 2, 4, ..., 1024 (plus ``nodes`` if an int; exactly ``nodes`` if a list, with
+        1 added as the baseline), and recommend a strategy and node count. Trains nothing.
+
+        ``hardware``: ``None``/``"this-machine"`` (this machine's saved calibration, measured
+        on first use or when ``calibrate=True``), a preset name (see
+        :data:`~.hardware.PRESETS`), a profile YAML path, or a :class:`HardwareProfile`.
+        ``threshold``: the scaling efficiency under which more nodes are not recommended.
+
+        Raises:
+            ConfigError: bad settings, node counts, threshold or hardware; before any probe.
+        """
+        counts: tuple[Any, ...]
+        if nodes is None:
+            counts = DEFAULT_NODES
+        elif isinstance(nodes, int):
+            counts = (*DEFAULT_NODES, nodes)
+        elif isinstance(nodes, Sequence) and not isinstance(nodes, str):
+            counts = (1, *nodes)
+        else:
+            counts = (nodes,)
+        bad = [n for n in counts if isinstance(n, bool) or not isinstance(n, int) or n < 1]
+        if bad:
+            raise ConfigError(f"nodes={nodes!r}: node counts must be positive integers")
+        if not 0 < threshold <= 1:
+            raise ConfigError(f"threshold={threshold!r} must be in (0, 1]")
+        resolved = self.resolve_settings(**settings)
+        model_source = resolve_model(model)
+        data_source = resolve_data(data, resolved.task)
+        profile = resolve_profile(hardware, calibrate)
+        return make_plan(model_source, data_source, resolved, profile, counts, threshold)
 
 
 class GPUAcceleratedTraining(DistributedTraining):

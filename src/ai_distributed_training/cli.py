@@ -1,4 +1,4 @@
-"""The ``adt`` command: ``train``, ``report`` and ``doctor``.
+"""The ``adt`` command: ``train``, ``plan``, ``report`` and ``doctor``.
 
 Exit codes: 0 success; 2 usage or config error (one clear line, no traceback); 1 training failure
 (naming the failing rank) or a failed doctor check.
@@ -7,6 +7,7 @@ Exit codes: 0 success; 2 usage or config error (one clear line, no traceback); 1
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import sys
@@ -18,6 +19,7 @@ from . import __version__, runconfig
 from .api import DistributedTraining, available_cores
 from .config import TrainingSettings
 from .errors import ConfigError, WorkerFailedError
+from .hardware import PRESETS, THIS_MACHINE, save_profile
 from .job import check_writable_dir
 from .launch import launch_local
 from .report import write_report
@@ -67,6 +69,39 @@ def _parser() -> argparse.ArgumentParser:
         help="override a setting; dotted for nesting (data.samples=3000)",
     )
 
+    plan = sub.add_parser(
+        "plan",
+        help="predict memory, speed and the right node count (trains nothing)",
+        description="Predict memory per worker, step time, samples/s and scaling efficiency "
+        "for N = 1, 2, 4, ..., 1024 workers on the given hardware, from the same --config "
+        "and --set options as 'adt train'.",
+    )
+    plan.add_argument("--config", metavar="FILE", help="YAML run config (as for adt train)")
+    plan.add_argument(
+        "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="override"
+    )
+    plan.add_argument(
+        "--nodes", type=int, nargs="+", metavar="N", help="node counts (default 1 2 4 ... 1024)"
+    )
+    plan.add_argument(
+        "--hardware",
+        default=THIS_MACHINE,
+        metavar="NAME|FILE",
+        help=f"{THIS_MACHINE} (calibrated here, the default), a preset "
+        f"({', '.join(sorted(PRESETS))}) or a profile YAML file",
+    )
+    plan.add_argument(
+        "--calibrate", action="store_true", help="measure this machine again (~20 s) and save it"
+    )
+    plan.add_argument(
+        "--threshold", type=float, default=0.8, help="lowest acceptable scaling efficiency"
+    )
+    plan.add_argument("--json", action="store_true", help="print one JSON object per node count")
+    plan.add_argument("--plot", metavar="PNG", help="write samples/s and efficiency vs nodes")
+    plan.add_argument(
+        "--save-hardware", metavar="FILE", help="write the hardware profile used, to edit"
+    )
+
     report = sub.add_parser("report", help="re-render a run's report.html and plots")
     report.add_argument("run_dir", metavar="RUN_DIR")
 
@@ -83,6 +118,31 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(result)
     if result.get("run_dir"):
         print(f"run directory: {result['run_dir']}")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    model, data, settings = runconfig.resolve(args.config, args.sets, None)
+    configured = settings.pop("nodes", None)
+    nodes = args.nodes or (configured if isinstance(configured, int) else None)
+    plan = DistributedTraining().plan(
+        model,
+        data,
+        nodes=nodes,
+        hardware=args.hardware,
+        calibrate=args.calibrate,
+        threshold=args.threshold,
+        **settings,
+    )
+    if args.json:
+        print(json.dumps(plan.to_json(), indent=1))
+    else:
+        print(plan.table())
+    if args.plot:
+        print(f"plot: {plan.plot(Path(args.plot))}", file=sys.stderr)
+    if args.save_hardware:
+        saved = save_profile(plan.hardware, Path(args.save_hardware))
+        print(f"hardware profile: {saved}", file=sys.stderr)
     return 0
 
 
@@ -155,7 +215,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``adt``; returns the exit code (0 ok, 1 training failure, 2 usage/config error)."""
     args = _parser().parse_args(argv)
-    command = {"train": cmd_train, "report": cmd_report, "doctor": cmd_doctor}[args.command]
+    command = {
+        "train": cmd_train,
+        "plan": cmd_plan,
+        "report": cmd_report,
+        "doctor": cmd_doctor,
+    }[args.command]
     try:
         return command(args)
     except ConfigError as err:

@@ -8,14 +8,16 @@ classes from the user's own modules import in the workers.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import json
+import logging
 import os
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import cloudpickle
 import torch
@@ -102,3 +104,43 @@ def write_atomically(obj: Any, path: Path) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def exit_finished_worker() -> NoReturn:
+    """End a worker process whose work is done and written, skipping interpreter teardown.
+
+    torch 2.13 aborts a gloo process now and then AFTER ``destroy_process_group`` returned, in
+    the C++ static destructors at exit ("terminate called without an active exception"; 1 of 8
+    4-rank jobs of a plain torchrun script here), which the agent would report as a failed
+    job although every result is on disk. Flushing and ``os._exit`` skips those destructors.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+#: glibc ``mallopt`` parameters (malloc.h) and the values workers use.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD_BYTES = 64 * 1024 * 1024
+TRIM_THRESHOLD_BYTES = 1024 * 1024 * 1024
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc keep freed memory for reuse instead of handing it back to the OS each step.
+
+    By default glibc serves large blocks (activations, gradients) with fresh ``mmap`` calls
+    and trims the heap when its top is freed, so every training step page-faults and zeroes
+    megabytes again. Measured on the reference workload (2 cores): 62-65k -> 78-80k samples/s
+    with 1 worker, 52-56k -> 59-61k with 2. Blocks under 64 MB come from the heap, and up to
+    1 GB of freed heap is kept. Returns whether it applied (glibc only; elsewhere a no-op).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (e.g. musl)
+        return False
+    ok = int(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) == 1
+    return ok and int(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)) == 1

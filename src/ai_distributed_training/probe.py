@@ -11,6 +11,8 @@ import torch
 import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
 
+from .job import exit_finished_worker
+
 
 @record
 def main() -> None:
@@ -29,3 +31,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    exit_finished_worker()

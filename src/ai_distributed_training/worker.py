@@ -24,7 +24,8 @@ from torch.distributed.elastic.multiprocessing.errors import record
 
 from .checkpoint import load_checkpoint, load_newest_valid
 from .faults import FaultInjector
-from .job import Job, write_atomically
+from .hardware import peak_rss_bytes
+from .job import Job, exit_finished_worker, keep_freed_memory, write_atomically
 from .loop import Checkpointer, train
 from .sharding import train_val_split
 from .strategies import DDPStrategy
@@ -142,6 +143,7 @@ def run_rank(job: Job, env: RankEnv) -> dict[str, Any]:
             val_reader,
         )
         in_sync = strategy.replicas_identical(model)
+        peaks = strategy.all_gather_object(peak_rss_bytes())  # what the planner predicts
         return {
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "history": loop.history,
@@ -153,6 +155,7 @@ def run_rank(job: Job, env: RankEnv) -> dict[str, Any]:
             "skipped_steps": loop.skipped_steps,
             "restarts": attempt,
             "world_size": env.world_size,
+            "peak_memory_per_worker_bytes": peaks,
         }
     finally:
         tracker.close()
@@ -165,6 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of a worker process launched by the elastic agent."""
     argv = sys.argv[1:] if argv is None else argv
     _die_with_parent()
+    keep_freed_memory()
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # the agent forwards Ctrl-C: stop at once
     job = Job.load(argv[0])
     env = RankEnv.from_environ()
@@ -177,3 +181,4 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+    exit_finished_worker()

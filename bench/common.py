@@ -1,0 +1,41 @@
+"""What every benchmark here shares: the library run from a fresh interpreter, and running a
+command while timing it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+OURS = """
+import json
+from ai_distributed_training import DistributedTraining
+from bench import workload as w
+r = DistributedTraining(epochs=w.EPOCHS, batch_size=w.GLOBAL_BATCH, learning_rate=w.LR,
+                        seed=w.SEED, validation_split=0.0, runs_dir=None, max_restarts=0)\\
+    .train_distributed({{"model_name": "mlp", "hidden_sizes": list(w.HIDDEN)}}, w.data(),
+                       nodes={nodes})
+print(json.dumps({{k: r[k] for k in ("samples_per_second", "final_loss", "train_time_s", "steps",
+                                     "peak_memory_per_worker_bytes")}}))
+"""
+
+
+def run_once(command: list[str], tries: int = 2) -> tuple[dict[str, Any], float]:
+    """One run's printed figures and wall time; a failed run is retried once (and reported):
+    torch's gloo teardown aborts a process now and then, in the hand-written baseline too."""
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    started = time.perf_counter()
+    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        if tries > 1:
+            print(f"(retrying a failed run of {command[-1][:40]!r})", file=sys.stderr)
+            return run_once(command, tries - 1)
+        raise RuntimeError(f"{command} failed:\n{proc.stderr[-2000:]}")
+    last = [line for line in proc.stdout.splitlines() if line.startswith("{")][-1]
+    return json.loads(last), wall

@@ -1,0 +1,406 @@
+"""The planner: predict memory, step time and scaling for N workers, without training.
+
+Everything here is arithmetic on three measured or counted inputs:
+
+* the **model**, counted on the meta device (no memory, no compute): parameters, forward +
+  backward FLOPs per sample (``torch.utils.flop_counter``), bytes of activations saved for the
+  backward pass per sample;
+* the **data partition**, from the same functions the trainer uses (:mod:`.sharding`);
+* the **hardware**, a :class:`~.hardware.HardwareProfile` (calibrated here, or a preset).
+
+Formulas (also in the README):
+
+* memory per worker, DDP = baseline + data + (4 + 4 + optimizer) bytes x parameters
+  + activations(per-worker batch); AdamW/Adam keep 8 bytes per parameter, SGD with momentum 4.
+  FSDP = baseline + data + (8 + optimizer) x parameters / N + 8 x largest block + activations.
+* step time = compute + exposed communication; compute = per-worker batch x FLOPs per sample /
+  worker rate + optimizer + fixed overhead, slowed by the cores' time-sharing when workers
+  outnumber them; communication = ring all-reduce of the gradients per DDP bucket,
+  ``2(N-1) x latency + 2(N-1)/N x bytes / bandwidth``, of which all but the last bucket may hide
+  under the backward pass.
+* scaling efficiency = samples/s(N) / (samples/s(1) x slots used(N) / slots used(1)).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .config import TrainingSettings
+from .data import DataInfo, DataSource, SyntheticSource, TensorFileSource, TensorSource
+from .hardware import HardwareProfile
+from .models import ModelSource
+from .optim import build_optimizer, loss_sum_fn
+from .sharding import num_steps, shard_bounds
+
+#: DDP's bucket size on gloo (see :class:`~.strategies.DDPStrategy`) and torch's on NCCL.
+BUCKET_BYTES = 25 * 1024 * 1024
+#: Bytes of optimizer state per parameter (fp32).
+OPTIMIZER_BYTES = {"adamw": 8, "adam": 8, "sgd": 4}
+DEFAULT_NODES = tuple(2**i for i in range(11))  # 1, 2, 4, ..., 1024
+
+
+@dataclass(frozen=True)
+class ModelCount:
+    """What the planner needs to know about a model, counted on the meta device."""
+
+    parameters: int
+    largest_block_parameters: int  # the biggest direct child: what FSDP gathers at once
+    flops_per_sample: float  # forward + backward
+    activation_bytes_per_sample: float  # saved for backward
+
+
+def count_model(model: nn.Module, input_shape: tuple[int, ...], task: str) -> ModelCount:
+    """Count ``model`` (moved to the meta device: no memory, no compute).
+
+    Two batch sizes are counted and differenced, so what does not grow with the batch (e.g.
+    the weights a layer saves for its backward) is not taken for activations.
+    """
+    model = model.to("meta")
+    (flops_2, saved_2), (flops_4, saved_4) = (_count(model, input_shape, task, b) for b in (2, 4))
+    blocks = [sum(p.numel() for p in child.parameters()) for child in model.children()]
+    params = sum(p.numel() for p in model.parameters())
+    return ModelCount(
+        parameters=params,
+        largest_block_parameters=max(blocks, default=params) or params,
+        flops_per_sample=(flops_4 - flops_2) / 2,
+        activation_bytes_per_sample=max(0.0, (saved_4 - saved_2) / 2),
+    )
+
+
+def _count(
+    model: nn.Module, input_shape: tuple[int, ...], task: str, batch: int
+) -> tuple[float, float]:
+    """(FLOPs of forward + backward, bytes saved for backward) for one meta batch."""
+    x = torch.empty((batch, *input_shape), device="meta")
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved[id(t)] = t.numel() * t.element_size()
+        return t
+
+    with FlopCounterMode(display=False) as counter:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = model(x)
+        if task == "classification":
+            loss = F.cross_entropy(out, torch.zeros(batch, dtype=torch.long, device="meta"))
+        else:
+            loss = out.float().square().mean()
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops()), float(sum(saved.values()))
+
+
+def data_bytes_per_worker(source: DataSource) -> int:
+    """Resident data of one worker: in-memory tensors are memory-mapped by every local worker
+    (counted in each one's resident memory, held once by the host); synthetic data is generated
+    in each worker (float32 inputs plus the float64 temporaries of labelling them)."""
+    info = source.info
+    if isinstance(source, SyntheticSource):
+        features = math.prod(info.input_shape)
+        return info.samples * (4 * features + 8 * features + 8)
+    if isinstance(source, (TensorSource, TensorFileSource)):
+        return info.samples * (4 * math.prod(info.input_shape) + 8)
+    return 0  # a Dataset or file reader: the user's own; not estimated
+
+
+@dataclass(frozen=True)
+class Row:
+    """The prediction for one node count (what ``--json`` prints, one object per row)."""
+
+    nodes: int
+    hosts: int
+    threads_per_worker: int
+    per_worker_batch: int  # the largest share of a global batch
+    per_worker_samples_per_epoch: int  # the largest share of an epoch
+    steps_per_epoch: int
+    compute_s: float
+    communication_s: float
+    step_time_s: float
+    samples_per_second: float
+    efficiency: float
+    memory_per_worker_bytes: int  # of the chosen strategy
+    memory_ddp_bytes: int
+    memory_fsdp_bytes: int
+    strategy: str  # "ddp", "fsdp" or "none fits"
+    recommended: bool = False
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A plan: per-node-count rows and the recommendation. ``rows`` are ordered by nodes."""
+
+    model: ModelCount
+    hardware: HardwareProfile
+    global_batch: int
+    train_samples: int
+    threshold: float
+    rows: list[Row]
+
+    @property
+    def recommended(self) -> Row | None:
+        return next((r for r in self.rows if r.recommended), None)
+
+    def to_json(self) -> list[dict[str, Any]]:
+        """One object per node count."""
+        return [asdict(r) for r in self.rows]
+
+    def table(self) -> str:
+        """A readable table plus the recommendation and the inputs it rests on."""
+        m, hw = self.model, self.hardware
+        lines = [
+            f"hardware: {hw.name}",
+            f"model: {m.parameters:,} parameters, {m.flops_per_sample / 1e6:.3g} MFLOP/sample "
+            f"(forward + backward), {m.activation_bytes_per_sample / 1e3:.3g} kB activations/"
+            f"sample; global batch {self.global_batch}, {self.train_samples:,} training samples",
+            f"{'nodes':>6} {'batch/wkr':>9} {'step ms':>9} {'comm ms':>8} {'samples/s':>11} "
+            f"{'effic.':>6} {'DDP mem/wkr':>11} {'FSDP mem/wkr':>12}  strategy",
+        ]
+        for r in self.rows:
+            mark = "  <- recommended" if r.recommended else ""
+            lines.append(
+                f"{r.nodes:>6} {r.per_worker_batch:>9} {r.step_time_s * 1e3:>9.2f} "
+                f"{r.communication_s * 1e3:>8.2f} {r.samples_per_second:>11,.0f} "
+                f"{r.efficiency:>6.2f} {_size(r.memory_ddp_bytes):>11} "
+                f"{_size(r.memory_fsdp_bytes):>12}  {r.strategy}{mark}"
+            )
+        best = self.recommended
+        below = [r.nodes for r in self.rows if r.efficiency < self.threshold]
+        lines.append(
+            f"recommended: {best.nodes} nodes with {best.strategy} "
+            f"({best.samples_per_second:,.0f} samples/s)"
+            if best
+            else "recommended: none (the model does not fit at any node count shown)"
+        )
+        if below:
+            lines.append(f"efficiency falls under {self.threshold:.2f} from {below[0]} nodes on")
+        return "\n".join(lines)
+
+    def plot(self, path: Path) -> Path:
+        """A PNG of predicted samples/s and efficiency versus nodes."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        nodes = [r.nodes for r in self.rows]
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.plot(nodes, [r.samples_per_second for r in self.rows], "o-", label="samples/s")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("nodes (workers)")
+        ax.set_ylabel("predicted samples/s")
+        eff = ax.twinx()
+        eff.plot(nodes, [r.efficiency for r in self.rows], "s--", color="tab:orange")
+        eff.axhline(self.threshold, color="tab:orange", lw=0.8, ls=":")
+        eff.set_ylabel("scaling efficiency", color="tab:orange")
+        eff.set_ylim(0, 1.05 * max(1.0, *(r.efficiency for r in self.rows)))
+        ax.set_title(self.hardware.name.split(":")[0])
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+def _placement(n: int, hw: HardwareProfile) -> tuple[int, int, int]:
+    """(hosts, workers on the busiest host, threads per worker) for ``n`` workers."""
+    hosts = hw.hosts or max(1, math.ceil(n / hw.slots_per_host))
+    per_host = math.ceil(n / hosts)
+    threads = max(1, hw.slots_per_host // per_host) if hw.kind == "cpu" else 1
+    return hosts, per_host, threads
+
+
+def compute_seconds(batch: int, m: ModelCount, hw: HardwareProfile, n: int, threads: int) -> float:
+    """One worker's compute for one step of ``batch`` samples, ``n`` workers on the host (the
+    cores' time-sharing included; measured slowdowns for ``n`` applied where calibrated)."""
+    spread = (threads - 1) / max(1, hw.slots_per_host - 1)
+    efficiency = 1 + (hw.threading_efficiency - 1) * spread  # 1 thread: 1; all cores: measured
+    rate = hw.slot_flops * threads * efficiency
+    work = batch * m.flops_per_sample / rate
+    work += m.parameters * hw.optimizer_s_per_parameter / threads + hw.step_overhead_s
+    time_sharing = max(1.0, n * threads / hw.slots_per_host)
+    return work * time_sharing * hw.compute_slowdown.get(n, 1.0)
+
+
+def _communication_s(
+    n: int, m: ModelCount, hw: HardwareProfile, hosts: int, backward: float
+) -> float:
+    """Exposed all-reduce time of one step's gradients (fp32), bucket by bucket."""
+    if n == 1:
+        return 0.0
+    link = hw.measured.get(n) or (hw.inter_host if hosts > 1 else hw.intra_host)
+    grad_bytes = 4 * m.parameters
+    buckets = max(1, math.ceil(grad_bytes / BUCKET_BYTES))
+    total = sum(
+        link.allreduce_s(min(BUCKET_BYTES, grad_bytes - i * BUCKET_BYTES), n)
+        for i in range(buckets)
+    )
+    # Every bucket but the last can overlap with what is left of the backward pass.
+    hidden = min(total * (buckets - 1) / buckets, backward * (buckets - 1) / buckets)
+    return total - hidden
+
+
+def _memory(
+    n: int, batch: int, m: ModelCount, hw: HardwareProfile, data: int, optimizer: str
+) -> tuple[int, int]:
+    """(DDP, FSDP) bytes per worker."""
+    state = OPTIMIZER_BYTES.get(optimizer, 8)
+    activations = batch * m.activation_bytes_per_sample
+    common = hw.worker_baseline_bytes + data + activations
+    ddp = common + (8 + state) * m.parameters
+    fsdp = common + (8 + state) * m.parameters / n + 8 * m.largest_block_parameters
+    return int(ddp), int(fsdp)
+
+
+def make_plan(
+    model: ModelSource,
+    data: DataSource,
+    settings: TrainingSettings,
+    hardware: HardwareProfile,
+    nodes: tuple[int, ...] = DEFAULT_NODES,
+    threshold: float = 0.8,
+) -> Plan:
+    """Predict every node count in ``nodes`` for this model, data, settings and hardware."""
+    info = data.info
+    if model.module is not None:  # the caller's module: count a copy, never move theirs
+        module = copy.deepcopy(model.module)
+    else:
+        with torch.device("meta"):  # specs and factories: built without memory or weights
+            module = model.build(info)
+    count = count_model(module, info.input_shape, info.task)
+    timed = _time_model_here(model, info, settings, count, hardware)
+    if timed is not None:  # this model's own speed on this machine beats the probe's
+        hardware = hardware.model_copy(update={"slot_flops": timed})
+    held_out = 0.0 if settings.validation_data is not None else settings.validation_split
+    n_train = info.samples - int(info.samples * held_out)
+    batch = settings.batch_size
+    data_bytes = data_bytes_per_worker(data)
+    optimizer = settings.optimizer if isinstance(settings.optimizer, str) else "adamw"
+    rows: list[Row] = []
+    for n in sorted(set(nodes)):
+        hosts, per_host, threads = _placement(n, hardware)
+        share = _largest_share(batch, n)
+        compute = compute_seconds(share, count, hardware, per_host, threads)
+        backward = compute * 2 / 3  # backward is ~2/3 of forward + backward for dense layers
+        comm = _communication_s(n, count, hardware, hosts, backward)
+        step = compute + comm
+        ddp, fsdp = _memory(n, share, count, hardware, data_bytes, optimizer)
+        limit = hardware.memory_bytes / (per_host if hardware.kind == "cpu" else 1)
+        strategy = "ddp" if ddp <= limit else "fsdp" if fsdp <= limit else "none fits"
+        rows.append(
+            Row(
+                nodes=n,
+                hosts=hosts,
+                threads_per_worker=threads,
+                per_worker_batch=share,
+                per_worker_samples_per_epoch=_epoch_share(n_train, batch, n),
+                steps_per_epoch=num_steps(n_train, batch),
+                compute_s=compute,
+                communication_s=comm,
+                step_time_s=step,
+                samples_per_second=batch / step,
+                efficiency=0.0,  # filled in below, relative to the first row
+                memory_per_worker_bytes=fsdp if strategy == "fsdp" else ddp,
+                memory_ddp_bytes=ddp,
+                memory_fsdp_bytes=fsdp,
+                strategy=strategy,
+            )
+        )
+    rows = _with_efficiency(rows, hardware, threshold)
+    return Plan(count, hardware, batch, n_train, threshold, rows)
+
+
+#: Models up to this many bytes of training state are timed for real by plans on this machine.
+TIME_MODEL_LIMIT_BYTES = 1 << 30
+
+
+def _time_model_here(
+    model: ModelSource,
+    info: DataInfo,
+    settings: TrainingSettings,
+    count: ModelCount,
+    hw: HardwareProfile,
+) -> float | None:
+    """The model's achieved FLOP/s on one core of this machine, from a few real training
+    steps with one thread (the probe MLP's rate misjudges other layer shapes by 10-30%).
+    None where the plan is not for this machine, the model is too big to build here, or it
+    cannot run on zero inputs of the data's shape (then the probe's rate is used)."""
+    if hw.kind != "cpu" or hw.hosts != 1 or 16 * count.parameters > TIME_MODEL_LIMIT_BYTES:
+        return None
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        net = copy.deepcopy(model.module) if model.module is not None else model.build(info)
+        optimizer = build_optimizer(settings, net)
+        loss_sum = loss_sum_fn(info.task, settings.loss_fn)
+        batch = max(1, min(256, settings.batch_size))
+        x = torch.randn((batch, *info.input_shape))
+        y = (
+            torch.zeros(batch, dtype=torch.long)
+            if info.task == "classification"
+            else torch.zeros(batch, info.num_outputs).squeeze(1)
+        )
+        times = []
+        for i in range(10):
+            started = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum(net(x), y).backward()
+            optimizer.step()
+            if i >= 3:
+                times.append(time.perf_counter() - started)
+    except Exception:  # any model that cannot run this way: keep the probe's rate
+        return None
+    finally:
+        torch.set_num_threads(previous)
+    fixed = count.parameters * hw.optimizer_s_per_parameter + hw.step_overhead_s
+    busy = statistics.median(times) - fixed
+    return batch * count.flops_per_sample / busy if busy > 0 else None
+
+
+def _largest_share(batch: int, n: int) -> int:
+    start, stop = shard_bounds(batch, 0, n)  # rank 0's share is the largest
+    return stop - start
+
+
+def _epoch_share(n_train: int, batch: int, n: int) -> int:
+    """Samples rank 0 (the busiest) trains on per epoch: full batches plus the last one."""
+    full, last = divmod(n_train, batch)
+    return full * _largest_share(batch, n) + (_largest_share(last, n) if last else 0)
+
+
+def _slots_used(row: Row, hw: HardwareProfile) -> int:
+    return min(row.nodes * row.threads_per_worker, row.hosts * hw.slots_per_host)
+
+
+def _with_efficiency(rows: list[Row], hw: HardwareProfile, threshold: float) -> list[Row]:
+    """Fill in efficiencies (against the first row) and mark the recommendation: the fastest
+    node count that fits and keeps efficiency at or above ``threshold`` (fewest nodes on ties)."""
+    base = rows[0]
+    per_slot = base.samples_per_second / _slots_used(base, hw)
+    out = []
+    for r in rows:
+        eff = r.samples_per_second / (per_slot * _slots_used(r, hw))
+        out.append(Row(**{**asdict(r), "efficiency": eff}))
+    good = [r for r in out if r.strategy != "none fits" and r.efficiency >= threshold]
+    if good:
+        best = max(good, key=lambda r: (round(r.samples_per_second, 6), -r.nodes))
+        out = [Row(**{**asdict(r), "recommended": r is best}) for r in out]
+    return out
