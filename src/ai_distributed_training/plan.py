@@ -292,7 +292,8 @@ def make_plan(
     held_out = 0.0 if settings.validation_data is not None else settings.validation_split
     n_train = info.samples - int(info.samples * held_out)
     batch = settings.batch_size
-    data_bytes = data_bytes_per_worker(data)
+    # GPU memory holds no dataset (batches are copied over from host memory).
+    data_bytes = data_bytes_per_worker(data) if hardware.kind == "cpu" else 0
     optimizer = settings.optimizer if isinstance(settings.optimizer, str) else "adamw"
     rows: list[Row] = []
     for n in sorted(set(nodes)):
