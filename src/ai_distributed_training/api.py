@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import yaml
 
 from .checkpoint import list_checkpoints
@@ -30,9 +31,10 @@ from .data import DataInfo, DataSource, SyntheticSource, resolve_data
 from .errors import ConfigError, WorkerFailedError
 from .hardware import HardwareProfile, resolve_profile
 from .job import Job, check_writable_dir
-from .launch import launch_local
+from .launch import launch_local, torchrun_rank
 from .models import ModelSource, resolve_model
 from .plan import DEFAULT_NODES, Plan, make_plan
+from .rank import RankEnv, join_process_group, run_rank
 from .report import write_report
 from .result import TrainingResult
 from .tracking import EVENTS_FILE, JOB_LOGGER, caller_log_level
@@ -66,7 +68,9 @@ class PreparedJob:
     validation: DataSource | None = None
 
 
-def prepare(model: Any, data: Any, settings: TrainingSettings) -> PreparedJob:
+def prepare(
+    model: Any, data: Any, settings: TrainingSettings, env: RankEnv | None = None
+) -> PreparedJob:
     """Check the model, the data and their fit with the settings; start nothing.
 
     Raises:
@@ -91,7 +95,7 @@ def prepare(model: Any, data: Any, settings: TrainingSettings) -> PreparedJob:
             f"batch_size >= {nodes}"
         )
     if settings.use_gpus:
-        _check_gpus(nodes)
+        _check_gpus(env.local_world_size if env else nodes)
     elif settings.precision == "fp16":
         raise ConfigError(
             "precision='fp16' needs GPUs (use_gpus=True); on CPUs use 'bf16' or 'fp32'"
@@ -108,8 +112,9 @@ def prepare(model: Any, data: Any, settings: TrainingSettings) -> PreparedJob:
             "pip install 'ai-distributed-training[tensorboard]'"
         )
     cores = available_cores()
-    threads = settings.threads_per_worker or max(1, cores // nodes)
-    if nodes > cores and not settings.use_gpus:
+    local_workers = env.local_world_size if env else nodes  # the workers sharing this host
+    threads = settings.threads_per_worker or max(1, cores // local_workers)
+    if local_workers > cores and not settings.use_gpus:
         warnings.warn(
             f"nodes={nodes} exceeds the {cores} CPU cores available: the workers share "
             f"the cores with {threads} thread each (fine for simulating a cluster, "
@@ -203,7 +208,7 @@ def run(prepared: PreparedJob, started: float, inputs: dict[str, Any]) -> Traini
 
     ``inputs`` describes the model and data inputs for the run directory's ``config.yaml``.
     """
-    settings, info = prepared.settings, prepared.data.info
+    settings = prepared.settings
     run_dir = create_run_dir(settings, prepared.model.name)
     ckpt_dir = checkpoint_dir(settings, run_dir)
     config = {**inputs, **settings_as_plain_data(settings)}
@@ -233,7 +238,7 @@ def run(prepared: PreparedJob, started: float, inputs: dict[str, Any]) -> Traini
             max_restarts=settings.max_restarts,
         )
         out = torch.load(job.result_path, weights_only=True)
-        state_dict = torch.load(job.weights_path, weights_only=True)
+        out["state_dict"] = torch.load(job.weights_path, weights_only=True)
     except WorkerFailedError as err:
         newest = list_checkpoints(ckpt_dir) if ckpt_dir else []
         err.note_checkpoint(str(newest[0]) if newest else None)
@@ -242,7 +247,62 @@ def run(prepared: PreparedJob, started: float, inputs: dict[str, Any]) -> Traini
         raise
     finally:
         shutil.rmtree(job_dir, ignore_errors=True)
+    return _finish(prepared, out, run_dir, ckpt_dir, started)
 
+
+def run_joined(
+    prepared: PreparedJob, started: float, inputs: dict[str, Any], env: RankEnv
+) -> TrainingResult:
+    """Train as one rank of a job someone else launched (torchrun: ``RANK``, ``WORLD_SIZE``,
+    ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT`` set), in this very process: every rank runs
+    the caller's script and every rank returns the full result; global rank 0 alone writes the
+    run directory, whose path the others learn through the process group."""
+    settings = prepared.settings
+    owns_group = not dist.is_initialized()
+    join_process_group(settings, env)
+    try:
+        dirs: list[Path | None] = [None, None]
+        if env.rank == 0:
+            dirs[0] = create_run_dir(settings, prepared.model.name)
+            dirs[1] = checkpoint_dir(settings, dirs[0])
+            if dirs[0]:
+                config = {**inputs, **settings_as_plain_data(settings)}
+                (dirs[0] / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
+        dist.broadcast_object_list(dirs, src=0)  # collective: every rank, every time
+        run_dir, ckpt_dir = dirs
+        if env.rank == 0:
+            message = f"Starting distributed training across {env.world_size} nodes (torchrun)..."
+            _announce(run_dir, logging.INFO, message)
+        job = Job(
+            settings,
+            prepared.model,
+            prepared.data,  # not staged: this process holds the data already
+            prepared.threads_per_worker,
+            prepared.log_level,
+            tempfile.gettempdir(),  # nothing is handed over through files
+            str(run_dir) if run_dir and env.rank == 0 else None,
+            str(ckpt_dir) if ckpt_dir else None,
+            settings_as_plain_data(settings),
+            prepared.validation,
+        )
+        out = run_rank(job, env)
+    finally:
+        if owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+    return _finish(prepared, out, run_dir if env.rank == 0 else None, ckpt_dir, started)
+
+
+def _finish(
+    prepared: PreparedJob,
+    out: dict[str, Any],
+    run_dir: Path | None,
+    ckpt_dir: Path | None,
+    started: float,
+) -> TrainingResult:
+    """The result of a finished job from a rank's output (weights included), written to the
+    run directory when there is one."""
+    settings, info = prepared.settings, prepared.data.info
+    state_dict = out["state_dict"]
     model = prepared.model.build(info)
     model.load_state_dict(state_dict)
     history: list[dict[str, float]] = out["history"]
@@ -347,15 +407,23 @@ class DistributedTraining:
         started = time.perf_counter()
         if nodes is not None:
             settings["nodes"] = nodes
-        prepared = prepare(model, data, self.resolve_settings(**settings))
-        return run(
-            prepared,
-            started,
-            {
-                "model": _describe(model, prepared.model.spec),
-                "data": _describe(data, _synthetic_spec(prepared.data)),
-            },
-        )
+        env = torchrun_rank()
+        if env is not None:  # already a rank of a launched job: join it, start nothing
+            if settings.get("nodes", env.world_size) != env.world_size:
+                warnings.warn(
+                    f"nodes={settings['nodes']} ignored: this process is rank {env.rank} of "
+                    f"a torchrun job of {env.world_size} workers",
+                    stacklevel=2,
+                )
+            settings["nodes"] = env.world_size
+        prepared = prepare(model, data, self.resolve_settings(**settings), env)
+        inputs = {
+            "model": _describe(model, prepared.model.spec),
+            "data": _describe(data, _synthetic_spec(prepared.data)),
+        }
+        if env is not None:
+            return run_joined(prepared, started, inputs, env)
+        return run(prepared, started, inputs)
 
     def plan(
         self,

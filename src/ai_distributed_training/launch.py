@@ -25,6 +25,7 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, P
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from .errors import RankFailure, WorkerFailedError
+from .rank import RankEnv
 
 _HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 _ELASTIC_EVENTS_LOGGER = "torchelastic-events-null"  # event_log_handler="null" logs here
@@ -63,6 +64,14 @@ def _restored_process_state() -> Iterator[None]:
         os.environ.clear()
         os.environ.update(environ)
         events.propagate = events_propagate
+
+
+def torchrun_rank() -> RankEnv | None:
+    """This process's rank when a launcher (torchrun, or srun with torchrun's variables) started
+    it as a worker of a job; None in an ordinary process."""
+    if all(name in os.environ for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK")):
+        return RankEnv.from_environ()
+    return None
 
 
 def launch_local(

@@ -1,52 +1,22 @@
-"""One rank: environment -> process group -> model and data -> loop -> result -> teardown.
+"""A worker process our launcher starts: ``python -m ai_distributed_training.worker JOB_FILE``.
 
-Run as ``python -m ai_distributed_training.worker JOB_FILE`` by the elastic agent (our launcher or
-torchrun); it reads its rank from torchrun's environment variables (``RANK``, ``LOCAL_RANK``,
-``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``). ``@record`` writes an uncaught exception with
-its traceback to the error file the agent reads, which is how the caller learns why a rank failed.
+It loads the job the caller saved, trains its rank (:func:`.rank.run_rank`) and, on global rank
+0, writes the weights and the result back. ``@record`` writes an uncaught exception with its
+traceback to the error file the elastic agent reads, which is how the caller learns why a rank
+failed.
 """
 
 from __future__ import annotations
 
 import ctypes
-import logging
-import os
 import signal
 import sys
-from dataclasses import dataclass
-from datetime import timedelta
-from pathlib import Path
-from typing import Any
 
-import torch
-import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from .checkpoint import load_checkpoint, load_newest_valid
-from .faults import FaultInjector
-from .hardware import peak_rss_bytes
 from .job import Job, exit_finished_worker, keep_freed_memory, write_atomically
-from .loop import Checkpointer, train
-from .sharding import train_val_split
-from .strategies import DDPStrategy
-from .tracking import JobLog, RankZeroTracker, Tracker, configure_worker_logging
-
-log = logging.getLogger("ai_distributed_training.worker")  # not __name__: run as __main__
-
-
-@dataclass(frozen=True)
-class RankEnv:
-    """This process's place in the job, as torchrun's environment describes it."""
-
-    rank: int
-    local_rank: int
-    world_size: int
-
-    @classmethod
-    def from_environ(cls) -> RankEnv:
-        return cls(
-            int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
-        )
+from .rank import RankEnv, run_rank
+from .tracking import configure_worker_logging
 
 
 def _die_with_parent() -> None:
@@ -54,113 +24,6 @@ def _die_with_parent() -> None:
     if sys.platform.startswith("linux"):
         PR_SET_PDEATHSIG = 1
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def find_resume_point(
-    resume: str | None, ckpt_dir: Path | None, attempt: int
-) -> dict[str, Any] | None:
-    """The checkpoint to start from: after a restart (attempt > 0) or with ``resume="auto"``,
-    the newest valid one in ``ckpt_dir``; with a path, that file; else none (a fresh start)."""
-    if attempt > 0 or resume == "auto":
-        found = load_newest_valid(ckpt_dir) if ckpt_dir else None
-        if found is None:
-            log.info("no checkpoint to resume from: starting from scratch")
-            return None
-        log.info("resuming from %s", found[0])
-        return found[1]
-    if resume:
-        return load_checkpoint(Path(resume))
-    return None
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast when asked for, or on 'auto' where the GPU supports it; else None (fp32)."""
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16":
-        return torch.float16
-    if precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
-
-
-def run_rank(job: Job, env: RankEnv) -> dict[str, Any]:
-    """Train this rank's part of ``job``; returns the result (the same on every rank)."""
-    settings = job.settings
-    torch.set_num_threads(job.threads_per_worker)
-    if settings.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before CUDA starts
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
-    if settings.use_gpus:
-        device = torch.device("cuda", env.local_rank)
-        torch.cuda.set_device(device)
-        backend = "nccl"
-    else:
-        device, backend = torch.device("cpu"), "gloo"
-    dist.init_process_group(
-        backend,
-        timeout=timedelta(seconds=settings.collective_timeout_s),
-        device_id=device if device.type == "cuda" else None,
-    )
-    strategy = DDPStrategy(env.rank, env.world_size, device)
-    # Roles are decided once: global rank 0 logs the job and writes files, others don't.
-    job_log = JobLog(enabled=env.rank == 0)
-    run_dir = Path(job.run_dir) if job.run_dir else None
-    tracker = (
-        RankZeroTracker(run_dir, settings.progress, settings.tensorboard)
-        if env.rank == 0
-        else Tracker()
-    )
-    try:
-        log.debug("joined the process group (%s, world size %d)", backend, env.world_size)
-        torch.manual_seed(settings.seed)  # identical initial weights on every rank
-        model = job.model.build(job.data.info)
-        torch.manual_seed(settings.seed + 1 + env.rank)  # per-rank stream (e.g. dropout)
-        reader = job.data.open()
-        val_reader = job.validation.open() if job.validation else None
-        held_out = 0.0 if val_reader is not None else settings.validation_split
-        split = train_val_split(len(reader), held_out, settings.seed)
-        attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
-        ckpt_dir = Path(job.checkpoint_dir) if job.checkpoint_dir else None
-        resume = find_resume_point(settings.resume, ckpt_dir, attempt)
-        checkpointer = Checkpointer(ckpt_dir, env.rank == 0, settings.keep_checkpoints, job.config)
-        faults = FaultInjector(settings.fault_injection, env.rank, attempt)
-        loop = train(
-            model,
-            reader,
-            job.data.info.task,
-            split,
-            settings,
-            strategy,
-            job_log,
-            tracker,
-            autocast_dtype(settings.precision, device),
-            checkpointer,
-            faults,
-            resume,
-            val_reader,
-        )
-        in_sync = strategy.replicas_identical(model)
-        peaks = strategy.all_gather_object(peak_rss_bytes())  # what the planner predicts
-        return {
-            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "history": loop.history,
-            "steps": loop.steps,
-            "samples_seen": loop.samples_seen,
-            "train_time_s": loop.train_time_s,
-            "weights_in_sync": in_sync,
-            "stopped_early": loop.stopped_early,
-            "skipped_steps": loop.skipped_steps,
-            "restarts": attempt,
-            "world_size": env.world_size,
-            "peak_memory_per_worker_bytes": peaks,
-        }
-    finally:
-        tracker.close()
-        strategy.close()
-        dist.destroy_process_group()
 
 
 @record

@@ -1,0 +1,58 @@
+"""A user script run by torchrun: train_distributed joins torchrun's job instead of launching."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ai_distributed_training import DistributedTraining
+
+pytestmark = pytest.mark.distributed
+
+SCRIPT = """
+import os, sys, torch
+from ai_distributed_training import DistributedTraining
+trainer = DistributedTraining(epochs=2, batch_size=32, seed=3, runs_dir=sys.argv[2])
+result = trainer.train_distributed(
+    {"model_name": "m", "hidden_sizes": [16]}, {"samples": 300, "features": 6}, nodes=5
+)
+keys = ("nodes_used", "final_loss", "run_dir", "steps", "status")
+torch.save(
+    {"weights": result.model.state_dict(), "result": {k: result[k] for k in keys},
+     "pid": os.getpid()},
+    os.path.join(sys.argv[1], f"rank{os.environ['RANK']}.pt"),
+)
+"""
+
+
+def test_script_under_torchrun_joins_and_matches_our_launcher(tmp_path: Path) -> None:
+    (tmp_path / "train.py").write_text(SCRIPT)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc-per-node", "2", "train.py", str(tmp_path), str(tmp_path / "runs")]
+    proc = subprocess.run(
+        command, cwd=tmp_path, capture_output=True, text=True, timeout=240, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "nodes=5 ignored" in proc.stderr  # the script's own nodes gives way to torchrun's
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert ranks[0]["pid"] != ranks[1]["pid"]  # each rank trained in its own script process
+
+    local = DistributedTraining(epochs=2, batch_size=32, seed=3, runs_dir=None).train_distributed(
+        {"model_name": "m", "hidden_sizes": [16]}, {"samples": 300, "features": 6}, nodes=2
+    )
+    for out in ranks:  # every rank gets the full result, equal to our own launcher's
+        mine, theirs = out["weights"], local.model.state_dict()
+        assert mine.keys() == theirs.keys()
+        assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+        assert out["result"]["nodes_used"] == 2 and out["result"]["steps"] == local["steps"]
+        assert out["result"]["final_loss"] == local["final_loss"]
+        assert out["result"]["status"] == "distributed_trained"
+    run_dir = Path(ranks[0]["result"]["run_dir"])  # written by global rank 0 only
+    assert (run_dir / "summary.json").is_file() and (run_dir / "config.yaml").is_file()
+    assert ranks[1]["result"]["run_dir"] is None
+    assert len(os.listdir(tmp_path / "runs")) == 1
