@@ -5,7 +5,13 @@ import logging
 from .api import DistributedTraining, GPUAcceleratedTraining
 from .callbacks import Callback, CallbackContext, EarlyStopping
 from .config import ModelSpec, SyntheticDataSpec, TrainingSettings
-from .errors import ConfigError, ConfigTypeError, RankFailure, WorkerFailedError
+from .errors import (
+    ConfigError,
+    ConfigTypeError,
+    RankFailure,
+    RendezvousFailedError,
+    WorkerFailedError,
+)
 from .report import write_report
 from .result import TrainingResult
 
@@ -21,6 +27,7 @@ __all__ = [
     "GPUAcceleratedTraining",
     "ModelSpec",
     "RankFailure",
+    "RendezvousFailedError",
     "SyntheticDataSpec",
     "TrainingResult",
     "TrainingSettings",

@@ -31,7 +31,7 @@ from .data import DataInfo, DataSource, SyntheticSource, resolve_data
 from .errors import ConfigError, WorkerFailedError
 from .hardware import HardwareProfile, resolve_profile
 from .job import Job, check_writable_dir
-from .launch import launch_local, torchrun_rank
+from .launch import Hosts, launch_local, torchrun_rank
 from .models import ModelSource, resolve_model
 from .plan import DEFAULT_NODES, Plan, make_plan
 from .rank import RankEnv, join_process_group, run_rank
@@ -66,6 +66,7 @@ class PreparedJob:
     threads_per_worker: int
     log_level: str
     validation: DataSource | None = None
+    hosts: Hosts | None = None  # this host's part of a multi-host job
 
 
 def prepare(
@@ -95,7 +96,7 @@ def prepare(
             f"batch_size >= {nodes}"
         )
     if settings.use_gpus:
-        _check_gpus(env.local_world_size if env else nodes)
+        _check_gpus(env.local_world_size if env else nodes // settings.nnodes)
     elif settings.precision == "fp16":
         raise ConfigError(
             "precision='fp16' needs GPUs (use_gpus=True); on CPUs use 'bf16' or 'fp32'"
@@ -111,8 +112,10 @@ def prepare(
             "tensorboard=True needs the tensorboard package: "
             "pip install 'ai-distributed-training[tensorboard]'"
         )
+    hosts = _check_hosts(settings) if env is None else None
     cores = available_cores()
-    local_workers = env.local_world_size if env else nodes  # the workers sharing this host
+    # the workers sharing this host
+    local_workers = env.local_world_size if env else nodes // (hosts.nnodes if hosts else 1)
     threads = settings.threads_per_worker or max(1, cores // local_workers)
     if local_workers > cores and not settings.use_gpus:
         warnings.warn(
@@ -128,7 +131,30 @@ def prepare(
         threads,
         settings.log_level or caller_log_level(),
         validation,
+        hosts,
     )
+
+
+def _check_hosts(settings: TrainingSettings) -> Hosts | None:
+    """This host's part of a multi-host job, checked; None for a one-host job."""
+    nnodes, nodes = settings.nnodes, settings.nodes
+    if nnodes == 1:
+        return None
+    if nodes % nnodes:
+        raise ConfigError(
+            f"nodes={nodes} (all workers) does not split evenly over nnodes={nnodes} hosts; "
+            f"use a multiple of {nnodes}, e.g. nodes={nnodes * max(1, nodes // nnodes)}"
+        )
+    if not settings.node_rank < nnodes:
+        raise ConfigError(f"node_rank={settings.node_rank} must be in 0..{nnodes - 1}")
+    endpoint = settings.rdzv_endpoint or ""
+    host, _, port = endpoint.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(
+            f"rdzv_endpoint={settings.rdzv_endpoint!r}: nnodes={nnodes} needs HOST:PORT of "
+            "the rendezvous on host 0, e.g. '10.0.0.1:29500'"
+        )
+    return Hosts(nnodes, settings.node_rank, endpoint, settings.local_addr, settings.rdzv_timeout_s)
 
 
 def _resolve_validation(settings: TrainingSettings, info: DataInfo) -> DataSource | None:
@@ -211,6 +237,8 @@ def run(prepared: PreparedJob, started: float, inputs: dict[str, Any]) -> Traini
     settings = prepared.settings
     run_dir = create_run_dir(settings, prepared.model.name)
     ckpt_dir = checkpoint_dir(settings, run_dir)
+    if prepared.hosts and settings.checkpoint_dir is None:
+        ckpt_dir = None  # each host's run directory is its own: only a shared dir will do
     config = {**inputs, **settings_as_plain_data(settings)}
     job_dir = tempfile.mkdtemp(prefix="adt-job-")
     try:
@@ -233,9 +261,10 @@ def run(prepared: PreparedJob, started: float, inputs: dict[str, Any]) -> Traini
         _announce(run_dir, logging.INFO, f"Starting distributed training across {nodes} nodes...")
         launch_local(
             ["ai_distributed_training.worker", str(job_path)],
-            settings.nodes,
+            settings.nodes // settings.nnodes,  # workers on this host
             log_dir=Path(job_dir) / "elastic",
             max_restarts=settings.max_restarts,
+            hosts=prepared.hosts,
         )
         out = torch.load(job.result_path, weights_only=True)
         out["state_dict"] = torch.load(job.weights_path, weights_only=True)

@@ -14,11 +14,12 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from . import __version__, runconfig
 from .api import DistributedTraining, available_cores
 from .config import TrainingSettings
-from .errors import ConfigError, WorkerFailedError
+from .errors import ConfigError, RendezvousFailedError, WorkerFailedError
 from .hardware import PRESETS, THIS_MACHINE, save_profile
 from .job import check_writable_dir
 from .launch import launch_local
@@ -59,7 +60,18 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     train.add_argument("--config", metavar="FILE", help="YAML run config (the API's names)")
-    train.add_argument("--nodes", type=int, metavar="N", help="worker processes")
+    train.add_argument("--nodes", type=int, metavar="N", help="worker processes (all hosts)")
+    hosts = train.add_argument_group(
+        "multi-host (run the same command on every host, each with its --node-rank)"
+    )
+    hosts.add_argument("--nnodes", type=int, metavar="H", help="hosts in the job")
+    hosts.add_argument(
+        "--nproc-per-node", type=int, metavar="K", help="workers per host (nodes = H x K)"
+    )
+    hosts.add_argument("--node-rank", type=int, metavar="I", help="this host's index, 0..H-1")
+    hosts.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="host 0's rendezvous")
+    hosts.add_argument("--local-addr", metavar="ADDR", help="this host's address for the others")
+    hosts.add_argument("--rdzv-timeout", type=float, metavar="S", help="seconds to wait for hosts")
     train.add_argument(
         "--set",
         dest="sets",
@@ -110,8 +122,28 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _host_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """torchrun-style flags as settings: --nnodes H --nproc-per-node K means nodes = H x K."""
+    out: dict[str, Any] = {}
+    for flag, name in (
+        ("nnodes", "nnodes"),
+        ("node_rank", "node_rank"),
+        ("rdzv_endpoint", "rdzv_endpoint"),
+        ("local_addr", "local_addr"),
+        ("rdzv_timeout", "rdzv_timeout_s"),
+    ):
+        if getattr(args, flag) is not None:
+            out[name] = getattr(args, flag)
+    if args.nproc_per_node is not None:
+        if args.nodes is not None:
+            raise ConfigError("give --nodes (all workers) or --nproc-per-node, not both")
+        out["nodes"] = args.nproc_per_node * out.get("nnodes", 1)
+    return out
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     model, data, settings = runconfig.resolve(args.config, args.sets, args.nodes)
+    settings.update(_host_settings(args))
     if "progress" not in settings:  # a terminal gets a bar; logs (CI, Slurm) get lines
         settings["progress"] = "bar" if sys.stderr.isatty() else "lines"
     result = DistributedTraining().train_distributed(model, data, **settings)
@@ -226,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"adt: error: {err}", file=sys.stderr)
         return 2
-    except WorkerFailedError as err:
+    except (WorkerFailedError, RendezvousFailedError) as err:
         print(f"adt: training failed: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -147,6 +147,26 @@ class TrainingSettings(_Strict):
     collective_timeout_s: float = Field(
         300.0, gt=0.0, description="A collective that waits longer than this fails the job."
     )
+    nnodes: int = Field(
+        1,
+        gt=0,
+        description="Hosts in the job (torchrun's --nnodes); nodes is the total worker count, "
+        "split evenly across them. Every host runs the same command with its node_rank.",
+    )
+    node_rank: int = Field(0, ge=0, description="This host's index, 0..nnodes-1.")
+    rdzv_endpoint: str | None = Field(
+        None,
+        description="HOST:PORT of the rendezvous, served by host 0 (node_rank=0); needed when "
+        "nnodes > 1.",
+    )
+    local_addr: str | None = Field(
+        None,
+        description="This host's address as the other hosts reach it; also picks the network "
+        "interface gloo uses (GLOO_SOCKET_IFNAME) when that is not set.",
+    )
+    rdzv_timeout_s: float = Field(
+        120.0, gt=0.0, description="How long hosts wait for every host to join the job."
+    )
     runs_dir: str | None = Field(
         "runs",
         description="Where each run writes its directory <timestamp>-<model_name>/ "

@@ -71,3 +71,7 @@ class WorkerFailedError(RuntimeError):
     def rank(self) -> int:
         """Global rank of the first worker that failed."""
         return self.first.rank
+
+
+class RendezvousFailedError(RuntimeError):
+    """The hosts of a multi-host job did not all meet at the rendezvous in time; nothing ran."""

@@ -13,18 +13,22 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
+import socket
 import sys
 import uuid
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+from torch.distributed.elastic.rendezvous.api import RendezvousError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-from .errors import RankFailure, WorkerFailedError
+from .errors import RankFailure, RendezvousFailedError, WorkerFailedError
 from .rank import RankEnv
 
 _HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
@@ -74,39 +78,103 @@ def torchrun_rank() -> RankEnv | None:
     return None
 
 
+@dataclass(frozen=True)
+class Hosts:
+    """This host's part in a job across ``nnodes`` hosts (torchrun's vocabulary)."""
+
+    nnodes: int
+    node_rank: int
+    rdzv_endpoint: str  # HOST:PORT, served by node_rank 0's agent
+    local_addr: str | None = None  # what other hosts reach this one at
+    rdzv_timeout_s: float = 120.0
+
+
+def interface_with_address(address: str) -> str | None:
+    """The name of this host's network interface holding IPv4 ``address`` (Linux), if any."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import fcntl
+    import struct
+
+    siocgifaddr = 0x8915
+    for _, name in socket.if_nameindex():
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            try:
+                request = struct.pack("256s", name.encode()[:15])
+                reply = fcntl.ioctl(sock.fileno(), siocgifaddr, request)
+            except OSError:  # no IPv4 address on this interface
+                continue
+        if socket.inet_ntoa(reply[20:24]) == address:
+            return name
+    return None
+
+
 def launch_local(
     module_args: Sequence[str],
     nproc: int,
     log_dir: Path,
     max_restarts: int = 0,
     shutdown_timeout_s: int = 5,
+    hosts: Hosts | None = None,
 ) -> None:
-    """Run ``nproc`` workers of ``python -m <module_args>`` on this host and wait for them.
+    """Run ``nproc`` workers of ``python -m <module_args>`` on this host and wait for them;
+    with ``hosts``, as one host of a multi-host job whose agents meet at its endpoint.
 
     Elastic's per-attempt error files go under ``log_dir``.
 
     Raises:
         WorkerFailedError: a worker raised or died; every worker has been stopped.
+        RendezvousFailedError: not every host joined within ``hosts.rdzv_timeout_s``.
         KeyboardInterrupt: the caller was interrupted; every worker has been stopped.
     """
+    if hosts is None:
+        where: dict[str, Any] = {
+            "min_nodes": 1,
+            "max_nodes": 1,
+            "run_id": f"adt-{uuid.uuid4().hex[:12]}",
+            "rdzv_endpoint": "127.0.0.1:0",  # port 0: free, so jobs on one host never collide
+            "local_addr": "127.0.0.1",
+        }
+    else:
+        where = {
+            "min_nodes": hosts.nnodes,
+            "max_nodes": hosts.nnodes,
+            "run_id": "adt-" + re.sub(r"[^A-Za-z0-9]", "-", hosts.rdzv_endpoint),  # same on all
+            "rdzv_endpoint": hosts.rdzv_endpoint,
+            # Host 0 serves the rendezvous store: said outright, because the hostname check
+            # torch otherwise makes fails on multi-homed hosts (and in network namespaces).
+            "rdzv_configs": {
+                "is_host": hosts.node_rank == 0,
+                "join_timeout": hosts.rdzv_timeout_s,
+            },
+            "local_addr": hosts.local_addr,
+        }
     config = LaunchConfig(
-        min_nodes=1,
-        max_nodes=1,
         nproc_per_node=nproc,
-        run_id=f"adt-{uuid.uuid4().hex[:12]}",
         rdzv_backend="c10d",
-        rdzv_endpoint="127.0.0.1:0",  # port 0: a free port, so jobs on one host never collide
-        local_addr="127.0.0.1",
         max_restarts=max_restarts,  # the agent restarts ALL workers when one fails
         monitor_interval=0.1,
         logs_specs=DefaultLogsSpecs(log_dir=str(log_dir)),
         shutdown_timeout=shutdown_timeout_s,
+        **where,
     )
     with _restored_process_state():
+        if hosts and hosts.local_addr and "GLOO_SOCKET_IFNAME" not in os.environ:
+            interface = interface_with_address(hosts.local_addr)
+            if interface:  # gloo would bind to whatever the hostname resolves to
+                os.environ["GLOO_SOCKET_IFNAME"] = interface
         try:
             elastic_launch(config, sys.executable)("-m", *module_args)
         except ChildFailedError as err:
             raise WorkerFailedError(rank_failures(err.failures)) from None
+        except RendezvousError as err:
+            raise RendezvousFailedError(
+                f"the hosts did not all join the job at {config.rdzv_endpoint} within "
+                f"rdzv_timeout_s={hosts.rdzv_timeout_s if hosts else '?'} "
+                f"({type(err).__name__}: {err}); check that every one of the "
+                f"{config.max_nodes} hosts runs the same command with its own node_rank and "
+                "can reach the endpoint"
+            ) from None
         except SignalException as err:
             if err.sigval == signal.SIGINT:
                 raise KeyboardInterrupt from None

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     env = RankEnv.from_environ()
     configure_worker_logging(env.rank, job.log_level)
     result = run_rank(job, env)
-    if env.rank == 0:  # global rank 0 alone saves the weights and hands the result back
+    if env.local_rank == 0:  # one rank per host hands the weights and result to its caller
         write_atomically(result.pop("state_dict"), job.weights_path)
         write_atomically(result, job.result_path)
 
