@@ -37,6 +37,7 @@ from .plan import DEFAULT_NODES, Plan, make_plan
 from .rank import RankEnv, join_process_group, run_rank
 from .report import write_report
 from .result import TrainingResult
+from .slurm import slurm_job
 from .tracking import EVENTS_FILE, JOB_LOGGER, caller_log_level
 
 CONFIG_FILE = "config.yaml"
@@ -437,6 +438,13 @@ class DistributedTraining:
         if nodes is not None:
             settings["nodes"] = nodes
         env = torchrun_rank()
+        slurm = slurm_job(os.environ) if env is None else None
+        if slurm is not None and slurm.task_per_worker:  # srun made this task a worker
+            for name, value in slurm.worker_environ().items():
+                os.environ.setdefault(name, value)
+            env = torchrun_rank()
+        elif slurm is not None and "nnodes" not in {**self.defaults, **settings}:
+            settings = {**slurm.launcher_settings(), **settings}  # one launcher per host
         if env is not None:  # already a rank of a launched job: join it, start nothing
             if settings.get("nodes", env.world_size) != env.world_size:
                 warnings.warn(

@@ -24,6 +24,7 @@ from .hardware import PRESETS, THIS_MACHINE, save_profile
 from .job import check_writable_dir
 from .launch import launch_local
 from .report import write_report
+from .slurm import slurm_job
 
 
 def _settings_help() -> str:
@@ -137,7 +138,9 @@ def _host_settings(args: argparse.Namespace) -> dict[str, Any]:
     if args.nproc_per_node is not None:
         if args.nodes is not None:
             raise ConfigError("give --nodes (all workers) or --nproc-per-node, not both")
-        out["nodes"] = args.nproc_per_node * out.get("nnodes", 1)
+        slurm = slurm_job(os.environ)
+        hosts_from_slurm = slurm.nnodes if slurm and not slurm.task_per_worker else 1
+        out["nodes"] = args.nproc_per_node * out.get("nnodes", hosts_from_slurm)
     return out
 
 

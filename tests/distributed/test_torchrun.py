@@ -1,4 +1,5 @@
-"""A user script run by torchrun: train_distributed joins torchrun's job instead of launching."""
+"""A user script run by torchrun, or by srun with a task per worker: train_distributed joins
+that job in the script's own process instead of launching workers."""
 
 from __future__ import annotations
 
@@ -56,3 +57,34 @@ def test_script_under_torchrun_joins_and_matches_our_launcher(tmp_path: Path) ->
     assert (run_dir / "summary.json").is_file() and (run_dir / "config.yaml").is_file()
     assert ranks[1]["result"]["run_dir"] is None
     assert len(os.listdir(tmp_path / "runs")) == 1
+
+
+def test_script_as_slurm_tasks_joins_like_under_torchrun(tmp_path: Path) -> None:
+    (tmp_path / "train.py").write_text(SCRIPT)
+    slurm = {
+        "SLURM_JOB_ID": "777",
+        "SLURM_NNODES": "1",
+        "SLURM_NODEID": "0",
+        "SLURM_NTASKS": "2",
+        "SLURM_NTASKS_PER_NODE": "2",
+        "SLURM_JOB_NODELIST": "localhost",
+    }
+    base = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "train.py", str(tmp_path), str(tmp_path / "runs")],
+            cwd=tmp_path,
+            env={**base, **slurm, "SLURM_PROCID": str(r), "SLURM_LOCALID": str(r)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in (0, 1)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert [out["result"]["nodes_used"] for out in ranks] == [2, 2]
+    mine, theirs = ranks[0]["weights"], ranks[1]["weights"]
+    assert all(torch.equal(mine[k], theirs[k]) for k in mine)
