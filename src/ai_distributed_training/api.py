@@ -11,7 +11,6 @@ import importlib.util
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -30,20 +29,16 @@ from .config import TrainingSettings, check_warmup, settings_as_plain_data, vali
 from .data import DataInfo, DataSource, SyntheticSource, resolve_data
 from .errors import ConfigError, WorkerFailedError
 from .hardware import HardwareProfile, resolve_profile
-from .job import Job, check_writable_dir
+from .job import Job
 from .launch import Hosts, launch_local, torchrun_rank
 from .models import ModelSource, resolve_model
 from .plan import DEFAULT_NODES, Plan, make_plan
 from .rank import RankEnv, join_process_group, run_rank
 from .report import write_report
 from .result import TrainingResult
+from .rundir import CONFIG_FILE, SUMMARY_FILE, announce, checkpoint_dir, create_run_dir
 from .slurm import slurm_job
-from .tracking import EVENTS_FILE, JOB_LOGGER, caller_log_level
-
-CONFIG_FILE = "config.yaml"
-SUMMARY_FILE = "summary.json"
-
-log = logging.getLogger(JOB_LOGGER)
+from .tracking import caller_log_level
 
 STATUS = "distributed_trained"
 STATUS_ACCELERATED = "distributed_trained_with_acceleration"
@@ -186,50 +181,6 @@ def _check_gpus(nodes: int) -> None:
         )
 
 
-def create_run_dir(settings: TrainingSettings, model_name: str) -> Path | None:
-    """``<runs_dir>/<timestamp>-<model_name>/``, new and writable; None when runs_dir is None.
-
-    Raises:
-        ConfigError: the directory cannot be created or written (before any worker starts).
-    """
-    if settings.runs_dir is None:
-        return None
-    safe_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_name) or "model"
-    stem = Path(settings.runs_dir).resolve() / f"{time.strftime('%Y%m%d-%H%M%S')}-{safe_name}"
-    for attempt in range(1000):
-        path = stem if attempt == 0 else stem.with_name(f"{stem.name}-{attempt}")
-        try:
-            path.mkdir(parents=True)  # not exist_ok: each run gets a new directory
-            check_writable_dir(path)
-            return path
-        except FileExistsError:
-            continue
-        except OSError as err:
-            raise ConfigError(
-                f"runs_dir={settings.runs_dir!r} cannot be written: {err}; pass a writable "
-                "directory, or runs_dir=None for no run directory"
-            ) from None
-    raise ConfigError(f"runs_dir={settings.runs_dir!r}: too many runs named {stem.name}")
-
-
-def checkpoint_dir(settings: TrainingSettings, run_dir: Path | None) -> Path | None:
-    """Where checkpoints go: ``checkpoint_dir``, else ``<run_dir>/checkpoints``, else none.
-
-    Raises:
-        ConfigError: the directory cannot be created or written (before any worker starts).
-    """
-    if settings.checkpoint_dir is None:
-        return run_dir / "checkpoints" if run_dir else None
-    path = Path(settings.checkpoint_dir).resolve()
-    try:
-        check_writable_dir(path)
-    except OSError as err:
-        raise ConfigError(
-            f"checkpoint_dir={settings.checkpoint_dir!r} cannot be written: {err}"
-        ) from None
-    return path
-
-
 def run(prepared: PreparedJob, started: float, inputs: dict[str, Any]) -> TrainingResult:
     """Launch the workers for ``prepared`` and turn rank 0's output into a result.
 
@@ -259,7 +210,7 @@ def run(prepared: PreparedJob, started: float, inputs: dict[str, Any]) -> Traini
         )
         job_path = job.save()
         nodes = settings.nodes
-        _announce(run_dir, logging.INFO, f"Starting distributed training across {nodes} nodes...")
+        announce(run_dir, logging.INFO, f"Starting distributed training across {nodes} nodes...")
         launch_local(
             ["ai_distributed_training.worker", str(job_path)],
             settings.nodes // settings.nnodes,  # workers on this host
@@ -273,7 +224,7 @@ def run(prepared: PreparedJob, started: float, inputs: dict[str, Any]) -> Traini
         newest = list_checkpoints(ckpt_dir) if ckpt_dir else []
         err.note_checkpoint(str(newest[0]) if newest else None)
         first_line = str(err).splitlines()[0]
-        _announce(run_dir, logging.ERROR, f"Distributed training failed: {first_line}")
+        announce(run_dir, logging.ERROR, f"Distributed training failed: {first_line}")
         raise
     finally:
         shutil.rmtree(job_dir, ignore_errors=True)
@@ -302,7 +253,7 @@ def run_joined(
         run_dir, ckpt_dir = dirs
         if env.rank == 0:
             message = f"Starting distributed training across {env.world_size} nodes (torchrun)..."
-            _announce(run_dir, logging.INFO, message)
+            announce(run_dir, logging.INFO, message)
         job = Job(
             settings,
             prepared.model,
@@ -377,18 +328,8 @@ def _finish(
     if run_dir:
         (run_dir / SUMMARY_FILE).write_text(json.dumps(dict(result), indent=2) + "\n")
         write_report(run_dir)
-    _announce(run_dir, logging.INFO, f"Distributed training complete. {result!r}")
+    announce(run_dir, logging.INFO, f"Distributed training complete. {result!r}")
     return result
-
-
-def _announce(run_dir: Path | None, level: int, message: str) -> None:
-    """A job-level event: to this library's logger, and to the run's events.log (which rank 0
-    appends its own lines to) whatever the app's logging level."""
-    log.log(level, message)
-    if run_dir is not None:
-        with (run_dir / EVENTS_FILE).open("a") as f:
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-            f.write(f"{stamp} {logging.getLevelName(level)} {message}\n")
 
 
 def _synthetic_spec(source: DataSource) -> Any:

@@ -1,0 +1,76 @@
+"""A run's directory: created before any worker starts, with its config, events and summary.
+
+Only the caller (or, in a joined job, global rank 0) calls these; workers write through their
+tracker.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from pathlib import Path
+
+from .config import TrainingSettings
+from .errors import ConfigError
+from .job import check_writable_dir
+from .tracking import EVENTS_FILE, JOB_LOGGER
+
+CONFIG_FILE = "config.yaml"
+SUMMARY_FILE = "summary.json"
+
+log = logging.getLogger(JOB_LOGGER)
+
+
+def create_run_dir(settings: TrainingSettings, model_name: str) -> Path | None:
+    """``<runs_dir>/<timestamp>-<model_name>/``, new and writable; None when runs_dir is None.
+
+    Raises:
+        ConfigError: the directory cannot be created or written (before any worker starts).
+    """
+    if settings.runs_dir is None:
+        return None
+    safe_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_name) or "model"
+    stem = Path(settings.runs_dir).resolve() / f"{time.strftime('%Y%m%d-%H%M%S')}-{safe_name}"
+    for attempt in range(1000):
+        path = stem if attempt == 0 else stem.with_name(f"{stem.name}-{attempt}")
+        try:
+            path.mkdir(parents=True)  # not exist_ok: each run gets a new directory
+            check_writable_dir(path)
+            return path
+        except FileExistsError:
+            continue
+        except OSError as err:
+            raise ConfigError(
+                f"runs_dir={settings.runs_dir!r} cannot be written: {err}; pass a writable "
+                "directory, or runs_dir=None for no run directory"
+            ) from None
+    raise ConfigError(f"runs_dir={settings.runs_dir!r}: too many runs named {stem.name}")
+
+
+def checkpoint_dir(settings: TrainingSettings, run_dir: Path | None) -> Path | None:
+    """Where checkpoints go: ``checkpoint_dir``, else ``<run_dir>/checkpoints``, else none.
+
+    Raises:
+        ConfigError: the directory cannot be created or written (before any worker starts).
+    """
+    if settings.checkpoint_dir is None:
+        return run_dir / "checkpoints" if run_dir else None
+    path = Path(settings.checkpoint_dir).resolve()
+    try:
+        check_writable_dir(path)
+    except OSError as err:
+        raise ConfigError(
+            f"checkpoint_dir={settings.checkpoint_dir!r} cannot be written: {err}"
+        ) from None
+    return path
+
+
+def announce(run_dir: Path | None, level: int, message: str) -> None:
+    """A job-level event: to this library's logger, and to the run's events.log (which rank 0
+    appends its own lines to) whatever the app's logging level."""
+    log.log(level, message)
+    if run_dir is not None:
+        with (run_dir / EVENTS_FILE).open("a") as f:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            f.write(f"{stamp} {logging.getLevelName(level)} {message}\n")
