@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import yaml
 
 from .checkpoint import list_checkpoints
 from .config import TrainingSettings, check_warmup, settings_as_plain_data, validate
@@ -36,7 +35,7 @@ from .plan import DEFAULT_NODES, Plan, make_plan
 from .rank import RankEnv, join_process_group, run_rank
 from .report import write_report
 from .result import TrainingResult
-from .rundir import CONFIG_FILE, SUMMARY_FILE, announce, checkpoint_dir, create_run_dir
+from .rundir import SUMMARY_FILE, announce, checkpoint_dir, create_run_dir, write_config
 from .slurm import slurm_job
 from .tracking import caller_log_level
 
@@ -194,8 +193,7 @@ def run(prepared: PreparedJob, started: float, inputs: dict[str, Any]) -> Traini
     config = {**inputs, **settings_as_plain_data(settings)}
     job_dir = tempfile.mkdtemp(prefix="adt-job-")
     try:
-        if run_dir:
-            (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
+        write_config(run_dir, config)
         job = Job(
             settings,
             prepared.model,
@@ -239,6 +237,7 @@ def run_joined(
     the caller's script and every rank returns the full result; global rank 0 alone writes the
     run directory, whose path the others learn through the process group."""
     settings = prepared.settings
+    config = {**inputs, **settings_as_plain_data(settings)}
     owns_group = not dist.is_initialized()
     join_process_group(settings, env)
     try:
@@ -246,14 +245,12 @@ def run_joined(
         if env.rank == 0:
             dirs[0] = create_run_dir(settings, prepared.model.name)
             dirs[1] = checkpoint_dir(settings, dirs[0])
-            if dirs[0]:
-                config = {**inputs, **settings_as_plain_data(settings)}
-                (dirs[0] / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
-        dist.broadcast_object_list(dirs, src=0)  # collective: every rank, every time
-        run_dir, ckpt_dir = dirs
-        if env.rank == 0:
+            write_config(dirs[0], config)
             message = f"Starting distributed training across {env.world_size} nodes (torchrun)..."
-            announce(run_dir, logging.INFO, message)
+            announce(dirs[0], logging.INFO, message)
+        dist.broadcast_object_list(dirs, src=0)  # collective: every rank, every time
+        ckpt_dir = dirs[1]  # every rank reads and writes checkpoints in the same place
+        run_dir = dirs[0] if env.rank == 0 else None  # rank 0's alone
         job = Job(
             settings,
             prepared.model,
@@ -261,16 +258,16 @@ def run_joined(
             prepared.threads_per_worker,
             prepared.log_level,
             tempfile.gettempdir(),  # nothing is handed over through files
-            str(run_dir) if run_dir and env.rank == 0 else None,
+            str(run_dir) if run_dir else None,
             str(ckpt_dir) if ckpt_dir else None,
-            settings_as_plain_data(settings),
+            config,
             prepared.validation,
         )
         out = run_rank(job, env)
     finally:
         if owns_group and dist.is_initialized():
             dist.destroy_process_group()
-    return _finish(prepared, out, run_dir if env.rank == 0 else None, ckpt_dir, started)
+    return _finish(prepared, out, run_dir, ckpt_dir, started)
 
 
 def _finish(

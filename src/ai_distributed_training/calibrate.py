@@ -9,7 +9,6 @@ one synchronized step of a tiny model: what every worker pays before its model a
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
 import statistics
 import sys
@@ -20,14 +19,20 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torch.distributed.elastic.multiprocessing.errors import record
-from torch.nn.parallel import DistributedDataParallel
 
-from .hardware import PROBE_BATCH, PROBE_WIDTH, peak_rss_bytes, probe_net
+from .hardware import (
+    PROBE_BATCH,
+    PROBE_WIDTH,
+    median_seconds,
+    peak_rss_bytes,
+    probe_loss,
+    probe_net,
+    train_step,
+)
 from .job import exit_finished_worker, keep_freed_memory
-from .plan import BUCKET_BYTES
+from .strategies import DDPStrategy
 
 #: Message sizes timed, in float32 elements: latency-bound up to bandwidth-bound.
 SIZES = (1, 16_384, 262_144, 1_048_576)
@@ -66,30 +71,21 @@ def _time_allreduce(numel: int, repeats: int = 15) -> float:
     return statistics.median(times)
 
 
-def _time_training(steps: int = 12) -> tuple[float, float]:
+def _time_training(strategy: DDPStrategy, steps: int = 12) -> tuple[float, float]:
     """(seconds of a DDP training step without gradient sync, extra seconds with it) for the
-    compute probe's MLP, DDP configured as the trainer configures it: what contention and
-    waiting for the slowest rank add on this host, which an idle all-reduce does not show."""
-    net = DistributedDataParallel(
-        probe_net(), gradient_as_bucket_view=True, bucket_cap_mb=BUCKET_BYTES / 2**20
-    )
+    compute probe's MLP, wrapped by the trainer's own strategy: what contention and waiting for
+    the slowest rank add on this host, which an idle all-reduce does not show."""
+    net = strategy.wrap(probe_net())
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3, fused=True)
     x, y = torch.randn(PROBE_BATCH, PROBE_WIDTH), torch.zeros(PROBE_BATCH, dtype=torch.long)
-
-    def step() -> float:
-        started = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        F.cross_entropy(net(x), y, reduction="sum").backward()
-        opt.step()
-        return time.perf_counter() - started
-
+    step = train_step(net, opt, probe_loss, x, y)
     medians = []
     for sync in (False, True):
-        with contextlib.nullcontext() if sync else net.no_sync():
+        with contextlib.nullcontext() if sync else strategy.no_sync(net):
             for _ in range(3):
                 step()
             dist.barrier()
-            medians.append(statistics.median(step() for _ in range(steps)))
+            medians.append(median_seconds(step, steps))
     return medians[0], max(0.0, medians[1] - medians[0])
 
 
@@ -102,8 +98,9 @@ def main() -> None:
     try:
         n = dist.get_world_size()
         baseline = _baseline_bytes()
-        compute, sync = _time_training()
-        gc.collect()  # release the probe's DDP while the group lives (see DDPStrategy.close)
+        strategy = DDPStrategy(dist.get_rank(), n, torch.device("cpu"))
+        compute, sync = _time_training(strategy)
+        strategy.close()  # now that the probe's locals are gone: DDP released while the group lives
         seconds = [_time_allreduce(numel) for numel in SIZES]
         # Least squares on t = 2(N-1) * latency + 2(N-1)/N * bytes / bandwidth.
         rows = np.array([[2 * (n - 1), 2 * (n - 1) / n * 4 * numel] for numel in SIZES])

@@ -8,6 +8,7 @@ preset out with :func:`save_profile`, edit it, load it back by its path.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -15,6 +16,7 @@ import socket
 import statistics
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -188,44 +190,67 @@ def probe_net() -> nn.Module:
     return nn.Sequential(nn.Linear(w, w), nn.ReLU(), nn.Linear(w, w), nn.ReLU(), nn.Linear(w, 2))
 
 
-def _time_steps(threads: int, batch: int) -> float:
-    """Median seconds of one training step of the probe MLP with ``threads`` threads."""
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run the body with ``threads`` intra-op threads, restoring the caller's count after."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def median_seconds(fn: Callable[[], object], runs: int, warmup: int = 0) -> float:
+    """Median wall seconds of ``runs`` calls of ``fn`` after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def train_step(
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_sum: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+) -> Callable[[], None]:
+    """One plain training step on a fixed batch, as a function to time."""
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss_sum(net(x), y).backward()
+        optimizer.step()
+
+    return step
+
+
+def probe_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The probe's loss: the trainer's per-sample sum for classification."""
+    return F.cross_entropy(out, y, reduction="sum")
+
+
+def _time_steps(threads: int, batch: int) -> float:
+    """Median seconds of one training step of the probe MLP with ``threads`` threads."""
+    with torch_threads(threads):
         net = probe_net()
         opt = torch.optim.AdamW(net.parameters(), lr=1e-3, fused=True)
         x, y = torch.randn(batch, PROBE_WIDTH), torch.zeros(batch, dtype=torch.long)
-        times = []
-        for i in range(_PROBE_STEPS):
-            started = time.perf_counter()
-            loss = F.cross_entropy(net(x), y, reduction="sum")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if i >= 5:  # warm-up steps excluded
-                times.append(time.perf_counter() - started)
-        return statistics.median(times)
-    finally:
-        torch.set_num_threads(previous)
+        return median_seconds(train_step(net, opt, probe_loss, x, y), _PROBE_STEPS - 5, 5)
 
 
 def _time_optimizer(parameters: int) -> float:
     """Seconds per parameter of a fused AdamW step, one thread."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         p = nn.Parameter(torch.zeros(parameters))
         p.grad = torch.ones(parameters)
         opt = torch.optim.AdamW([p], lr=1e-3, fused=True)
-        for _ in range(3):
-            opt.step()
-        started = time.perf_counter()
-        for _ in range(10):
-            opt.step()
-        return (time.perf_counter() - started) / 10 / parameters
-    finally:
-        torch.set_num_threads(previous)
+        return median_seconds(opt.step, runs=10, warmup=3) / parameters
 
 
 def _host_memory_bytes() -> int:
@@ -290,22 +315,14 @@ def calibrate(ranks: tuple[int, ...] | None = None) -> HardwareProfile:
         slowdown[n] = max(1.0, found["training_compute_s"] / expected)
         baseline = max(baseline, int(found["baseline_bytes"]))
     within = measured[min(measured)]
-    return HardwareProfile(
-        name=f"{THIS_MACHINE}: {socket.gethostname()}, {cores} cores, calibrated "
-        f"{time.strftime('%Y-%m-%d %H:%M')}",
-        kind="cpu",
-        slots_per_host=cores,
-        hosts=1,
-        slot_flops=slot_flops,
-        threading_efficiency=min(1.5, threading),
-        step_overhead_s=overhead,
-        optimizer_s_per_parameter=per_parameter,
-        worker_baseline_bytes=baseline,
-        memory_bytes=_host_memory_bytes(),
-        intra_host=within,
-        inter_host=within,  # one host: nothing crosses a network
-        measured=measured,
-        compute_slowdown=slowdown,
+    return profile.model_copy(
+        update={
+            "worker_baseline_bytes": baseline,
+            "intra_host": within,
+            "inter_host": within,  # one host: nothing crosses a network
+            "measured": measured,
+            "compute_slowdown": slowdown,
+        }
     )
 
 

@@ -168,9 +168,11 @@ def launch_local(
         except ChildFailedError as err:
             raise WorkerFailedError(rank_failures(err.failures)) from None
         except RendezvousError as err:
+            if hosts is None:  # one host meets itself on loopback: not a missing host
+                raise
             raise RendezvousFailedError(
                 f"the hosts did not all join the job at {config.rdzv_endpoint} within "
-                f"rdzv_timeout_s={hosts.rdzv_timeout_s if hosts else '?'} "
+                f"rdzv_timeout_s={hosts.rdzv_timeout_s} "
                 f"({type(err).__name__}: {err}); check that every one of the "
                 f"{config.max_nodes} hosts runs the same command with its own node_rank and "
                 "can reach the endpoint"

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import copy
 import math
-import statistics
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -38,13 +36,14 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .config import TrainingSettings
 from .data import DataInfo, DataSource, SyntheticSource, TensorFileSource, TensorSource
-from .hardware import HardwareProfile
+from .hardware import HardwareProfile, median_seconds, torch_threads, train_step
 from .models import ModelSource
 from .optim import build_optimizer, loss_sum_fn
 from .sharding import num_steps, shard_bounds
+from .strategies import DDP_BUCKET_MB
 
-#: DDP's bucket size on gloo (see :class:`~.strategies.DDPStrategy`) and torch's on NCCL.
-BUCKET_BYTES = 25 * 1024 * 1024
+#: DDP's bucket size: the strategy's on gloo, which is also torch's default on NCCL.
+BUCKET_BYTES = DDP_BUCKET_MB * 1024 * 1024
 #: Bytes of optimizer state per parameter (fp32).
 OPTIMIZER_BYTES = {"adamw": 8, "adam": 8, "sgd": 4}
 DEFAULT_NODES = tuple(2**i for i in range(11))  # 1, 2, 4, ..., 1024
@@ -346,33 +345,23 @@ def _time_model_here(
     cannot run on zero inputs of the data's shape (then the probe's rate is used)."""
     if hw.kind != "cpu" or hw.hosts != 1 or 16 * count.parameters > TIME_MODEL_LIMIT_BYTES:
         return None
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
     try:
-        net = copy.deepcopy(model.module) if model.module is not None else model.build(info)
-        optimizer = build_optimizer(settings, net)
-        loss_sum = loss_sum_fn(info.task, settings.loss_fn)
-        batch = max(1, min(256, settings.batch_size))
-        x = torch.randn((batch, *info.input_shape))
-        y = (
-            torch.zeros(batch, dtype=torch.long)
-            if info.task == "classification"
-            else torch.zeros(batch, info.num_outputs).squeeze(1)
-        )
-        times = []
-        for i in range(10):
-            started = time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
-            loss_sum(net(x), y).backward()
-            optimizer.step()
-            if i >= 3:
-                times.append(time.perf_counter() - started)
+        with torch_threads(1):
+            net = copy.deepcopy(model.module) if model.module is not None else model.build(info)
+            optimizer = build_optimizer(settings, net)
+            loss_sum = loss_sum_fn(info.task, settings.loss_fn)
+            batch = max(1, min(256, settings.batch_size))
+            x = torch.randn((batch, *info.input_shape))
+            y = (
+                torch.zeros(batch, dtype=torch.long)
+                if info.task == "classification"
+                else torch.zeros(batch, info.num_outputs).squeeze(1)
+            )
+            seconds = median_seconds(train_step(net, optimizer, loss_sum, x, y), 7, warmup=3)
     except Exception:  # any model that cannot run this way: keep the probe's rate
         return None
-    finally:
-        torch.set_num_threads(previous)
     fixed = count.parameters * hw.optimizer_s_per_parameter + hw.step_overhead_s
-    busy = statistics.median(times) - fixed
+    busy = seconds - fixed
     return batch * count.flops_per_sample / busy if busy > 0 else None
 
 

@@ -10,6 +10,9 @@ import logging
 import re
 import time
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from .config import TrainingSettings
 from .errors import ConfigError
@@ -74,3 +77,9 @@ def announce(run_dir: Path | None, level: int, message: str) -> None:
         with (run_dir / EVENTS_FILE).open("a") as f:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
             f.write(f"{stamp} {logging.getLevelName(level)} {message}\n")
+
+
+def write_config(run_dir: Path | None, config: dict[str, Any]) -> None:
+    """Save the resolved config (inputs and every setting) as the run's ``config.yaml``."""
+    if run_dir is not None:
+        (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))

@@ -15,18 +15,9 @@ import pytest
 from ai_distributed_training.config import TrainingSettings
 from ai_distributed_training.runconfig import PYTHON_ONLY
 from tests.conftest import worker_pids
+from tests.helpers import adt
 
 pytestmark = pytest.mark.distributed
-
-
-def adt(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ai_distributed_training", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def test_train_help_lists_every_setting_with_default_and_meaning() -> None:

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from ai_distributed_training import DistributedTraining
+from tests.helpers import same_tensors
 
 pytestmark = pytest.mark.distributed
 
@@ -88,8 +89,7 @@ def test_two_hosts_of_two_workers_match_four_local_workers(
     for i in range(2):  # every host's caller gets the trained weights
         (run_dir,) = (tmp_path / f"runs{i}").iterdir()
         weights = torch.load(run_dir / "model.pt", weights_only=True)
-        expected = local.model.state_dict()
-        assert all(torch.equal(weights[k], expected[k]) for k in expected)
+        assert same_tensors(weights, local.model.state_dict())
 
 
 def test_a_host_that_never_joins_fails_the_job_within_the_timeout(

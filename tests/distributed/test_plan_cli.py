@@ -4,26 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from ai_distributed_training.hardware import default_profile_path, load_profile, save_profile
+from tests.helpers import adt
 
 pytestmark = pytest.mark.distributed
-
-
-def adt(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ai_distributed_training", *args],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-        env={**os.environ, **env},
-    )
 
 
 def test_calibrate_then_plan_json_plot_and_edited_profile(tmp_path: Path) -> None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,7 @@ from ai_distributed_training.checkpoint import list_checkpoints, load_checkpoint
 from ai_distributed_training.report import read_records
 from ai_distributed_training.sharding import epoch_order, global_batch, train_val_split
 from tests.distributed.test_training import RecordingDataset
-from tests.helpers import bitwise_equal
+from tests.helpers import adt, bitwise_equal
 
 pytestmark = pytest.mark.distributed
 
@@ -182,26 +180,10 @@ def test_resume_on_three_nodes_from_a_two_node_checkpoint(tmp_path: Path) -> Non
 
 
 def test_fault_injection_from_the_cli() -> None:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ai_distributed_training",
-            "train",
-            "--nodes",
-            "2",
-            "--set",
-            "data.samples=500",
-            "--set",
-            "max_restarts=0",
-            "--set",
-            "fault_injection=[{kind: raise, rank: 1, step: 2}]",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    proc = adt(
+        "train", "--nodes", "2", "--set", "data.samples=500", "--set", "max_restarts=0",
+        "--set", "fault_injection=[{kind: raise, rank: 1, step: 2}]", timeout=120,
+    )  # fmt: skip
     assert proc.returncode == 1
     assert "worker rank 1 failed" in proc.stderr
     assert "InjectedFault: injected fault: rank 1 raised at step 2" in proc.stderr

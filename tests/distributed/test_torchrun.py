@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from ai_distributed_training import DistributedTraining
+from tests.helpers import same_tensors
 
 pytestmark = pytest.mark.distributed
 
@@ -47,9 +48,7 @@ def test_script_under_torchrun_joins_and_matches_our_launcher(tmp_path: Path) ->
         {"model_name": "m", "hidden_sizes": [16]}, {"samples": 300, "features": 6}, nodes=2
     )
     for out in ranks:  # every rank gets the full result, equal to our own launcher's
-        mine, theirs = out["weights"], local.model.state_dict()
-        assert mine.keys() == theirs.keys()
-        assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+        assert same_tensors(out["weights"], local.model.state_dict())
         assert out["result"]["nodes_used"] == 2 and out["result"]["steps"] == local["steps"]
         assert out["result"]["final_loss"] == local["final_loss"]
         assert out["result"]["status"] == "distributed_trained"
@@ -86,5 +85,4 @@ def test_script_as_slurm_tasks_joins_like_under_torchrun(tmp_path: Path) -> None
         assert proc.returncode == 0, err[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert [out["result"]["nodes_used"] for out in ranks] == [2, 2]
-    mine, theirs = ranks[0]["weights"], ranks[1]["weights"]
-    assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+    assert same_tensors(ranks[0]["weights"], ranks[1]["weights"])
