@@ -22,7 +22,7 @@ from .checkpoint import load_checkpoint, load_newest_valid
 from .config import TrainingSettings
 from .faults import FaultInjector
 from .hardware import peak_rss_bytes
-from .job import Job
+from .job import Job, keep_freed_memory
 from .loop import Checkpointer, train
 from .sharding import train_val_split
 from .strategies import DDPStrategy
@@ -99,6 +99,7 @@ def join_process_group(settings: TrainingSettings, env: RankEnv) -> tuple[torch.
 def run_rank(job: Job, env: RankEnv) -> dict[str, Any]:
     """Train this rank's part of ``job``; returns the result (the same on every rank)."""
     settings = job.settings
+    keep_freed_memory()  # a rank's process trains, launched by us or by torchrun alike
     torch.set_num_threads(job.threads_per_worker)
     if settings.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before CUDA starts

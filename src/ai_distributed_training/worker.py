@@ -14,7 +14,7 @@ import sys
 
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from .job import Job, exit_finished_worker, keep_freed_memory, write_atomically
+from .job import Job, exit_finished_worker, write_atomically
 from .rank import RankEnv, run_rank
 from .tracking import configure_worker_logging
 
@@ -31,7 +31,6 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of a worker process launched by the elastic agent."""
     argv = sys.argv[1:] if argv is None else argv
     _die_with_parent()
-    keep_freed_memory()
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # the agent forwards Ctrl-C: stop at once
     job = Job.load(argv[0])
     env = RankEnv.from_environ()
