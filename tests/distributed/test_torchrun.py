@@ -56,6 +56,9 @@ def test_script_under_torchrun_joins_and_matches_our_launcher(tmp_path: Path) ->
     assert (run_dir / "summary.json").is_file() and (run_dir / "config.yaml").is_file()
     assert ranks[1]["result"]["run_dir"] is None
     assert len(os.listdir(tmp_path / "runs")) == 1
+    newest = max((run_dir / "checkpoints").glob("step-*.pt"))  # the resolved config, inputs too
+    config = torch.load(newest, weights_only=True)["config"]
+    assert config["model"]["hidden_sizes"] == [16] and config["batch_size"] == 32
 
 
 def test_script_as_slurm_tasks_joins_like_under_torchrun(tmp_path: Path) -> None:
