@@ -286,8 +286,9 @@ def make_plan(
             module = model.build(info)
     count = count_model(module, info.input_shape, info.task)
     timed = _time_model_here(model, info, settings, count, hardware)
-    if timed is not None:  # this model's own speed on this machine beats the probe's
-        hardware = hardware.model_copy(update={"slot_flops": timed})
+    # This model's own speed on this machine beats the probe's; it rates this plan's compute
+    # only: the profile itself (what --save-hardware writes) stays model-independent.
+    rated = hardware if timed is None else hardware.model_copy(update={"slot_flops": timed})
     held_out = 0.0 if settings.validation_data is not None else settings.validation_split
     n_train = info.samples - int(info.samples * held_out)
     batch = settings.batch_size
@@ -298,7 +299,7 @@ def make_plan(
     for n in sorted(set(nodes)):
         hosts, per_host, threads = _placement(n, hardware)
         share = _largest_share(batch, n)
-        compute = compute_seconds(share, count, hardware, per_host, threads)
+        compute = compute_seconds(share, count, rated, per_host, threads)
         backward = compute * 2 / 3  # backward is ~2/3 of forward + backward for dense layers
         comm = _communication_s(n, count, hardware, hosts, backward)
         step = compute + comm

@@ -186,3 +186,11 @@ def test_profiles_round_trip_and_unknown_fields_are_named(tmp_path: Path) -> Non
     path.write_text(path.read_text() + "gpus_per_host: 8\n")
     with pytest.raises(ConfigError, match="gpus_per_host"):
         load_profile(path)
+
+
+def test_this_machines_plan_times_the_model_without_changing_the_profile() -> None:
+    hw = profile(kind="cpu", hosts=1, slots_per_host=2, slot_flops=1e18, step_overhead_s=0.0)
+    result = plan(hw, nodes=(2,))
+    assert result.hardware == hw  # what --save-hardware writes: no model-specific rate in it
+    # compute comes from the model's own timed steps, not the profile's absurd 1e18 FLOP/s
+    assert result.rows[0].compute_s > 1000 * 256 * result.model.flops_per_sample / 1e18
