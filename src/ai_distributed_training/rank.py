@@ -52,19 +52,42 @@ class RankEnv:
 
 def find_resume_point(
     resume: str | None, ckpt_dir: Path | None, attempt: int
-) -> dict[str, Any] | None:
-    """The checkpoint to start from: after a restart (attempt > 0) or with ``resume="auto"``,
-    the newest valid one in ``ckpt_dir``; with a path, that file; else none (a fresh start)."""
+) -> tuple[Path | None, dict[str, Any] | None]:
+    """The checkpoint to start from and its path: after a restart (attempt > 0) or with
+    ``resume="auto"``, the newest valid one in ``ckpt_dir``; with a path, that file; else none
+    (a fresh start)."""
     if attempt > 0 or resume == "auto":
         found = load_newest_valid(ckpt_dir) if ckpt_dir else None
         if found is None:
             log.info("no checkpoint to resume from: starting from scratch")
-            return None
+            return None, None
         log.info("resuming from %s", found[0])
-        return found[1]
+        return found
     if resume:
-        return load_checkpoint(Path(resume))
-    return None
+        return Path(resume), load_checkpoint(Path(resume))
+    return None, None
+
+
+def agreed_resume_point(
+    strategy: DDPStrategy, resume: str | None, ckpt_dir: Path | None
+) -> tuple[int, dict[str, Any] | None]:
+    """The attempt number and checkpoint every rank starts from (collective: all ranks call).
+
+    Each host's elastic agent counts its own restarts, and an agent that re-rendezvoused
+    because ANOTHER host restarted does not count one at all: its ranks would start afresh while
+    the others resume, and the job would deadlock or abort on mismatched collectives. So the
+    ranks take the largest count, and check that they all found the same checkpoint.
+    """
+    local = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    attempt = max(strategy.all_gather_object(local))
+    path, state = find_resume_point(resume, ckpt_dir, attempt)
+    found = strategy.all_gather_object(str(path) if path else None)
+    if len(set(found)) > 1:
+        raise RuntimeError(
+            f"the ranks found different checkpoints to resume from ({dict(enumerate(found))}); "
+            "every host must see the same checkpoint_dir (a shared filesystem)"
+        )
+    return attempt, state
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -126,9 +149,8 @@ def run_rank(job: Job, env: RankEnv) -> dict[str, Any]:
         val_reader = job.validation.open() if job.validation else None
         held_out = 0.0 if val_reader is not None else settings.validation_split
         split = train_val_split(len(reader), held_out, settings.seed)
-        attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
         ckpt_dir = Path(job.checkpoint_dir) if job.checkpoint_dir else None
-        resume = find_resume_point(settings.resume, ckpt_dir, attempt)
+        attempt, resume = agreed_resume_point(strategy, settings.resume, ckpt_dir)
         checkpointer = Checkpointer(ckpt_dir, env.rank == 0, settings.keep_checkpoints, job.config)
         faults = FaultInjector(settings.fault_injection, env.rank, attempt)
         loop = train(

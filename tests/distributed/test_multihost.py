@@ -5,6 +5,7 @@ Addresses exist only inside the namespaces this test creates; nothing else is co
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -104,3 +105,34 @@ def test_a_host_that_never_joins_fails_the_job_within_the_timeout(
     assert proc.returncode == 1
     assert "did not all join" in err and "rdzv_timeout_s=5" in err and "Traceback" not in err
     assert time.monotonic() - started < 40
+
+
+def test_a_worker_killed_on_one_host_restarts_the_job_on_both(
+    hosts: tuple[str, str], tmp_path: Path
+) -> None:
+    """Elastic restarts across hosts: both agents re-rendezvous, every rank resumes from the
+    newest checkpoint in the shared checkpoint_dir, and the weights equal an unbroken run."""
+    # Rank 1 (2nd host) dies; rank 0 (1st host) is busy at that moment, not failing: its agent
+    # re-rendezvouses for the other host's restart, which it does not count as one of its own.
+    fault = "fault_injection=[{kind: kill, rank: 1, step: 9}, {kind: hang, rank: 0, step: 9}]"
+    common = ["--nproc-per-node", "1", "--rdzv-endpoint", f"{ADDRS[0]}:29533", "--set",
+              f"checkpoint_dir={tmp_path / 'ckpt'}", "--set", "checkpoint_every=4",
+              "--set", "max_restarts=1", "--set", fault]  # fmt: skip
+    procs = [
+        _adt_on(host, i, *common, "--set", f"runs_dir={tmp_path / f'runs{i}'}")
+        for i, host in enumerate(hosts)
+    ]
+    outs = [p.communicate(timeout=240) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    # One fault, one failure: no attempt that aborts on mismatched collectives afterwards.
+    failures = "".join(err for _, err in outs).count("failed (exitcode")
+    assert failures == 1, "\n".join(err[-3000:] for _, err in outs)
+    local = DistributedTraining(runs_dir=None, **SETTINGS).train_distributed(
+        {"model_name": "m", "hidden_sizes": [16]}, {"samples": 400, "features": 6}, nodes=2
+    )
+    for i in range(2):
+        (run_dir,) = (tmp_path / f"runs{i}").iterdir()
+        assert json.loads((run_dir / "summary.json").read_text())["restarts"] == 1
+        weights = torch.load(run_dir / "model.pt", weights_only=True)
+        assert same_tensors(weights, local.model.state_dict())
