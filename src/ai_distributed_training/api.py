@@ -134,6 +134,18 @@ def _check_hosts(settings: TrainingSettings) -> Hosts | None:
     """This host's part of a multi-host job, checked; None for a one-host job."""
     nnodes, nodes = settings.nnodes, settings.nodes
     if nnodes == 1:
+        multi_host = {
+            "rdzv_endpoint": settings.rdzv_endpoint,
+            "local_addr": settings.local_addr,
+            "node_rank": settings.node_rank or None,
+        }
+        given = {k: v for k, v in multi_host.items() if v is not None}
+        if given:
+            raise ConfigError(
+                f"{', '.join(f'{k}={v!r}' for k, v in given.items())} only apply to a job over "
+                "several hosts; set nnodes to the number of hosts (a one-host job needs none: "
+                "its rendezvous is on a free local port)"
+            )
         return None
     if nodes % nnodes:
         raise ConfigError(

@@ -19,6 +19,8 @@ from ai_distributed_training.launch import interface_with_address
         ({"nodes": 4, "nnodes": 2}, "rdzv_endpoint=None"),
         ({"nodes": 4, "nnodes": 2, "rdzv_endpoint": "h"}, "rdzv_endpoint='h'"),
         ({"nodes": 4, "nnodes": 2, "rdzv_endpoint": "h:99999"}, "rdzv_endpoint='h:99999'"),
+        ({"nodes": 2, "rdzv_endpoint": "h:1"}, "rdzv_endpoint='h:1' only apply to a job over"),
+        ({"nodes": 2, "local_addr": "10.0.0.1"}, "local_addr='10.0.0.1' only apply"),
     ],
 )
 def test_bad_multi_host_settings_are_named(settings: dict[str, Any], named: str) -> None:
