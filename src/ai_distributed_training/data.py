@@ -10,8 +10,9 @@ File formats (targets are the prediction goal):
 * ``.npz``: arrays named ``X`` and ``y``.
 * ``.pt``: ``torch.save`` of a tuple ``(X, y)`` or a dict with keys ``X`` and ``y``.
 * ``.npy`` and ``.csv``: one 2-D numeric table whose LAST column is the target. A ``.csv`` may
-  have one header line. A float target column whose values are all integers is read as class
-  labels.
+  have one header line. A float target column whose values are all integers (>= 0) is read as
+  class labels. A ``.npy`` table is memory-mapped, never loaded whole (see ``streaming.py``).
+* a directory of ``.npy`` or ``.parquet`` shards: one table, memory-mapped (``streaming.py``).
 """
 
 from __future__ import annotations
@@ -194,8 +195,7 @@ def tensors_source(
         raise ConfigError(f"X and y have different lengths: len(X)={len(xt)}, len(y)={len(yt)}")
     if len(xt) == 0:
         raise ConfigError("the data has 0 samples; at least one is needed")
-    if not xt.is_floating_point() or xt.dtype == torch.float64:
-        xt = xt.float()
+    xt = as_float_inputs(xt)
     _check_finite(xt, "X")
     if yt.dtype == torch.bool:
         yt = yt.long()
@@ -240,6 +240,11 @@ def tensors_source(
     return TensorSource(xt.contiguous(), yt.contiguous(), info)
 
 
+def as_float_inputs(x: torch.Tensor) -> torch.Tensor:
+    """Model inputs as floats: integers and float64 become float32, narrower floats stay."""
+    return x.float() if not x.is_floating_point() or x.dtype == torch.float64 else x
+
+
 def _as_tensor(value: Any, name: str) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value.detach().cpu()
@@ -254,13 +259,15 @@ def _as_tensor(value: Any, name: str) -> torch.Tensor:
 
 
 def _check_finite(t: torch.Tensor, name: str) -> None:
-    bad = ~torch.isfinite(t)
-    if bool(bad.any()):
-        where = bad.reshape(len(t), -1).any(dim=1).nonzero()[:5, 0].tolist()
-        raise ConfigError(
-            f"{name} contains NaN or inf values (first rows: {where}); "
-            "clean or impute the data first"
-        )
+    rows = max(1, (64 << 20) // max(1, t[:1].nbytes))  # ~64 MB at a time: no full-size mask
+    for start in range(0, len(t), rows):
+        bad = ~torch.isfinite(t[start : start + rows])
+        if bool(bad.any()):
+            where = (bad.reshape(len(bad), -1).any(dim=1).nonzero()[:5, 0] + start).tolist()
+            raise ConfigError(
+                f"{name} contains NaN or inf values (first rows: {where}); "
+                "clean or impute the data first"
+            )
 
 
 # --- map-style datasets --------------------------------------------------------------------------
@@ -318,9 +325,13 @@ class DatasetSource:
 FILE_SUFFIXES = (".npy", ".npz", ".pt", ".csv")
 
 
-def file_source(path: str | os.PathLike[str], task: Task | None = None) -> TensorSource:
-    """Load a data file (see the module docstring for the accepted formats)."""
+def file_source(path: str | os.PathLike[str], task: Task | None = None) -> DataSource:
+    """Open a data file or shard directory (see the module docstring for the accepted formats)."""
+    from . import streaming  # it builds on this module's types
+
     p = Path(path)
+    if p.is_dir():
+        return streaming.shard_directory(p, task)
     suffix = p.suffix.lower()
     if suffix not in FILE_SUFFIXES:
         raise ConfigError(
@@ -339,7 +350,9 @@ def file_source(path: str | os.PathLike[str], task: Task | None = None) -> Tenso
         if isinstance(blob, (tuple, list)) and len(blob) == 2:
             return tensors_source(blob[0], blob[1], description=p.name, task=task)
         raise ConfigError(f"{p.name} must hold a tuple (X, y) or a dict with keys 'X' and 'y'")
-    table = np.load(p) if suffix == ".npy" else _read_csv(p)
+    if suffix == ".npy":
+        return streaming.shards_source([str(p)], p.name, task)
+    table = _read_csv(p)
     if table.ndim != 2 or table.shape[1] < 2:
         raise ConfigError(
             f"{p.name} must be a 2-D table with the target in its last column; "
@@ -376,7 +389,8 @@ def resolve_data(data: Any, task: Task | None = None) -> DataSource:
 
     Accepted: a synthetic spec dict ``{"samples", "features", "classes", "task", "seed"}``,
     a pair ``(X, y)`` of tensors or NumPy arrays, a map-style ``torch.utils.data.Dataset`` of
-    ``(input, target)`` pairs, or a path to a ``.npy``/``.npz``/``.pt``/``.csv`` file.
+    ``(input, target)`` pairs, a path to a ``.npy``/``.npz``/``.pt``/``.csv`` file, or a path to
+    a directory of ``.npy`` or ``.parquet`` shards.
 
     ``task`` ("classification" or "regression") overrides the task inferred from the targets.
 
@@ -396,7 +410,8 @@ def resolve_data(data: Any, task: Task | None = None) -> DataSource:
         raise ConfigTypeError(
             f"data of type {type(data).__name__} is not accepted; pass a synthetic spec dict "
             "{'samples': N, 'features': F}, a pair (X, y) of tensors or arrays, a map-style "
-            f"torch Dataset, or a path to a {'/'.join(FILE_SUFFIXES)} file"
+            f"torch Dataset, or a path to a {'/'.join(FILE_SUFFIXES)} file or a directory of "
+            ".npy/.parquet shards"
         )
     # A spec or a dataset states its own targets: a different task setting is a contradiction.
     if task is not None and task != source.info.task:

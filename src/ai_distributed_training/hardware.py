@@ -28,6 +28,7 @@ from torch import nn
 
 from .config import _Strict, validate
 from .errors import ConfigError
+from .rundir import cache_root
 
 if TYPE_CHECKING:
     from .plan import ModelCount
@@ -122,9 +123,8 @@ THIS_MACHINE = "this-machine"
 
 
 def default_profile_path() -> Path:
-    """Where this machine's calibration is kept: ``$XDG_CACHE_HOME/ai-distributed-training/``."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "ai-distributed-training" / f"hardware-{socket.gethostname()}.yaml"
+    """Where this machine's calibration is kept: in :func:`rundir.cache_root`."""
+    return cache_root() / f"hardware-{socket.gethostname()}.yaml"
 
 
 def save_profile(profile: HardwareProfile, path: Path) -> Path:

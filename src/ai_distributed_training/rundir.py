@@ -7,6 +7,7 @@ tracker.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 from pathlib import Path
@@ -23,6 +24,16 @@ CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
 
 log = logging.getLogger(JOB_LOGGER)
+
+
+def cache_root() -> Path:
+    """Where files reused across runs live (hardware profiles, decoded Parquet):
+    ``$ADT_CACHE_DIR``, else ``$XDG_CACHE_HOME/ai-distributed-training``, else
+    ``~/.cache/ai-distributed-training``."""
+    if os.environ.get("ADT_CACHE_DIR"):
+        return Path(os.environ["ADT_CACHE_DIR"])
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "ai-distributed-training"
 
 
 def create_run_dir(settings: TrainingSettings, model_name: str) -> Path | None:
