@@ -23,15 +23,15 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .checkpoint import list_checkpoints
+from .checkpoint import is_checkpoint, list_checkpoints
 from .config import TrainingSettings, check_warmup, settings_as_plain_data, validate
 from .data import DataInfo, DataSource, SyntheticSource, resolve_data
 from .errors import ConfigError, WorkerFailedError
-from .hardware import HardwareProfile, resolve_profile
+from .hardware import HardwareProfile, host_memory_bytes, resolve_profile
 from .job import Job
 from .launch import Hosts, launch_local, torchrun_rank
-from .models import ModelSource, resolve_model
-from .plan import DEFAULT_NODES, Plan, make_plan
+from .models import ModelSource, check_fits_data, resolve_model
+from .plan import DEFAULT_NODES, Plan, choose_strategy, make_plan
 from .rank import RankEnv, join_process_group, run_rank
 from .report import write_report
 from .result import TrainingResult
@@ -75,6 +75,7 @@ def prepare(
     model_source = resolve_model(model)
     data_source = resolve_data(data, settings.task)
     nodes, info = settings.nodes, data_source.info
+    check_fits_data(model_source, info)
     validation = _resolve_validation(settings, info)
     held_out = 0.0 if validation else settings.validation_split
     n_train = info.samples - int(info.samples * held_out)
@@ -97,10 +98,10 @@ def prepare(
             "precision='fp16' needs GPUs (use_gpus=True); on CPUs use 'bf16' or 'fp32'"
         )
     check_warmup(settings)
-    if settings.resume not in (None, "auto") and not Path(settings.resume).is_file():
+    if settings.resume not in (None, "auto") and not is_checkpoint(Path(settings.resume)):
         raise ConfigError(
-            f"resume={settings.resume!r}: no such checkpoint file; pass 'auto' "
-            "or the path of a step-*.pt checkpoint"
+            f"resume={settings.resume!r}: no such checkpoint; pass 'auto' or the path of a "
+            "step-*.pt checkpoint file or a committed step-*.dcp directory"
         )
     if settings.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise ConfigError(
@@ -111,6 +112,10 @@ def prepare(
     cores = available_cores()
     # the workers sharing this host
     local_workers = env.local_world_size if env else nodes // (hosts.nnodes if hosts else 1)
+    if settings.strategy == "auto":
+        budget = _worker_memory_budget(settings.use_gpus, local_workers)
+        chosen = choose_strategy(model_source, info, settings, budget)
+        settings = settings.model_copy(update={"strategy": chosen})
     threads = settings.threads_per_worker or max(1, cores // local_workers)
     if local_workers > cores and not settings.use_gpus:
         warnings.warn(
@@ -128,6 +133,13 @@ def prepare(
         validation,
         hosts,
     )
+
+
+def _worker_memory_budget(use_gpus: bool, local_workers: int) -> int:
+    """A worker's memory: its GPU's, or its share of this host's."""
+    if use_gpus:
+        return int(torch.cuda.get_device_properties(0).total_memory)
+    return host_memory_bytes() // local_workers
 
 
 def _check_hosts(settings: TrainingSettings) -> Hosts | None:
@@ -320,6 +332,8 @@ def _finish(
         train_time_s=out["train_time_s"],
         threads_per_worker=prepared.threads_per_worker,
         peak_memory_per_worker_bytes=out["peak_memory_per_worker_bytes"],
+        model_state_bytes_per_worker=out["model_state_bytes_per_worker"],
+        strategy=settings.strategy,
         weights_in_sync=out["weights_in_sync"],
         stopped_early=out["stopped_early"],
         restarts=out["restarts"],

@@ -6,6 +6,12 @@ step within the epoch, global step, partial epoch sums, history so far), every r
 :func:`~.job.write_atomically` (temporary file, fsync, rename), so a crash mid-save never leaves
 the newest checkpoint unreadable. Everything is stored as tensors and plain data, so loading uses
 ``torch.load(weights_only=True)`` (no arbitrary code runs from a checkpoint file).
+
+A sharded (FSDP) job writes a directory ``step-00000042.dcp/`` instead: each rank writes its
+shards through ``torch.distributed.checkpoint`` (which can load them back at another number of
+ranks), then global rank 0 writes ``meta.pt`` (everything above but the model and optimizer)
+and, last, the commit marker ``COMMITTED``. A directory without the marker is an unfinished
+save and is ignored.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import logging
 import random
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,25 +30,40 @@ from .job import write_atomically
 
 log = logging.getLogger(__name__)
 
-_NAME = re.compile(r"^step-(\d{8})\.pt$")
+_NAME = re.compile(r"^step-(\d{8})\.(pt|dcp)$")
+COMMIT_MARKER = "COMMITTED"
+META_FILE = "meta.pt"
 
 
-def checkpoint_path(directory: Path, step: int) -> Path:
-    return directory / f"step-{step:08d}.pt"
+def checkpoint_path(directory: Path, step: int, sharded: bool = False) -> Path:
+    return directory / f"step-{step:08d}.{'dcp' if sharded else 'pt'}"
+
+
+def is_checkpoint(path: Path) -> bool:
+    """A checkpoint file, or a sharded checkpoint directory with its commit marker."""
+    return path.is_file() or (path / COMMIT_MARKER).is_file()
 
 
 def list_checkpoints(directory: Path) -> list[Path]:
-    """Checkpoint files in ``directory``, newest (highest step) first."""
+    """Checkpoints in ``directory`` (files, and sharded directories with their commit marker),
+    newest (highest step) first."""
     if not directory.is_dir():
         return []
-    found = [p for p in directory.iterdir() if _NAME.match(p.name)]
+    found = [p for p in directory.iterdir() if _NAME.match(p.name) and is_checkpoint(p)]
     return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)), reverse=True)  # type: ignore[union-attr]
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read one checkpoint; raises if it is truncated or corrupt."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or "loop" not in state or "model" not in state:
+    """Read one checkpoint; raises if it is truncated or corrupt. A sharded one's model and
+    optimizer stay on disk: ``dcp_dir`` says where (the strategy loads them into its shards)."""
+    if path.is_dir():
+        if not (path / COMMIT_MARKER).is_file():
+            raise ValueError(f"{path.name} has no {COMMIT_MARKER} marker: an unfinished save")
+        state = torch.load(path / META_FILE, map_location="cpu", weights_only=True)
+        state["dcp_dir"] = str(path)
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or "loop" not in state or not {"model", "dcp_dir"} & set(state):
         raise ValueError(f"{path.name} is not a checkpoint of this library")
     return state
 
@@ -67,9 +89,26 @@ def save_checkpoint(directory: Path, step: int, state: dict[str, Any], keep: int
     directory.mkdir(parents=True, exist_ok=True)
     path = checkpoint_path(directory, step)
     write_atomically(state, path)
-    for old in list_checkpoints(directory)[keep:]:
-        old.unlink(missing_ok=True)
+    prune(directory, keep)
     return path
+
+
+def commit_sharded(path: Path, meta: dict[str, Any], keep: int) -> Path:
+    """Finish the sharded checkpoint ``path`` (its shards written by every rank): its
+    ``meta.pt``, then the commit marker, last; keep the newest ``keep`` checkpoints."""
+    write_atomically(meta, path / META_FILE)
+    write_atomically({"committed": True}, path / COMMIT_MARKER)
+    prune(path.parent, keep)
+    return path
+
+
+def prune(directory: Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` checkpoints."""
+    for old in list_checkpoints(directory)[keep:]:
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
 
 
 # --- RNG states as tensors and plain data (so weights_only loading works) -----------------------

@@ -11,7 +11,7 @@ import difflib
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigError, ConfigTypeError
 
@@ -31,8 +31,10 @@ class ModelSpec(_Strict):
     """A built-in architecture; input and output sizes are inferred from the data."""
 
     model_name: str = Field(min_length=1, description="Label for the model, echoed in results.")
-    architecture: Literal["mlp", "linear"] = Field(
-        "mlp", description="Built-in architecture: 'mlp' or 'linear'."
+    architecture: Literal["mlp", "linear", "transformer"] = Field(
+        "mlp",
+        description="Built-in architecture: 'mlp', 'linear', or 'transformer' (a GPT-style "
+        "decoder for token data).",
     )
     hidden_sizes: list[PositiveInt] = Field(
         default_factory=lambda: [512, 512],
@@ -42,6 +44,20 @@ class ModelSpec(_Strict):
     activation: Literal["relu", "gelu", "tanh"] = Field(
         "relu", description="Activation after each hidden layer."
     )
+    d_model: PositiveInt = Field(128, description="Transformer: width of the token vectors.")
+    layers: PositiveInt = Field(2, description="Transformer: number of decoder blocks.")
+    heads: PositiveInt = Field(4, description="Transformer: attention heads (divide d_model).")
+    activation_checkpointing: bool = Field(
+        False,
+        description="Transformer: recompute each block's activations in the backward pass "
+        "instead of keeping them (less memory, ~1/3 more compute).",
+    )
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> ModelSpec:
+        if self.architecture == "transformer" and self.d_model % self.heads:
+            raise ValueError(f"d_model={self.d_model} must be a multiple of heads={self.heads}")
+        return self
 
 
 class SyntheticDataSpec(_Strict):
@@ -54,6 +70,15 @@ class SyntheticDataSpec(_Strict):
         "classification", description="'classification' or 'regression'."
     )
     seed: int = Field(0, ge=0, description="Seed of the data and its labelling teacher (>= 0).")
+
+
+class TokenDataSpec(_Strict):
+    """Synthetic token sequences (a fixed random bigram chain) for language models."""
+
+    samples: int = Field(gt=0, description="Number of sequences (positive integer).")
+    seq_len: int = Field(gt=0, description="Tokens per sequence (positive integer).")
+    vocab_size: int = Field(ge=2, description="Token ids are 0..vocab_size-1 (>= 2).")
+    seed: int = Field(0, ge=0, description="Seed of the chain and the sequences (>= 0).")
 
 
 class FaultSpec(_Strict):
@@ -134,6 +159,17 @@ class TrainingSettings(_Strict):
         None,
         description="loss_fn(outputs, targets) -> mean loss over the batch; default: "
         "cross-entropy for classification, MSE for regression.",
+    )
+    strategy: Literal["ddp", "fsdp", "auto"] = Field(
+        "ddp",
+        description="'ddp': a full replica per worker; 'fsdp': parameters, gradients and "
+        "optimizer state sharded across workers (FSDP2); 'auto': fsdp when the estimated "
+        "replica does not fit a worker's memory.",
+    )
+    fsdp_blocks: list[str] | None = Field(
+        None,
+        description="Class names of the modules FSDP shards and gathers one at a time (e.g. "
+        "['DecoderBlock']). Default: the built-in architecture's layers; a user model is one unit.",
     )
     use_gpus: bool = Field(False, description="Train on CUDA GPUs with NCCL, one per worker.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from .config import SyntheticDataSpec, validate
+from .config import SyntheticDataSpec, TokenDataSpec, validate
 from .errors import ConfigError, ConfigTypeError
 
 Task = Literal["classification", "regression"]
@@ -42,9 +42,24 @@ class DataInfo:
     samples: int
     input_shape: tuple[int, ...]
     task: Task
-    #: Classes for classification; target values per sample for regression.
+    #: Classes for classification (the vocabulary for tokens); target values for regression.
     num_outputs: int
     description: str
+    #: Token sequences: inputs are ids, each position's target is the next token's id.
+    tokens: bool = False
+
+
+def example_batch(
+    info: DataInfo, batch: int, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of zeros shaped and typed like the data's (for counting and timing models)."""
+    if info.tokens:
+        ids = torch.zeros((batch, *info.input_shape), dtype=torch.long, device=device)
+        return ids, ids.clone()
+    x = torch.zeros((batch, *info.input_shape), device=device)
+    if info.task == "classification":
+        return x, torch.zeros(batch, dtype=torch.long, device=device)
+    return x, torch.zeros(batch, info.num_outputs, device=device).squeeze(1)
 
 
 class BatchReader(Protocol):
@@ -141,6 +156,64 @@ class SyntheticSource:
 
     def open(self) -> TensorReader:
         return TensorReader(*make_synthetic(self.spec))
+
+
+# --- token sequences -----------------------------------------------------------------------------
+
+
+def make_tokens(spec: TokenDataSpec) -> torch.Tensor:
+    """``samples`` sequences of ``seq_len + 1`` token ids from a fixed random bigram chain with
+    peaked transitions: learnable (a model that learns the chain beats log(vocab_size))."""
+    g = torch.Generator().manual_seed(spec.seed)
+    transitions = torch.softmax(3.0 * torch.randn(spec.vocab_size, spec.vocab_size, generator=g), 1)
+    ids = torch.empty(spec.samples, spec.seq_len + 1, dtype=torch.long)
+    ids[:, 0] = torch.randint(spec.vocab_size, (spec.samples,), generator=g)
+    for t in range(spec.seq_len):
+        ids[:, t + 1] = torch.multinomial(transitions[ids[:, t]], 1, generator=g)[:, 0]
+    return ids
+
+
+def token_info(samples: int, seq_len: int, vocab_size: int, description: str) -> DataInfo:
+    return DataInfo(samples, (seq_len,), "classification", vocab_size, description, tokens=True)
+
+
+@dataclass(frozen=True)
+class SyntheticTokenSource:
+    """Synthetic token sequences: each worker regenerates them from the spec."""
+
+    spec: TokenDataSpec
+    info: DataInfo
+
+    @classmethod
+    def from_spec(cls, spec: TokenDataSpec) -> SyntheticTokenSource:
+        desc = f"synthetic tokens: {spec.samples} x {spec.seq_len}, vocabulary {spec.vocab_size}"
+        return cls(spec, token_info(spec.samples, spec.seq_len, spec.vocab_size, desc))
+
+    def stage(self, job_dir: Path) -> SyntheticTokenSource:
+        return self
+
+    def open(self) -> TensorReader:
+        ids = make_tokens(self.spec)
+        return TensorReader(ids[:, :-1], ids[:, 1:])
+
+
+def tokens_source(tokens: Any, vocab_size: int | None) -> TensorSource:
+    """Tokenized text: a 2-D integer array of shape ``(sequences, seq_len + 1)``; position t
+    is trained to predict token t + 1."""
+    ids = _as_tensor(tokens, "tokens")
+    if ids.ndim != 2 or ids.shape[1] < 2 or ids.is_floating_point() or len(ids) == 0:
+        raise ConfigError(
+            "tokens must be a non-empty 2-D integer array (sequences, seq_len + 1); got "
+            f"shape {tuple(ids.shape)}, dtype {ids.dtype}"
+        )
+    ids = ids.long()
+    low, high = int(ids.min()), int(ids.max())
+    vocab = vocab_size if vocab_size is not None else high + 1
+    if low < 0 or high >= vocab:
+        raise ConfigError(f"token ids must be in 0..{vocab - 1} (vocab_size); found {low}..{high}")
+    desc = f"tokens: {len(ids)} x {ids.shape[1] - 1}, vocabulary {vocab}"
+    info = token_info(len(ids), ids.shape[1] - 1, vocab, desc)
+    return TensorSource(ids[:, :-1].contiguous(), ids[:, 1:].contiguous(), info)
 
 
 # --- tensors and arrays --------------------------------------------------------------------------
@@ -402,7 +475,14 @@ def resolve_data(data: Any, task: Task | None = None) -> DataSource:
     if isinstance(data, (tuple, list)) and len(data) == 2:
         return tensors_source(data[0], data[1], description="arrays", task=task)
     source: DataSource
-    if isinstance(data, Mapping):
+    if isinstance(data, Mapping) and "tokens" in data:
+        extra = sorted(set(data) - {"tokens", "vocab_size"})
+        if extra:
+            raise ConfigError(f"unknown key(s) {extra} beside 'tokens'; accepted: 'vocab_size'")
+        source = tokens_source(data["tokens"], data.get("vocab_size"))
+    elif isinstance(data, Mapping) and {"seq_len", "vocab_size"} & set(data):
+        source = SyntheticTokenSource.from_spec(validate(TokenDataSpec, data, "data key"))
+    elif isinstance(data, Mapping):
         source = SyntheticSource.from_spec(validate(SyntheticDataSpec, data, "data key"))
     elif isinstance(data, Dataset):
         source = DatasetSource.from_dataset(data)

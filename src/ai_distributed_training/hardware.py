@@ -253,7 +253,8 @@ def _time_optimizer(parameters: int) -> float:
         return median_seconds(opt.step, runs=10, warmup=3) / parameters
 
 
-def _host_memory_bytes() -> int:
+def host_memory_bytes() -> int:
+    """This host's physical memory."""
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
@@ -291,7 +292,7 @@ def calibrate(ranks: tuple[int, ...] | None = None) -> HardwareProfile:
         step_overhead_s=overhead,
         optimizer_s_per_parameter=per_parameter,
         worker_baseline_bytes=0,
-        memory_bytes=_host_memory_bytes(),
+        memory_bytes=host_memory_bytes(),
         intra_host=Link(latency_s=0, bandwidth_bytes_per_s=1),
         inter_host=Link(latency_s=0, bandwidth_bytes_per_s=1),
     )

@@ -38,7 +38,9 @@ class Meter:
         if len(y) == 0:
             return stats
         out = out.detach()
-        if self.task == "classification":
+        if self.task == "classification" and out.ndim == 3:  # tokens: per-sequence accuracy
+            stats[CORRECT] = (out.argmax(dim=2) == y).double().mean(dim=1).sum()
+        elif self.task == "classification":
             stats[CORRECT] = (out.argmax(dim=1) == y).sum()
         for i, (name, fn) in enumerate(self.user_metrics.items()):
             values = torch.as_tensor(fn(out.float(), y))

@@ -22,6 +22,7 @@ from torch import nn
 from .config import ModelSpec, validate
 from .data import DataInfo
 from .errors import ConfigError, ConfigTypeError
+from .transformer import Decoder
 
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
@@ -46,11 +47,34 @@ def _linear(spec: ModelSpec, in_features: int, out_features: int) -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(in_features, out_features))
 
 
-#: Built-in architectures by name: ``builder(spec, in_features, out_features) -> nn.Module``.
+#: Built-in architectures by name: ``builder(spec, in_features, out_features) -> nn.Module``
+#: (for the transformer: sequence length and vocabulary size).
 ARCHITECTURES: dict[str, Callable[[ModelSpec, int, int], nn.Module]] = {
     "mlp": _mlp,
     "linear": _linear,
+    "transformer": Decoder,
 }
+#: The module classes the FSDP strategy shards one at a time, per built-in architecture.
+FSDP_BLOCKS: dict[str, list[str]] = {
+    "mlp": ["Linear"],
+    "linear": ["Linear"],
+    "transformer": ["DecoderBlock"],
+}
+
+
+def check_fits_data(model: ModelSource, info: DataInfo) -> None:
+    """A built-in architecture meant for the data's kind: the transformer for token sequences,
+    the others for feature vectors. Raises ConfigError naming both."""
+    if model.spec is None:
+        return  # the user's model: theirs to match to the data
+    transformer = model.spec.architecture == "transformer"
+    if transformer != info.tokens:
+        wanted = "token data ({'samples', 'seq_len', 'vocab_size'} or {'tokens': ids})"
+        raise ConfigError(
+            f"architecture={model.spec.architecture!r} does not fit the data ({info.description}); "
+            + (f"the transformer needs {wanted}" if transformer else
+               "token sequences need architecture='transformer' (or your own model)")
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -61,6 +85,11 @@ class ModelSource:
     spec: ModelSpec | None = None
     module: nn.Module | None = None
     factory: Callable[[], nn.Module] | None = None
+
+    def blocks(self) -> list[str]:
+        """The module class names FSDP shards one at a time: a built-in architecture's own;
+        for the user's models none (the whole model is one unit) unless ``fsdp_blocks`` says."""
+        return FSDP_BLOCKS[self.spec.architecture] if self.spec is not None else []
 
     def build(self, info: DataInfo) -> nn.Module:
         """The model to train; call after seeding torch so every worker builds the same one."""

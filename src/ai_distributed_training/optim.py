@@ -96,6 +96,9 @@ def loss_sum_fn(task: Task, user_loss: Callable[..., Any] | None) -> LossSum:
         out = out.float()
         if user_loss is not None:
             return torch.as_tensor(user_loss(out, y)) * len(y)
+        if task == "classification" and out.ndim == 3:  # tokens: each sequence's mean loss
+            per_token = F.cross_entropy(out.transpose(1, 2), y, reduction="none")
+            return per_token.mean(dim=1).sum()
         if task == "classification":
             return F.cross_entropy(out, y, reduction="sum")
         flat_out, flat_y = out.reshape(len(y), -1), y.reshape(len(y), -1)

@@ -30,12 +30,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .config import TrainingSettings
-from .data import DataInfo, DataSource, SyntheticSource, TensorFileSource, TensorSource
+from .data import (
+    DataInfo,
+    DataSource,
+    SyntheticSource,
+    TensorFileSource,
+    TensorSource,
+    example_batch,
+)
 from .hardware import HardwareProfile, median_seconds, torch_threads, train_step
 from .models import ModelSource
 from .optim import build_optimizer, loss_sum_fn
@@ -59,15 +65,23 @@ class ModelCount:
     activation_bytes_per_sample: float  # saved for backward
 
 
-def count_model(model: nn.Module, input_shape: tuple[int, ...], task: str) -> ModelCount:
+def count_model(
+    model: nn.Module, input_shape: tuple[int, ...], task: str, tokens: bool = False
+) -> ModelCount:
     """Count ``model`` (moved to the meta device: no memory, no compute).
 
     Two batch sizes are counted and differenced, so what does not grow with the batch (e.g.
     the weights a layer saves for its backward) is not taken for activations.
     """
     model = model.to("meta")
-    (flops_2, saved_2), (flops_4, saved_4) = (_count(model, input_shape, task, b) for b in (2, 4))
-    blocks = [sum(p.numel() for p in child.parameters()) for child in model.children()]
+    info = DataInfo(1, input_shape, task, 1, "", tokens)  # type: ignore[arg-type]
+    (flops_2, saved_2), (flops_4, saved_4) = (_count(model, info, b) for b in (2, 4))
+    units = [  # what FSDP gathers at once: direct children, a ModuleList's items each
+        unit
+        for child in model.children()
+        for unit in (child.children() if isinstance(child, nn.ModuleList) else [child])
+    ]
+    blocks = [sum(p.numel() for p in unit.parameters()) for unit in units]
     params = sum(p.numel() for p in model.parameters())
     return ModelCount(
         parameters=params,
@@ -77,11 +91,9 @@ def count_model(model: nn.Module, input_shape: tuple[int, ...], task: str) -> Mo
     )
 
 
-def _count(
-    model: nn.Module, input_shape: tuple[int, ...], task: str, batch: int
-) -> tuple[float, float]:
+def _count(model: nn.Module, info: DataInfo, batch: int) -> tuple[float, float]:
     """(FLOPs of forward + backward, bytes saved for backward) for one meta batch."""
-    x = torch.empty((batch, *input_shape), device="meta")
+    x, y = example_batch(info, batch, "meta")
     saved: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
@@ -91,8 +103,8 @@ def _count(
     with FlopCounterMode(display=False) as counter:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             out = model(x)
-        if task == "classification":
-            loss = F.cross_entropy(out, torch.zeros(batch, dtype=torch.long, device="meta"))
+        if info.task == "classification":
+            loss = loss_sum_fn("classification", None)(out, y)
         else:
             loss = out.float().square().mean()
         loss.backward()
@@ -284,7 +296,7 @@ def make_plan(
     else:
         with torch.device("meta"):  # specs and factories: built without memory or weights
             module = model.build(info)
-    count = count_model(module, info.input_shape, info.task)
+    count = count_model(module, info.input_shape, info.task, info.tokens)
     timed = _time_model_here(model, info, settings, count, hardware)
     # This model's own speed on this machine beats the probe's; it rates this plan's compute
     # only: the profile itself (what --save-hardware writes) stays model-independent.
@@ -352,12 +364,9 @@ def _time_model_here(
             optimizer = build_optimizer(settings, net)
             loss_sum = loss_sum_fn(info.task, settings.loss_fn)
             batch = max(1, min(256, settings.batch_size))
-            x = torch.randn((batch, *info.input_shape))
-            y = (
-                torch.zeros(batch, dtype=torch.long)
-                if info.task == "classification"
-                else torch.zeros(batch, info.num_outputs).squeeze(1)
-            )
+            x, y = example_batch(info, batch)
+            if not info.tokens:
+                x = torch.randn_like(x)
             seconds = median_seconds(train_step(net, optimizer, loss_sum, x, y), 7, warmup=3)
     except Exception:  # any model that cannot run this way: keep the probe's rate
         return None
@@ -395,3 +404,23 @@ def _with_efficiency(rows: list[Row], hw: HardwareProfile, threshold: float) -> 
         best = max(good, key=lambda r: (round(r.samples_per_second, 6), -r.nodes))
         out = [Row(**{**asdict(r), "recommended": r is best}) for r in out]
     return out
+
+
+def replica_bytes(model: ModelSource, info: DataInfo, settings: TrainingSettings) -> int:
+    """One DDP worker's model state and activations: parameters + gradients (4 + 4 bytes each,
+    fp32), optimizer state, and the activations of its share of a global batch."""
+    with torch.device("meta"):  # nothing allocated, no weights: the module's shapes only
+        module = copy.deepcopy(model.module) if model.module is not None else model.build(info)
+    count = count_model(module, info.input_shape, info.task, info.tokens)
+    optimizer = settings.optimizer if isinstance(settings.optimizer, str) else "adamw"
+    per_parameter = 8 + OPTIMIZER_BYTES.get(optimizer, 8)
+    share = -(-settings.batch_size // settings.nodes)
+    return int(per_parameter * count.parameters + share * count.activation_bytes_per_sample)
+
+
+def choose_strategy(
+    model: ModelSource, info: DataInfo, settings: TrainingSettings, budget_bytes: int
+) -> str:
+    """``strategy="auto"``: ``"fsdp"`` when a full replica would take more than 80% of a
+    worker's memory budget (its GPU, or its share of the host's memory), else ``"ddp"``."""
+    return "fsdp" if replica_bytes(model, info, settings) > 0.8 * budget_bytes else "ddp"

@@ -21,11 +21,12 @@ import torch.distributed as dist
 from .checkpoint import load_checkpoint, load_newest_valid
 from .config import TrainingSettings
 from .faults import FaultInjector
+from .fsdp import FSDPStrategy
 from .hardware import peak_rss_bytes
 from .job import Job, keep_freed_memory
 from .loop import Checkpointer, train
 from .sharding import train_val_split
-from .strategies import DDPStrategy
+from .strategies import DDPStrategy, Strategy
 from .tracking import JobLog, RankZeroTracker, Tracker
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ def find_resume_point(
 
 
 def agreed_resume_point(
-    strategy: DDPStrategy, resume: str | None, ckpt_dir: Path | None
+    strategy: Strategy, resume: str | None, ckpt_dir: Path | None
 ) -> tuple[int, dict[str, Any] | None]:
     """The attempt number and checkpoint every rank starts from (collective: all ranks call).
 
@@ -88,6 +89,22 @@ def agreed_resume_point(
             "every host must see the same checkpoint_dir (a shared filesystem)"
         )
     return attempt, state
+
+
+def make_strategy(
+    name: str,
+    env: RankEnv,
+    device: torch.device,
+    blocks: list[str],
+    compute_dtype: torch.dtype | None,
+) -> Strategy:
+    """The strategy object named by the ``strategy`` setting (``auto`` is resolved by the
+    caller before any worker starts); ``blocks``: the module classes FSDP shards one by one."""
+    if name == "fsdp":
+        # Mixed precision on GPU: blocks compute in bf16 (fp16), gradients are reduced in fp32.
+        param_dtype = compute_dtype if device.type == "cuda" else None
+        return FSDPStrategy(env.rank, env.world_size, device, blocks, param_dtype)
+    return DDPStrategy(env.rank, env.world_size, device)
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -131,7 +148,9 @@ def run_rank(job: Job, env: RankEnv) -> dict[str, Any]:
         torch.backends.cudnn.benchmark = False
     owns_group = not dist.is_initialized()  # joined in the caller's process: theirs stays
     device, backend = join_process_group(settings, env)
-    strategy = DDPStrategy(env.rank, env.world_size, device)
+    compute_dtype = autocast_dtype(settings.precision, device)
+    blocks = settings.fsdp_blocks or job.model.blocks()
+    strategy = make_strategy(settings.strategy, env, device, blocks, compute_dtype)
     # Roles are decided once: global rank 0 logs the job and writes files, others don't.
     job_log = JobLog(enabled=env.rank == 0)
     run_dir = Path(job.run_dir) if job.run_dir else None
@@ -162,16 +181,18 @@ def run_rank(job: Job, env: RankEnv) -> dict[str, Any]:
             strategy,
             job_log,
             tracker,
-            autocast_dtype(settings.precision, device),
+            compute_dtype,
             checkpointer,
             faults,
             resume,
             val_reader,
         )
-        in_sync = strategy.replicas_identical(model)
+        state_dict = strategy.full_state_dict(model)  # collective: a sharded model is gathered
+        in_sync = strategy.replicas_identical(state_dict)
         peaks = strategy.all_gather_object(peak_rss_bytes())  # what the planner predicts
+        model_state = strategy.all_gather_object(loop.model_state_bytes)
         return {
-            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "state_dict": state_dict,
             "history": loop.history,
             "steps": loop.steps,
             "samples_seen": loop.samples_seen,
@@ -182,6 +203,7 @@ def run_rank(job: Job, env: RankEnv) -> dict[str, Any]:
             "restarts": attempt,
             "world_size": env.world_size,
             "peak_memory_per_worker_bytes": peaks,
+            "model_state_bytes_per_worker": model_state,
         }
     finally:
         tracker.close()

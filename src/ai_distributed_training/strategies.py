@@ -8,12 +8,16 @@ from __future__ import annotations
 import contextlib
 import gc
 import hashlib
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+
+from .checkpoint import save_checkpoint
 
 #: DDP's gradient bucket size (torch's default), given explicitly on gloo (see wrap).
 DDP_BUCKET_MB = 25
@@ -50,13 +54,85 @@ class Strategy(Protocol):
         """Every rank's picklable ``obj`` in rank order (every rank must call)."""
         ...
 
-    def replicas_identical(self, model: nn.Module) -> bool:
-        """Whether every rank holds bitwise-identical parameters (every rank must call)."""
+    def replicas_identical(self, state: Mapping[str, torch.Tensor]) -> bool:
+        """Whether every rank holds a bitwise-identical ``state`` (every rank must call)."""
+        ...
+
+    def gradients_finite(self, wrapped: nn.Module) -> bool:
+        """Whether no gradient holds NaN or inf, the same answer on every rank (collective)."""
+        ...
+
+    def clip_grad_norm(self, wrapped: nn.Module, max_norm: float) -> float:
+        """Clip gradients to a GLOBAL 2-norm of ``max_norm``; returns the norm before."""
+        ...
+
+    def full_state_dict(self, wrapped: nn.Module) -> dict[str, torch.Tensor]:
+        """The whole model's weights as plain CPU tensors, on every rank (collective)."""
+        ...
+
+    def save_checkpoint(
+        self,
+        directory: Path,
+        step: int,
+        stateful: Mapping[str, Any],
+        meta: dict[str, Any],
+        writes: bool,
+        keep: int,
+    ) -> Path | None:
+        """Checkpoint ``stateful`` (model, optimizer, ...) with ``meta`` as step ``step``;
+        ``writes``: whether this rank writes what is not sharded. Collective."""
+        ...
+
+    def load_checkpoint(self, resume: Mapping[str, Any], stateful: Mapping[str, Any]) -> None:
+        """Load a checkpoint found by :func:`~.checkpoint.load_newest_valid` into ``stateful``
+        (after :meth:`wrap` and the optimizer exist). Collective."""
         ...
 
     def close(self) -> None:
         """Release what :meth:`wrap` built; call before destroying the process group."""
         ...
+
+
+def local_gradients_finite(grads: list[torch.Tensor]) -> bool:
+    """One fused max-abs norm per gradient (inf if any element is inf, NaN if any is NaN;
+    unlike the 2-norm it cannot overflow): ~0.06 ms per step on the reference MLP against
+    ~0.7 ms for an isfinite() per tensor."""
+    grads = [g for g in grads if g.numel()]  # the inf-norm of an empty tensor is undefined
+    if not grads:
+        return True
+    return bool(torch.isfinite(torch.stack(torch._foreach_norm(grads, float("inf")))).all())
+
+
+def model_state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of this rank's parameters, gradients and optimizer state (its shards, if sharded)."""
+
+    def local(t: Any) -> int:
+        if not isinstance(t, torch.Tensor):
+            return 0
+        t = t.to_local() if hasattr(t, "to_local") else t  # a DTensor: this rank's shard
+        return int(t.numel() * t.element_size())
+
+    params = list(model.parameters())
+    state = [v for per_param in optimizer.state.values() for v in per_param.values()]
+    return sum(local(p) + local(p.grad) for p in params) + sum(local(v) for v in state)
+
+
+def state_digest(state: Mapping[str, torch.Tensor]) -> str:
+    """A hash of every tensor's bytes, in key order."""
+    digest = hashlib.sha256()
+    for tensor in state.values():
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def written_by(resume: Mapping[str, Any], strategy: str) -> None:
+    """Refuse a checkpoint another strategy wrote (their model/optimizer states differ)."""
+    found = resume.get("strategy", "ddp")
+    if found != strategy:
+        raise RuntimeError(
+            f"the checkpoint to resume from was written with strategy={found!r}; resume it "
+            f"with strategy={found!r} (this job uses {strategy!r})"
+        )
 
 
 class DDPStrategy:
@@ -119,8 +195,35 @@ class DDPStrategy:
         dist.all_gather_object(out, obj)
         return out
 
-    def replicas_identical(self, model: nn.Module) -> bool:
-        digest = hashlib.sha256()
-        for tensor in model.state_dict().values():
-            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-        return len(set(self.all_gather_object(digest.hexdigest()))) == 1
+    def replicas_identical(self, state: Mapping[str, torch.Tensor]) -> bool:
+        return len(set(self.all_gather_object(state_digest(state)))) == 1
+
+    def gradients_finite(self, wrapped: nn.Module) -> bool:
+        # After DDP's all-reduce every rank holds the same gradients, so every rank reaches the
+        # same answer without any extra communication (a NaN loss anywhere poisons them all).
+        return local_gradients_finite([p.grad for p in wrapped.parameters() if p.grad is not None])
+
+    def clip_grad_norm(self, wrapped: nn.Module, max_norm: float) -> float:
+        return float(nn.utils.clip_grad_norm_(wrapped.parameters(), max_norm))
+
+    def full_state_dict(self, wrapped: nn.Module) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu() for k, v in self.unwrap(wrapped).state_dict().items()}
+
+    def save_checkpoint(
+        self,
+        directory: Path,
+        step: int,
+        stateful: Mapping[str, Any],
+        meta: dict[str, Any],
+        writes: bool,
+        keep: int,
+    ) -> Path | None:
+        if not writes:  # replicas: rank 0's copy is everyone's
+            return None
+        state = {name: obj.state_dict() for name, obj in stateful.items()}
+        return save_checkpoint(directory, step, {**state, **meta, "strategy": "ddp"}, keep)
+
+    def load_checkpoint(self, resume: Mapping[str, Any], stateful: Mapping[str, Any]) -> None:
+        written_by(resume, "ddp")
+        for name, obj in stateful.items():
+            obj.load_state_dict(resume[name])

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from ai_distributed_training.config import TrainingSettings
-from ai_distributed_training.loop import _gradients_finite
 from ai_distributed_training.optim import build_optimizer
+from ai_distributed_training.strategies import local_gradients_finite
 
 
 def _with_grads(value: float) -> nn.Module:
@@ -32,11 +32,13 @@ def _with_grads(value: float) -> nn.Module:
 )
 def test_gradients_finite(value: float, finite: bool) -> None:
     # 3e38 is finite, but the 2-norm of two of them overflows: a 2-norm check would say inf.
-    assert _gradients_finite(_with_grads(value)) is finite
+    grads = [p.grad for p in _with_grads(value).parameters() if p.grad is not None]
+    assert local_gradients_finite(grads) is finite
 
 
 def test_gradients_finite_without_gradients() -> None:
-    assert _gradients_finite(nn.Linear(2, 2)) is True
+    assert local_gradients_finite([]) is True
+    assert local_gradients_finite([torch.zeros(0)]) is True  # an FSDP rank's empty shard
 
 
 @pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])

@@ -81,7 +81,9 @@ def test_model_dict_without_model_name() -> None:
 
 
 def test_unknown_architecture_lists_the_known_ones() -> None:
-    with pytest.raises(ConfigError, match=r"architecture='resnet'.*'mlp' or 'linear'"):
+    with pytest.raises(
+        ConfigError, match=r"architecture='resnet'.*'mlp', 'linear' or 'transformer'"
+    ):
         train(model={"model_name": "m", "architecture": "resnet"})
 
 
@@ -177,7 +179,7 @@ def test_checkpoint_dir_that_cannot_be_written() -> None:
 
 
 def test_resume_from_a_missing_file() -> None:
-    with pytest.raises(ConfigError, match=r"resume='/nope.pt': no such checkpoint file"):
+    with pytest.raises(ConfigError, match=r"resume='/nope.pt': no such checkpoint;"):
         train(resume="/nope.pt")
 
 

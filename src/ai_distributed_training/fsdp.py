@@ -1,0 +1,147 @@
+"""Sharded data parallelism on FSDP2 (``torch.distributed.fsdp.fully_shard``).
+
+Each rank keeps 1/world_size of every parameter, gradient and optimizer state; a block's full
+weights are all-gathered just before its forward (and backward) and freed after, and gradients
+are reduce-scattered (averaged, as DDP does, so the loop's loss scaling is the same). So a
+model whose weights, gradients and optimizer state do not fit one worker trains across several.
+
+Which modules are "blocks" (sharded and gathered one at a time): those whose class name is in
+``fsdp_blocks``; the built-in architectures name theirs (each ``Linear`` of an MLP, each
+``DecoderBlock`` of the transformer). The root module is sharded last and holds the rest.
+
+Checkpoints go through ``torch.distributed.checkpoint`` (see :mod:`.checkpoint`): every rank
+writes its own shards, and a job with another number of ranks loads them resharded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
+from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
+from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
+
+from .checkpoint import checkpoint_path, commit_sharded
+from .strategies import DDPStrategy, local_gradients_finite, written_by
+
+
+class FSDPStrategy(DDPStrategy):
+    """Parameters, gradients and optimizer state sharded over the ranks (FSDP2).
+
+    ``param_dtype``: the dtype blocks compute in (bf16 on GPUs), with gradients reduced in
+    fp32; ``None`` keeps everything in the parameters' dtype (fp32 on CPU).
+    The collective helpers (all_reduce, all_gather, ...) are DDP's: the same process group.
+    """
+
+    def __init__(
+        self,
+        rank: int,
+        world_size: int,
+        device: torch.device,
+        blocks: Sequence[str],
+        param_dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(rank, world_size, device)
+        self.blocks = set(blocks)
+        policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+        self.options: dict[str, Any] = {"mp_policy": policy} if param_dtype else {}
+        self._model: nn.Module | None = None
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        # FSDP2 warns whenever a module returns a view (e.g. a Linear's 3-D output), in case the
+        # caller modifies it in place; the loop never does.
+        warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view")
+        # Innermost first: a block's parameters leave the root's group once it is sharded.
+        for module in reversed(list(model.modules())):
+            if module is not model and type(module).__name__ in self.blocks:
+                fully_shard(module, **self.options)
+        fully_shard(model, **self.options)
+        self._model = model
+        return model  # FSDP2 shards in place: the module is still the user's class
+
+    def close(self) -> None:
+        self._model = None
+        super().close()
+
+    def unwrap(self, wrapped: nn.Module) -> nn.Module:
+        return wrapped
+
+    def no_sync(self, wrapped: nn.Module) -> contextlib.AbstractContextManager[Any]:
+        return _without_gradient_sync(wrapped)
+
+    def gradients_finite(self, wrapped: nn.Module) -> bool:
+        # Each rank holds a different shard of the gradients: agree on the answer.
+        grads = [_local(p.grad) for p in wrapped.parameters() if p.grad is not None]
+        finite = torch.tensor([float(local_gradients_finite(grads))], device=self.device)
+        return bool(self.all_reduce(finite, dist.ReduceOp.MIN).item())
+
+    def clip_grad_norm(self, wrapped: nn.Module, max_norm: float) -> float:
+        return float(_local(nn.utils.clip_grad_norm_(wrapped.parameters(), max_norm), full=True))
+
+    def full_state_dict(self, wrapped: nn.Module) -> dict[str, torch.Tensor]:
+        full = get_model_state_dict(wrapped, options=StateDictOptions(full_state_dict=True))
+        return {k: v.detach().cpu() for k, v in full.items() if isinstance(v, torch.Tensor)}
+
+    def save_checkpoint(
+        self,
+        directory: Path,
+        step: int,
+        stateful: Mapping[str, Any],
+        meta: dict[str, Any],
+        writes: bool,
+        keep: int,
+    ) -> Path | None:
+        path = checkpoint_path(directory, step, sharded=True)
+        model_state, optim_state = get_state_dict(stateful["model"], stateful["optimizer"])
+        dcp_save({"model": model_state, "optimizer": optim_state}, checkpoint_id=path)
+        dist.barrier()  # every rank's shards are on disk before the commit marker
+        if not writes:
+            return None
+        rest = {k: obj.state_dict() for k, obj in stateful.items() if k not in _SHARDED}
+        return commit_sharded(path, {**rest, **meta, "strategy": "fsdp"}, keep)
+
+    def load_checkpoint(self, resume: Mapping[str, Any], stateful: Mapping[str, Any]) -> None:
+        written_by(resume, "fsdp")
+        model, optimizer = stateful["model"], stateful["optimizer"]
+        model_state, optim_state = get_state_dict(model, optimizer)
+        # Loaded in place into this job's shards: resharded to however many ranks there are.
+        dcp_load({"model": model_state, "optimizer": optim_state}, checkpoint_id=resume["dcp_dir"])
+        set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state)
+        for name, obj in stateful.items():
+            if name not in _SHARDED:
+                obj.load_state_dict(resume[name])
+
+
+_SHARDED = ("model", "optimizer")
+
+
+def _local(t: torch.Tensor, full: bool = False) -> torch.Tensor:
+    """A DTensor's local shard (or, ``full``, the whole tensor); a plain tensor as it is."""
+    if isinstance(t, DTensor):
+        return t.full_tensor() if full else t.to_local()
+    return t
+
+
+@contextlib.contextmanager
+def _without_gradient_sync(model: nn.Module) -> Iterator[None]:
+    """FSDP2's ``no_sync``: gradients accumulate unreduced until the last micro-batch."""
+    assert isinstance(model, FSDPModule)
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
