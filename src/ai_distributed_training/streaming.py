@@ -77,7 +77,10 @@ class NpyTable:
                 f"{name} must be a numeric table in C order (np.save of a normal array); "
                 f"got dtype {dtype}, fortran_order={fortran_order}"
             )
-        return cls(path, shape[0], shape[1], dtype, offset)
+        table = cls(path, shape[0], shape[1], dtype, offset)
+        if os.path.getsize(path) < offset + table.rows * table.row_bytes:
+            raise ConfigError(f"{name} is shorter than its header says: a truncated file?")
+        return table
 
     @property
     def row_bytes(self) -> int:
