@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from ai_distributed_training.api import prepare
 from ai_distributed_training.config import TrainingSettings, validate
 from ai_distributed_training.data import resolve_data
 from ai_distributed_training.errors import ConfigError
+from ai_distributed_training.fsdp import FSDPStrategy
 from ai_distributed_training.models import resolve_model
 from ai_distributed_training.plan import choose_strategy, replica_bytes
+from ai_distributed_training.rank import RankEnv, make_strategy
 
 MODEL = resolve_model({"model_name": "m", "hidden_sizes": [100]})  # 10*100+100 + 100*2+2 params
 INFO = resolve_data({"samples": 64, "features": 10}).info
@@ -38,3 +41,14 @@ def test_auto_is_resolved_before_any_worker_starts() -> None:
 def test_unknown_strategy_is_named() -> None:
     with pytest.raises(ConfigError, match=r"strategy.*zero3"):
         validate(TrainingSettings, {"strategy": "zero3"}, "setting")
+
+
+def test_fsdp_on_gpus_computes_in_bf16_and_reduces_in_fp32() -> None:
+    env = RankEnv(rank=0, local_rank=0, world_size=2)
+    gpu = make_strategy("fsdp", env, torch.device("cuda", 0), ["Linear"], torch.bfloat16)
+    assert isinstance(gpu, FSDPStrategy)  # built without touching CUDA: nothing wrapped yet
+    policy = gpu.options["mp_policy"]
+    assert (policy.param_dtype, policy.reduce_dtype) == (torch.bfloat16, torch.float32)
+    cpu = make_strategy("fsdp", env, torch.device("cpu"), ["Linear"], torch.bfloat16)
+    assert isinstance(cpu, FSDPStrategy) and cpu.options == {}  # fp32 on CPU
+    assert not isinstance(make_strategy("ddp", env, torch.device("cpu"), [], None), FSDPStrategy)

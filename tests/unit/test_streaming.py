@@ -100,7 +100,7 @@ def test_bad_directories_and_tables_are_named(tmp_path: Path) -> None:
     np.save(tmp_path / "cut.npy", _table())
     with open(tmp_path / "cut.npy", "r+b") as f:
         f.truncate(1000)
-    with pytest.raises(ConfigError, match="cut.npy is shorter than its header says"):
+    with pytest.raises(ConfigError, match=r"cut\.npy is shorter than its header says"):
         resolve_data(tmp_path / "cut.npy")
     np.save(tmp_path / "flat.npy", np.arange(5.0))
     with pytest.raises(ConfigError, match=r"2-D table.*\(5,\)"):
