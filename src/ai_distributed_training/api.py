@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .checkpoint import is_checkpoint, list_checkpoints
+from .checkpoint import is_checkpoint, list_checkpoints, written_with
 from .config import TrainingSettings, check_warmup, settings_as_plain_data, validate
 from .data import DataInfo, DataSource, SyntheticSource, resolve_data
 from .errors import ConfigError, WorkerFailedError
@@ -103,6 +103,7 @@ def prepare(
             f"resume={settings.resume!r}: no such checkpoint; pass 'auto' or the path of a "
             "step-*.pt checkpoint file or a committed step-*.dcp directory"
         )
+    settings = _strategy_of_resumed_checkpoint(settings)
     if settings.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise ConfigError(
             "tensorboard=True needs the tensorboard package: "
@@ -133,6 +134,27 @@ def prepare(
         validation,
         hosts,
     )
+
+
+def _strategy_of_resumed_checkpoint(settings: TrainingSettings) -> TrainingSettings:
+    """A checkpoint resumes only with the strategy that wrote it: say so before any worker
+    starts; ``strategy="auto"`` follows the checkpoint."""
+    found = list_checkpoints(Path(settings.checkpoint_dir)) if settings.checkpoint_dir else []
+    if settings.resume is None or (settings.resume == "auto" and not found):
+        return settings
+    path = found[0] if settings.resume == "auto" else Path(settings.resume)
+    try:
+        written = written_with(path)
+    except Exception:  # unreadable: the workers skip it (auto) or fail naming it
+        return settings
+    if settings.strategy == "auto":
+        return settings.model_copy(update={"strategy": written})
+    if settings.strategy != written:
+        raise ConfigError(
+            f"the checkpoint {path.name} was written with strategy={written!r}; resume it with "
+            f"strategy={written!r} (or 'auto'), not {settings.strategy!r}"
+        )
+    return settings
 
 
 def _worker_memory_budget(use_gpus: bool, local_workers: int) -> int:

@@ -44,6 +44,15 @@ def is_checkpoint(path: Path) -> bool:
     return path.is_file() or (path / COMMIT_MARKER).is_file()
 
 
+def written_with(path: Path) -> str:
+    """The strategy that wrote the checkpoint ``path`` (read without loading its tensors)."""
+    if path.is_dir():
+        meta = torch.load(path / META_FILE, map_location="cpu", weights_only=True)
+    else:
+        meta = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return str(meta.get("strategy", "ddp"))
+
+
 def list_checkpoints(directory: Path) -> list[Path]:
     """Checkpoints in ``directory`` (files, and sharded directories with their commit marker),
     newest (highest step) first."""

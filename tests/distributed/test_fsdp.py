@@ -10,15 +10,24 @@ import torch
 
 from ai_distributed_training import DistributedTraining, TrainingResult, WorkerFailedError
 from ai_distributed_training.checkpoint import COMMIT_MARKER, list_checkpoints
+from ai_distributed_training.errors import ConfigError
 from tests.helpers import bitwise_equal
 
 pytestmark = pytest.mark.distributed
 
 MODEL = {"model_name": "m", "hidden_sizes": [32, 32]}
 DATA = {"samples": 1000, "features": 8}
-# 900 training samples, 64 per step: 15 steps per epoch, 30 in all.
+# 900 training samples, 64 per step: 15 steps per epoch, 30 in all. Micro-batches (no_sync)
+# and clipping (a global norm over shards) are on throughout.
 TRAINER = DistributedTraining(
-    epochs=2, batch_size=64, seed=3, runs_dir=None, checkpoint_every=4, keep_checkpoints=10
+    epochs=2,
+    batch_size=64,
+    seed=3,
+    runs_dir=None,
+    checkpoint_every=4,
+    keep_checkpoints=10,
+    gradient_accumulation_steps=2,
+    max_grad_norm=0.5,
 )
 
 
@@ -38,9 +47,9 @@ def fsdp_run(tmp_path_factory: pytest.TempPathFactory) -> TrainingResult:
 
 
 def test_fsdp_trains_the_weights_ddp_trains(fsdp_run: TrainingResult) -> None:
-    extra = {"gradient_accumulation_steps": 2, "max_grad_norm": 0.5}  # no_sync and global norms
-    ddp = TRAINER.train_distributed(MODEL, DATA, nodes=2, **extra)
-    fsdp = TRAINER.train_distributed(MODEL, DATA, nodes=2, strategy="fsdp", **extra)
+    ddp = TRAINER.train_distributed(MODEL, DATA, nodes=2)
+    fsdp = fsdp_run
+    assert fsdp["strategy"] == "fsdp" and ddp["strategy"] == "ddp"
     _close(fsdp, ddp)
     assert isinstance(fsdp.model, torch.nn.Sequential)  # a plain full module in the caller
     assert fsdp["history"][-1]["val_loss"] == pytest.approx(ddp["history"][-1]["val_loss"])
@@ -86,7 +95,7 @@ def test_saved_with_two_workers_resumed_with_three(
     )
     assert resumed["steps"] == 30
     _close(resumed, fsdp_run)
-    with pytest.raises(WorkerFailedError, match="written with strategy='fsdp'"):
+    with pytest.raises(ConfigError, match=r"step-00000030\.dcp was written with strategy='fsdp'"):
         TRAINER.train_distributed(MODEL, DATA, nodes=2, checkpoint_dir=str(tmp_path), resume="auto")
 
 
