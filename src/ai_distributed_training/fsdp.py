@@ -16,6 +16,7 @@ writes its own shards, and a job with another number of ranks loads them reshard
 from __future__ import annotations
 
 import contextlib
+import shutil
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -106,6 +107,9 @@ class FSDPStrategy(DDPStrategy):
         keep: int,
     ) -> Path | None:
         path = checkpoint_path(directory, step, sharded=True)
+        if writes and path.exists():  # this step saved by an earlier attempt: uncommit it first,
+            shutil.rmtree(path)  # so a crash mid-save cannot leave old marker over new shards
+        dist.barrier()
         model_state, optim_state = get_state_dict(stateful["model"], stateful["optimizer"])
         dcp_save({"model": model_state, "optimizer": optim_state}, checkpoint_id=path)
         dist.barrier()  # every rank's shards are on disk before the commit marker
