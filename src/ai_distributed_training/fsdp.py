@@ -3,7 +3,9 @@
 Each rank keeps 1/world_size of every parameter, gradient and optimizer state; a block's full
 weights are all-gathered just before its forward (and backward) and freed after, and gradients
 are reduce-scattered (averaged, as DDP does, so the loop's loss scaling is the same). So a
-model whose weights, gradients and optimizer state do not fit one worker trains across several.
+model whose gradients and optimizer state (with its weights) do not fit one worker trains across
+several. Initial weights are rank 0's, broadcast into every rank's shards (other ranks build a
+built-in architecture on the meta device); the full weights are gathered once at the end.
 
 Which modules are "blocks" (sharded and gathered one at a time): those whose class name is in
 ``fsdp_blocks``; the built-in architectures name theirs (each ``Linear`` of an MLP, each
@@ -29,6 +31,7 @@ from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
     get_state_dict,
+    set_model_state_dict,
     set_state_dict,
 )
 from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
@@ -37,6 +40,8 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
 from .checkpoint import checkpoint_path, commit_sharded
+from .data import DataInfo
+from .models import ModelSource
 from .strategies import DDPStrategy, local_gradients_finite, written_by
 
 
@@ -62,7 +67,21 @@ class FSDPStrategy(DDPStrategy):
         self.options: dict[str, Any] = {"mp_policy": policy} if param_dtype else {}
         self._model: nn.Module | None = None
 
+    def build_model(self, source: ModelSource, info: DataInfo) -> nn.Module:
+        # A built-in architecture's weights are built for real on rank 0 only; the others build
+        # shapes (meta device) and receive their shards from rank 0 in wrap(). (A user's module
+        # or factory is built everywhere: its buffers or custom init may not survive meta.)
+        if self.rank != 0 and source.spec is not None:
+            with torch.device("meta"):
+                return source.build(info)
+        return source.build(info)
+
     def wrap(self, model: nn.Module) -> nn.Module:
+        on_meta = any(t.is_meta for t in (*model.parameters(), *model.buffers()))
+        if not on_meta:
+            model = model.to(self.device)
+        # Rank 0's full weights, kept until they are broadcast into everyone's shards.
+        initial = model.state_dict() if self.rank == 0 else {}
         # FSDP2 warns whenever a module returns a view (e.g. a Linear's 3-D output), in case the
         # caller modifies it in place; the loop never does.
         warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view")
@@ -71,6 +90,10 @@ class FSDPStrategy(DDPStrategy):
             if module is not model and type(module).__name__ in self.blocks:
                 fully_shard(module, **self.options)
         fully_shard(model, **self.options)
+        if on_meta:
+            model.to_empty(device=self.device)  # storage for this rank's shards only
+        options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+        set_model_state_dict(model, initial, options=options)
         self._model = model
         return model  # FSDP2 shards in place: the module is still the user's class
 

@@ -132,7 +132,7 @@ def train(
         val_idx = torch.arange(len(val_reader))
     batch_size, accumulation = settings.batch_size, settings.gradient_accumulation_steps
     steps_per_epoch = num_steps(len(train_idx), batch_size)
-    wrapped = strategy.wrap(model.to(device))
+    wrapped = strategy.wrap(model)
     optimizer = build_optimizer(settings, wrapped)
     scheduler = build_scheduler(settings, optimizer, steps_per_epoch * settings.epochs)
     # fp16 needs loss scaling; bf16 and fp32 do not.

@@ -164,7 +164,7 @@ def run_rank(job: Job, env: RankEnv) -> dict[str, Any]:
     try:
         log.debug("joined the process group (%s, world size %d)", backend, env.world_size)
         torch.manual_seed(settings.seed)  # identical initial weights on every rank
-        model = job.model.build(job.data.info)
+        model = strategy.build_model(job.model, job.data.info)
         torch.manual_seed(settings.seed + 1 + env.rank)  # per-rank stream (e.g. dropout)
         reader = job.data.open()
         val_reader = job.validation.open() if job.validation else None

@@ -18,6 +18,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .checkpoint import save_checkpoint
+from .data import DataInfo
+from .models import ModelSource
 
 #: DDP's gradient bucket size (torch's default), given explicitly on gloo (see wrap).
 DDP_BUCKET_MB = 25
@@ -30,8 +32,14 @@ class Strategy(Protocol):
     world_size: int
     device: torch.device
 
+    def build_model(self, source: ModelSource, info: DataInfo) -> nn.Module:
+        """The model this rank starts from; call after seeding, so that every rank that builds
+        real weights builds the same ones (:meth:`wrap` makes them rank 0's anyway)."""
+        ...
+
     def wrap(self, model: nn.Module) -> nn.Module:
-        """Prepare ``model`` (already on ``device``) for training; returns the module to call."""
+        """Move ``model`` to ``device`` and prepare it for training (every rank starting from
+        rank 0's weights); returns the module to call."""
         ...
 
     def unwrap(self, wrapped: nn.Module) -> nn.Module:
@@ -146,7 +154,11 @@ class DDPStrategy:
         self.rank, self.world_size, self.device = rank, world_size, device
         self._ddp: DistributedDataParallel | None = None
 
+    def build_model(self, source: ModelSource, info: DataInfo) -> nn.Module:
+        return source.build(info)
+
     def wrap(self, model: nn.Module) -> nn.Module:
+        model = model.to(self.device)  # DDP broadcasts rank 0's weights as it wraps
         if self.world_size == 1:
             return model
         if self.device.type == "cuda":
