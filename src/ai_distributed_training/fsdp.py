@@ -18,6 +18,7 @@ writes its own shards, and a job with another number of ranks loads them reshard
 from __future__ import annotations
 
 import contextlib
+import copy
 import shutil
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -74,6 +75,10 @@ class FSDPStrategy(DDPStrategy):
         if self.rank != 0 and source.spec is not None:
             with torch.device("meta"):
                 return source.build(info)
+        if source.module is not None:
+            # fully_shard converts a module in place (its class too); in a torchrun-joined job
+            # the instance is the caller's, who gets the trained weights loaded back into it.
+            return copy.deepcopy(source.module)
         return source.build(info)
 
     def wrap(self, model: nn.Module) -> nn.Module:

@@ -89,3 +89,33 @@ def test_script_as_slurm_tasks_joins_like_under_torchrun(tmp_path: Path) -> None
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert [out["result"]["nodes_used"] for out in ranks] == [2, 2]
     assert same_tensors(ranks[0]["weights"], ranks[1]["weights"])
+
+
+FSDP_SCRIPT = """
+import sys, torch
+from torch import nn
+from ai_distributed_training import DistributedTraining
+torch.manual_seed(0)
+module = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 2))
+result = DistributedTraining(epochs=1, batch_size=32, runs_dir=None).train_distributed(
+    module, {"samples": 200, "features": 6}, strategy="fsdp", fsdp_blocks=["Linear"]
+)
+assert result.model is module and type(module) is nn.Sequential  # trained in place, still plain
+torch.save(module.state_dict(), sys.argv[1])
+"""
+
+
+def test_fsdp_under_torchrun_trains_the_callers_module_in_place(tmp_path: Path) -> None:
+    (tmp_path / "train.py").write_text(FSDP_SCRIPT)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc-per-node", "2", "train.py", str(tmp_path / "w.pt")]
+    proc = subprocess.run(
+        command, cwd=tmp_path, capture_output=True, text=True, timeout=240, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+    local = DistributedTraining(epochs=1, batch_size=32, runs_dir=None).train_distributed(
+        module, {"samples": 200, "features": 6}, nodes=2, strategy="fsdp", fsdp_blocks=["Linear"]
+    )
+    assert same_tensors(torch.load(tmp_path / "w.pt", weights_only=True), local.model.state_dict())
