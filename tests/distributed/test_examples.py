@@ -79,16 +79,16 @@ def test_user_classes_and_lambdas_from_a_script_main(tmp_path: Path) -> None:
 
 
 def test_many_nodes_on_two_cores_finish_and_warn_once() -> None:
-    """nodes=8 and 16 on a small machine: slow but finishes, with one oversubscription warning."""
+    """nodes=16 on a small machine: slow but finishes, with one oversubscription warning.
+    (nodes=8 was dropped from this test to keep the suite under 10 minutes: ~15 s, no new path.)"""
     model = {"model_name": "NeuralNet_Model"}
     data = {"samples": 3000, "features": 128}
-    trainer = DistributedTraining(epochs=1)
-    for nodes in (8, 16):
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            result = trainer.train_distributed(model, data, nodes=nodes)
-        assert result["nodes_used"] == nodes and result["weights_in_sync"]
-        cores = available_cores()
-        assert result["threads_per_worker"] == max(1, cores // nodes)
-        messages = [str(w.message) for w in caught if "exceeds the" in str(w.message)]
-        assert len(messages) == (1 if nodes > cores else 0), messages
+    nodes = 16
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = DistributedTraining(epochs=1).train_distributed(model, data, nodes=nodes)
+    assert result["nodes_used"] == nodes and result["weights_in_sync"]
+    cores = available_cores()
+    assert result["threads_per_worker"] == max(1, cores // nodes)
+    messages = [str(w.message) for w in caught if "exceeds the" in str(w.message)]
+    assert len(messages) == (1 if nodes > cores else 0), messages
