@@ -269,15 +269,36 @@ def _communication_s(
     return total - hidden
 
 
+def _optimizer_name(settings: TrainingSettings) -> str:
+    """The optimizer whose state the plan counts (a user's factory: counted as AdamW)."""
+    return settings.optimizer if isinstance(settings.optimizer, str) else "adamw"
+
+
+def _bytes_per_parameter(optimizer: str) -> int:
+    """Model state per parameter: fp32 weight and gradient (4 + 4) plus the optimizer's state."""
+    return 8 + OPTIMIZER_BYTES.get(optimizer, 8)
+
+
+def _counted(model: ModelSource, info: DataInfo) -> ModelCount:
+    """``model`` counted on the meta device: specs and factories are built there (no memory, no
+    weights); the caller's own module is copied first, never moved."""
+    if model.module is not None:
+        module = copy.deepcopy(model.module)
+    else:
+        with torch.device("meta"):
+            module = model.build(info)
+    return count_model(module, info.input_shape, info.task, info.tokens)
+
+
 def _memory(
     n: int, batch: int, m: ModelCount, hw: HardwareProfile, data: int, optimizer: str
 ) -> tuple[int, int]:
     """(DDP, FSDP) bytes per worker."""
-    state = OPTIMIZER_BYTES.get(optimizer, 8)
+    state = _bytes_per_parameter(optimizer) * m.parameters
     activations = batch * m.activation_bytes_per_sample
     common = hw.worker_baseline_bytes + data + activations
-    ddp = common + (8 + state) * m.parameters
-    fsdp = common + (8 + state) * m.parameters / n + 8 * m.largest_block_parameters
+    ddp = common + state
+    fsdp = common + state / n + 8 * m.largest_block_parameters
     return int(ddp), int(fsdp)
 
 
@@ -291,12 +312,7 @@ def make_plan(
 ) -> Plan:
     """Predict every node count in ``nodes`` for this model, data, settings and hardware."""
     info = data.info
-    if model.module is not None:  # the caller's module: count a copy, never move theirs
-        module = copy.deepcopy(model.module)
-    else:
-        with torch.device("meta"):  # specs and factories: built without memory or weights
-            module = model.build(info)
-    count = count_model(module, info.input_shape, info.task, info.tokens)
+    count = _counted(model, info)
     timed = _time_model_here(model, info, settings, count, hardware)
     # This model's own speed on this machine beats the probe's; it rates this plan's compute
     # only: the profile itself (what --save-hardware writes) stays model-independent.
@@ -306,7 +322,7 @@ def make_plan(
     batch = settings.batch_size
     # GPU memory holds no dataset (batches are copied over from host memory).
     data_bytes = data_bytes_per_worker(data) if hardware.kind == "cpu" else 0
-    optimizer = settings.optimizer if isinstance(settings.optimizer, str) else "adamw"
+    optimizer = _optimizer_name(settings)
     rows: list[Row] = []
     for n in sorted(set(nodes)):
         hosts, per_host, threads = _placement(n, hardware)
@@ -409,13 +425,10 @@ def _with_efficiency(rows: list[Row], hw: HardwareProfile, threshold: float) -> 
 def replica_bytes(model: ModelSource, info: DataInfo, settings: TrainingSettings) -> int:
     """One DDP worker's model state and activations: parameters + gradients (4 + 4 bytes each,
     fp32), optimizer state, and the activations of its share of a global batch."""
-    with torch.device("meta"):  # nothing allocated, no weights: the module's shapes only
-        module = copy.deepcopy(model.module) if model.module is not None else model.build(info)
-    count = count_model(module, info.input_shape, info.task, info.tokens)
-    optimizer = settings.optimizer if isinstance(settings.optimizer, str) else "adamw"
-    per_parameter = 8 + OPTIMIZER_BYTES.get(optimizer, 8)
+    count = _counted(model, info)
+    state = _bytes_per_parameter(_optimizer_name(settings)) * count.parameters
     share = -(-settings.batch_size // settings.nodes)
-    return int(per_parameter * count.parameters + share * count.activation_bytes_per_sample)
+    return int(state + share * count.activation_bytes_per_sample)
 
 
 def choose_strategy(
