@@ -43,7 +43,7 @@ from torch.distributed.tensor import DTensor
 from .checkpoint import checkpoint_path, commit_sharded
 from .data import DataInfo
 from .models import ModelSource
-from .strategies import DDPStrategy, local_gradients_finite, written_by
+from .strategies import DDPStrategy, local_gradients_finite, local_part, written_by
 
 
 class FSDPStrategy(DDPStrategy):
@@ -66,7 +66,6 @@ class FSDPStrategy(DDPStrategy):
         self.blocks = set(blocks)
         policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
         self.options: dict[str, Any] = {"mp_policy": policy} if param_dtype else {}
-        self._model: nn.Module | None = None
 
     def build_model(self, source: ModelSource, info: DataInfo) -> nn.Module:
         # A built-in architecture's weights are built for real on rank 0 only; the others build
@@ -99,12 +98,7 @@ class FSDPStrategy(DDPStrategy):
             model.to_empty(device=self.device)  # storage for this rank's shards only
         options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
         set_model_state_dict(model, initial, options=options)
-        self._model = model
         return model  # FSDP2 shards in place: the module is still the user's class
-
-    def close(self) -> None:
-        self._model = None
-        super().close()
 
     def unwrap(self, wrapped: nn.Module) -> nn.Module:
         return wrapped
@@ -114,12 +108,13 @@ class FSDPStrategy(DDPStrategy):
 
     def gradients_finite(self, wrapped: nn.Module) -> bool:
         # Each rank holds a different shard of the gradients: agree on the answer.
-        grads = [_local(p.grad) for p in wrapped.parameters() if p.grad is not None]
+        grads = [local_part(p.grad) for p in wrapped.parameters() if p.grad is not None]
         finite = torch.tensor([float(local_gradients_finite(grads))], device=self.device)
         return bool(self.all_reduce(finite, dist.ReduceOp.MIN).item())
 
     def clip_grad_norm(self, wrapped: nn.Module, max_norm: float) -> float:
-        return float(_local(nn.utils.clip_grad_norm_(wrapped.parameters(), max_norm), full=True))
+        norm = nn.utils.clip_grad_norm_(wrapped.parameters(), max_norm)
+        return float(norm.full_tensor() if isinstance(norm, DTensor) else norm)  # global norm
 
     def full_state_dict(self, wrapped: nn.Module) -> dict[str, torch.Tensor]:
         full = get_model_state_dict(wrapped, options=StateDictOptions(full_state_dict=True))
@@ -159,13 +154,6 @@ class FSDPStrategy(DDPStrategy):
 
 
 _SHARDED = ("model", "optimizer")
-
-
-def _local(t: torch.Tensor, full: bool = False) -> torch.Tensor:
-    """A DTensor's local shard (or, ``full``, the whole tensor); a plain tensor as it is."""
-    if isinstance(t, DTensor):
-        return t.full_tensor() if full else t.to_local()
-    return t
 
 
 @contextlib.contextmanager

@@ -111,25 +111,32 @@ def local_gradients_finite(grads: list[torch.Tensor]) -> bool:
     return bool(torch.isfinite(torch.stack(torch._foreach_norm(grads, float("inf")))).all())
 
 
+def local_part(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a DTensor (a sharded parameter, gradient or optimizer state); a
+    plain tensor as it is. (Duck-typed: DTensor's module is not imported for DDP.)"""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
 def model_state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
     """Bytes of this rank's parameters, gradients and optimizer state (its shards, if sharded)."""
 
-    def local(t: Any) -> int:
+    def size(t: Any) -> int:
         if not isinstance(t, torch.Tensor):
             return 0
-        t = t.to_local() if hasattr(t, "to_local") else t  # a DTensor: this rank's shard
+        t = local_part(t)
         return int(t.numel() * t.element_size())
 
     params = list(model.parameters())
     state = [v for per_param in optimizer.state.values() for v in per_param.values()]
-    return sum(local(p) + local(p.grad) for p in params) + sum(local(v) for v in state)
+    return sum(size(p) + size(p.grad) for p in params) + sum(size(v) for v in state)
 
 
 def state_digest(state: Mapping[str, torch.Tensor]) -> str:
     """A hash of every tensor's bytes, in key order."""
     digest = hashlib.sha256()
     for tensor in state.values():
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        # The array's buffer itself: no bytes copy of every tensor (the hash reads it in place).
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().data)
     return digest.hexdigest()
 
 
