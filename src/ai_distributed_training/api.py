@@ -139,10 +139,14 @@ def prepare(
 def _strategy_of_resumed_checkpoint(settings: TrainingSettings) -> TrainingSettings:
     """A checkpoint resumes only with the strategy that wrote it: say so before any worker
     starts; ``strategy="auto"`` follows the checkpoint."""
-    found = list_checkpoints(Path(settings.checkpoint_dir)) if settings.checkpoint_dir else []
-    if settings.resume is None or (settings.resume == "auto" and not found):
+    if settings.resume is None:
         return settings
-    path = found[0] if settings.resume == "auto" else Path(settings.resume)
+    path = Path(settings.resume)
+    if settings.resume == "auto":
+        found = list_checkpoints(Path(settings.checkpoint_dir)) if settings.checkpoint_dir else []
+        if not found:
+            return settings
+        path = found[0]
     try:
         written = written_with(path)
     except Exception:  # unreadable: the workers skip it (auto) or fail naming it
