@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from .affinity import allowed_cpus
 from .checkpoint import is_checkpoint, list_checkpoints, written_with
 from .config import TrainingSettings, check_warmup, settings_as_plain_data, validate
 from .data import DataInfo, DataSource, SyntheticSource, resolve_data
@@ -45,10 +46,7 @@ STATUS_ACCELERATED = "distributed_trained_with_acceleration"
 
 def available_cores() -> int:
     """CPU cores this process may run on (respects affinity masks and containers' cpusets)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    return len(allowed_cpus())
 
 
 @dataclass(frozen=True)
@@ -255,6 +253,7 @@ def run(prepared: PreparedJob, started: float, inputs: dict[str, Any]) -> Traini
             str(ckpt_dir) if ckpt_dir else None,
             config,
             prepared.validation,
+            pin_cpus=settings.cpu_affinity and not settings.use_gpus,
         )
         job_path = job.save()
         nodes = settings.nodes
@@ -357,6 +356,7 @@ def _finish(
         samples_per_second=out["samples_seen"] / out["train_time_s"],
         train_time_s=out["train_time_s"],
         threads_per_worker=prepared.threads_per_worker,
+        cpus_per_worker=out["cpus_per_worker"],
         peak_memory_per_worker_bytes=out["peak_memory_per_worker_bytes"],
         model_state_bytes_per_worker=out["model_state_bytes_per_worker"],
         strategy=settings.strategy,

@@ -180,6 +180,12 @@ class TrainingSettings(_Strict):
     threads_per_worker: int | None = Field(
         None, gt=0, description="Intra-op threads per worker; default max(1, cores // nodes)."
     )
+    cpu_affinity: bool = Field(
+        True,
+        description="Pin each CPU worker our launcher starts to its own share of the cores "
+        "(Linux; ~10% faster at nodes=2 on 2 cores). GPU workers and ranks of a torchrun job "
+        "keep their launcher's placement (torchrun --numa-binding binds by GPU).",
+    )
     collective_timeout_s: float = Field(
         300.0, gt=0.0, description="A collective that waits longer than this fails the job."
     )

@@ -50,6 +50,8 @@ class Job:
     config: dict[str, Any]
     #: A separate validation set (setting validation_data), or None.
     validation: DataSource | None = None
+    #: Pin each worker to its share of this host's CPUs (workers our launcher starts only).
+    pin_cpus: bool = False
 
     @property
     def result_path(self) -> Path:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from .affinity import allowed_cpus, cpu_share, pin_process
 from .checkpoint import load_checkpoint, load_newest_valid
 from .config import TrainingSettings
 from .faults import FaultInjector
@@ -142,6 +143,8 @@ def run_rank(job: Job, env: RankEnv) -> dict[str, Any]:
     """Train this rank's part of ``job``; returns the result (the same on every rank)."""
     settings = job.settings
     keep_freed_memory()  # a rank's process trains, launched by us or by torchrun alike
+    if job.pin_cpus:  # before the process group starts gloo's threads (they'd follow anyway)
+        pin_process(cpu_share(allowed_cpus(), env.local_rank, env.local_world_size))
     torch.set_num_threads(job.threads_per_worker)
     if settings.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before CUDA starts
@@ -192,6 +195,7 @@ def run_rank(job: Job, env: RankEnv) -> dict[str, Any]:
         state_dict = strategy.full_state_dict(model)  # collective: a sharded model is gathered
         in_sync = strategy.replicas_identical(state_dict)
         peaks = strategy.all_gather_object(peak_rss_bytes())  # what the planner predicts
+        cpus = strategy.all_gather_object(allowed_cpus())
         model_state = strategy.all_gather_object(loop.model_state_bytes)
         return {
             "state_dict": state_dict,
@@ -205,6 +209,7 @@ def run_rank(job: Job, env: RankEnv) -> dict[str, Any]:
             "restarts": attempt,
             "world_size": env.world_size,
             "peak_memory_per_worker_bytes": peaks,
+            "cpus_per_worker": cpus,
             "model_state_bytes_per_worker": model_state,
         }
     finally:

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from ai_distributed_training import DistributedTraining
+from ai_distributed_training.affinity import allowed_cpus
 from tests.helpers import same_tensors
 
 pytestmark = pytest.mark.distributed
@@ -23,7 +24,7 @@ trainer = DistributedTraining(epochs=2, batch_size=32, seed=3, runs_dir=sys.argv
 result = trainer.train_distributed(
     {"model_name": "m", "hidden_sizes": [16]}, {"samples": 300, "features": 6}, nodes=5
 )
-keys = ("nodes_used", "final_loss", "run_dir", "steps", "status")
+keys = ("nodes_used", "final_loss", "run_dir", "steps", "status", "cpus_per_worker")
 torch.save(
     {"weights": result.model.state_dict(), "result": {k: result[k] for k in keys},
      "pid": os.getpid()},
@@ -52,6 +53,7 @@ def test_script_under_torchrun_joins_and_matches_our_launcher(tmp_path: Path) ->
         assert out["result"]["nodes_used"] == 2 and out["result"]["steps"] == local["steps"]
         assert out["result"]["final_loss"] == local["final_loss"]
         assert out["result"]["status"] == "distributed_trained"
+        assert out["result"]["cpus_per_worker"] == [allowed_cpus()] * 2  # torchrun's placement
     run_dir = Path(ranks[0]["result"]["run_dir"])  # written by global rank 0 only
     assert (run_dir / "summary.json").is_file() and (run_dir / "config.yaml").is_file()
     assert ranks[1]["result"]["run_dir"] is None

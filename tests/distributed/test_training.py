@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ai_distributed_training import DistributedTraining, TrainingResult
+from ai_distributed_training.affinity import allowed_cpus, cpu_share
 
 pytestmark = pytest.mark.distributed
 
@@ -128,6 +129,8 @@ def test_result_reports_real_training() -> None:
     assert result["samples_per_second"] > 0 and result["wall_time_s"] > 0
     peaks = result["peak_memory_per_worker_bytes"]  # one per rank: torch alone is > 50 MB
     assert len(peaks) == 2 and all(50e6 < p < 4e9 for p in peaks)
+    # cpu_affinity (default on): each worker ran on its own share of the caller's CPUs
+    assert result["cpus_per_worker"] == [cpu_share(allowed_cpus(), r, 2) for r in (0, 1)]
     assert isinstance(result.model, nn.Module)
     json.dumps({k: v for k, v in result.items()})  # plain data only
 
@@ -135,9 +138,11 @@ def test_result_reports_real_training() -> None:
 def test_regression_and_module_instance_trained_in_place() -> None:
     module = nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 1))
     before = module[0].weight.detach().clone()
-    result = DistributedTraining(epochs=2, batch_size=32, learning_rate=1e-2).train_distributed(
+    trainer = DistributedTraining(epochs=2, batch_size=32, learning_rate=1e-2, cpu_affinity=False)
+    result = trainer.train_distributed(
         module, {"samples": 600, "features": 5, "task": "regression"}, nodes=2
     )
+    assert result["cpus_per_worker"] == [allowed_cpus()] * 2  # not pinned when switched off
     assert result.model is module and result["model_name"] == "Sequential"
     assert not torch.equal(module[0].weight, before)
     assert set(result["metrics"]) == {"train_loss", "val_loss"}
