@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -121,6 +123,28 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
+def wait_for_rank0_store(rank: int, timeout_s: float) -> None:
+    """On a rank other than 0, return once rank 0's store listens at MASTER_ADDR:MASTER_PORT
+    (polled every 10 ms), or after ``timeout_s`` (torch then reports the failure itself).
+
+    Why: torch's store client retries a refused connection only after a 0.5-1.5 s back-off,
+    and a rank whose ``import torch`` finished before rank 0's is refused; that cost 0.3-0.7 s
+    of start-up in most 2-worker jobs here. Rank 0 of our launcher's workers (and of Slurm
+    tasks) serves the store; under torchrun's default the agent serves it, up before any rank.
+    """
+    addr, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True)
+    if rank == 0 or agent_store or not addr or not port:
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((addr, int(port)), timeout=1.0).close()
+            return
+        except OSError:  # not listening yet
+            time.sleep(0.01)
+
+
 def join_process_group(settings: TrainingSettings, env: RankEnv) -> tuple[torch.device, str]:
     """This rank's device and backend (NCCL on its GPU, else gloo), joining the job's process
     group from torchrun's environment unless this process is already in one."""
@@ -131,6 +155,7 @@ def join_process_group(settings: TrainingSettings, env: RankEnv) -> tuple[torch.
     else:
         device, backend = torch.device("cpu"), "gloo"
     if not dist.is_initialized():
+        wait_for_rank0_store(env.rank, settings.collective_timeout_s)
         dist.init_process_group(
             backend,
             timeout=timedelta(seconds=settings.collective_timeout_s),

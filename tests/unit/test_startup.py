@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+import threading
+import time
+
+import pytest
+
+from ai_distributed_training.rank import wait_for_rank0_store
 
 # Measured: torch.distributed.checkpoint (FSDP's checkpoints) adds ~0.5 s to a worker's start.
 LAZY = ("torch.distributed.checkpoint", "torch.distributed.fsdp", "pyarrow")
@@ -16,3 +23,57 @@ def test_a_ddp_worker_does_not_import_fsdp_or_parquet_modules() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_other_ranks_wait_for_rank0_store_to_listen() -> None:
+    """Rank 1 returns once rank 0 listens (not before), instead of meeting torch's 0.5-1.5 s
+    retry back-off; rank 0, and ranks of a job whose agent serves the store, never wait."""
+    port = _free_port()
+    with pytest.MonkeyPatch.context() as env:  # undone before the leak check runs
+        env.setenv("MASTER_ADDR", "127.0.0.1")
+        env.setenv("MASTER_PORT", str(port))
+        env.delenv("TORCHELASTIC_USE_AGENT_STORE", raising=False)
+        _wait_for_a_late_rank0(port, env)
+
+
+def _wait_for_a_late_rank0(port: int, env: pytest.MonkeyPatch) -> None:
+    listening_at: list[float] = []
+    server = socket.socket()
+
+    def serve_later() -> None:
+        time.sleep(0.3)
+        listening_at.append(time.monotonic())  # before listen: no race with the waiter
+        server.bind(("127.0.0.1", port))
+        server.listen()
+
+    thread = threading.Thread(target=serve_later)
+    thread.start()
+    try:
+        wait_for_rank0_store(rank=1, timeout_s=30)
+        returned_at = time.monotonic()
+    finally:
+        thread.join()
+        server.close()
+    assert listening_at and returned_at >= listening_at[0]
+
+    started = time.monotonic()  # nobody listens now: these return at once
+    wait_for_rank0_store(rank=0, timeout_s=30)
+    env.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    wait_for_rank0_store(rank=1, timeout_s=30)
+    assert time.monotonic() - started < 5
+
+
+def test_waiting_for_rank0_store_gives_up_at_the_timeout() -> None:
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MASTER_ADDR", "127.0.0.1")
+        env.setenv("MASTER_PORT", str(_free_port()))  # nobody will listen
+        env.delenv("TORCHELASTIC_USE_AGENT_STORE", raising=False)
+        started = time.monotonic()
+        wait_for_rank0_store(rank=1, timeout_s=0.3)  # returns: torch's store then fails itself
+    assert 0.3 <= time.monotonic() - started < 10
