@@ -279,7 +279,7 @@ def _bytes_per_parameter(optimizer: str) -> int:
     return 8 + OPTIMIZER_BYTES.get(optimizer, 8)
 
 
-def _counted(model: ModelSource, info: DataInfo) -> ModelCount:
+def count_source(model: ModelSource, info: DataInfo) -> ModelCount:
     """``model`` counted on the meta device: specs and factories are built there (no memory, no
     weights); the caller's own module is copied first, never moved."""
     if model.module is not None:
@@ -312,7 +312,7 @@ def make_plan(
 ) -> Plan:
     """Predict every node count in ``nodes`` for this model, data, settings and hardware."""
     info = data.info
-    count = _counted(model, info)
+    count = count_source(model, info)
     timed = _time_model_here(model, info, settings, count, hardware)
     # This model's own speed on this machine beats the probe's; it rates this plan's compute
     # only: the profile itself (what --save-hardware writes) stays model-independent.
@@ -425,7 +425,7 @@ def _with_efficiency(rows: list[Row], hw: HardwareProfile, threshold: float) -> 
 def replica_bytes(model: ModelSource, info: DataInfo, settings: TrainingSettings) -> int:
     """One DDP worker's model state and activations: parameters + gradients (4 + 4 bytes each,
     fp32), optimizer state, and the activations of its share of a global batch."""
-    count = _counted(model, info)
+    count = count_source(model, info)
     state = _bytes_per_parameter(_optimizer_name(settings)) * count.parameters
     share = -(-settings.batch_size // settings.nodes)
     return int(state + share * count.activation_bytes_per_sample)
