@@ -219,9 +219,11 @@ def run_rank(job: Job, env: RankEnv) -> dict[str, Any]:
         )
         state_dict = strategy.full_state_dict(model)  # collective: a sharded model is gathered
         in_sync = strategy.replicas_identical(state_dict)
-        peaks = strategy.all_gather_object(peak_rss_bytes())  # what the planner predicts
-        cpus = strategy.all_gather_object(allowed_cpus())
-        model_state = strategy.all_gather_object(loop.model_state_bytes)
+        # Per-rank facts in one collective: peak memory (what the planner predicts), the CPUs
+        # this rank could use, its model-state bytes.
+        facts = strategy.all_gather_object(
+            (peak_rss_bytes(), allowed_cpus(), loop.model_state_bytes)
+        )  # one tuple per rank, in rank order
         return {
             "state_dict": state_dict,
             "history": loop.history,
@@ -233,9 +235,9 @@ def run_rank(job: Job, env: RankEnv) -> dict[str, Any]:
             "skipped_steps": loop.skipped_steps,
             "restarts": attempt,
             "world_size": env.world_size,
-            "peak_memory_per_worker_bytes": peaks,
-            "cpus_per_worker": cpus,
-            "model_state_bytes_per_worker": model_state,
+            "peak_memory_per_worker_bytes": [peak for peak, _, _ in facts],
+            "cpus_per_worker": [cpus for _, cpus, _ in facts],
+            "model_state_bytes_per_worker": [state for _, _, state in facts],
         }
     finally:
         tracker.close()
