@@ -22,7 +22,7 @@ import torch
 from ai_distributed_training import DistributedTraining
 from ai_distributed_training.data import resolve_data
 from ai_distributed_training.models import resolve_model
-from ai_distributed_training.plan import count_source
+from ai_distributed_training.planner.counting import count_source
 
 H100_BF16_DENSE_TFLOPS = 989.0
 

@@ -14,7 +14,7 @@ import sys
 from typing import Any
 
 from ai_distributed_training import DistributedTraining
-from ai_distributed_training.hardware import calibrate
+from ai_distributed_training.planner.calibration import calibrate
 from bench import workload as w
 from bench.common import OURS, run_once
 

@@ -8,7 +8,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ai_distributed_training.sharding import epoch_order
+from ai_distributed_training.training.sharding import epoch_order
 from bench import workload
 
 x, y = workload.data()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-WORKER_MODULE = "ai_distributed_training.worker"
+WORKER_MODULE = "ai_distributed_training.launch.worker"
 # Set by pytest itself, or by torch on first use of its compiler stack (not by this library).
 _SET_BY_OTHERS = {"PYTEST_CURRENT_TEST", "TORCHINDUCTOR_CACHE_DIR"}
 

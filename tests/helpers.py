@@ -8,8 +8,16 @@ import sys
 from collections.abc import Mapping
 
 import torch
+from torch import nn
 
 from ai_distributed_training import TrainingResult
+from ai_distributed_training.config import SyntheticDataSpec, TrainingSettings
+from ai_distributed_training.data import make_synthetic
+from ai_distributed_training.data.types import TensorReader
+from ai_distributed_training.training.context import RankContext, RankData
+from ai_distributed_training.training.loop import train
+from ai_distributed_training.training.sharding import train_val_split
+from ai_distributed_training.training.strategies import DDPStrategy, Strategy
 
 
 def adt(
@@ -34,3 +42,52 @@ def same_tensors(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -
 def bitwise_equal(a: TrainingResult, b: TrainingResult) -> bool:
     """Whether two results' trained models hold exactly the same tensors."""
     return same_tensors(a.model.state_dict(), b.model.state_dict())
+
+
+# --- one rank's loop without the launcher (tests/unit/test_loop.py, test_loop_ranks.py) ---------
+
+SAMPLES, FEATURES = 256, 8
+
+
+def rank_data() -> RankData:
+    """A small synthetic classification table, 10% held out, as one rank reads it."""
+    x, y = make_synthetic(SyntheticDataSpec(samples=SAMPLES, features=FEATURES, seed=3))
+    reader = TensorReader(x, y)
+    train_idx, val_idx = train_val_split(SAMPLES, 0.1, seed=0)
+    return RankData(
+        reader=reader,
+        task="classification",
+        train_idx=train_idx,
+        val_reader=reader,
+        val_idx=val_idx,
+    )
+
+
+def build_model(seed: int = 0, dropout: float = 0.2) -> nn.Module:
+    """A small MLP, seeded: the same initial weights in every process."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(FEATURES, 32), nn.ReLU(), nn.Dropout(dropout), nn.Linear(32, 2))
+
+
+LOOP_SETTINGS = TrainingSettings(epochs=2, batch_size=64, learning_rate=1e-2)
+
+
+def train_with(strategy: Strategy) -> dict[str, torch.Tensor]:
+    """The full weights after ``train()`` with ``strategy`` (dropout off: ranks agree)."""
+    model = build_model(dropout=0.0)
+    train(model, rank_data(), RankContext(settings=LOOP_SETTINGS, strategy=strategy))
+    return strategy.full_state_dict(model)
+
+
+def ddp_then_fsdp() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], bool]:
+    """On each rank of a debug_launcher job: the weights after training with DDP, whether the
+    replicas agree, then the weights after training with FSDP."""
+    from ai_distributed_training.training.strategies.fsdp import FSDPStrategy
+
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    cpu = torch.device("cpu")
+    ddp = DDPStrategy(rank, world, cpu)
+    ddp_weights = train_with(ddp)
+    in_sync = ddp.replicas_identical(ddp_weights)
+    ddp.close()
+    return ddp_weights, train_with(FSDPStrategy(rank, world, cpu, blocks=["Linear"])), in_sync

@@ -3,7 +3,6 @@
 import logging
 
 from .api import DistributedTraining, GPUAcceleratedTraining
-from .callbacks import Callback, CallbackContext, EarlyStopping
 from .config import ModelSpec, SyntheticDataSpec, TrainingSettings
 from .errors import (
     ConfigError,
@@ -14,6 +13,7 @@ from .errors import (
 )
 from .report import write_report
 from .result import TrainingResult
+from .training.callbacks import Callback, CallbackContext, EarlyStopping
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())  # quiet unless the app configures
 

@@ -16,21 +16,21 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__, runconfig
-from .api import DistributedTraining, available_cores
-from .config import TrainingSettings
+from . import __version__
+from .api import DistributedTraining
+from .config import TrainingSettings, runfile
 from .errors import ConfigError, RendezvousFailedError, WorkerFailedError
-from .hardware import PRESETS, THIS_MACHINE, save_profile
-from .job import check_writable_dir
-from .launch import launch_local
+from .host import available_cores, check_writable_dir
+from .launch import launch_local, probe
+from .planner.profiles import PRESETS, THIS_MACHINE, save_profile
 from .report import write_report
-from .slurm import slurm_job
+from .topology import slurm_job
 
 
 def _settings_help() -> str:
     lines = ["settings (in a --config file or as --set NAME=VALUE):"]
     for name, field in TrainingSettings.model_fields.items():
-        if name in runconfig.PYTHON_ONLY:
+        if name in runfile.PYTHON_ONLY:
             continue
         default = field.get_default(call_default_factory=True)
         lines.append(f"  {name} (default: {default!r})\n      {field.description}")
@@ -145,7 +145,7 @@ def _host_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    model, data, settings = runconfig.resolve(args.config, args.sets, args.nodes)
+    model, data, settings = runfile.resolve(args.config, args.sets, args.nodes)
     settings.update(_host_settings(args))
     if "progress" not in settings:  # a terminal gets a bar; logs (CI, Slurm) get lines
         settings["progress"] = "bar" if sys.stderr.isatty() else "lines"
@@ -157,7 +157,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    model, data, settings = runconfig.resolve(args.config, args.sets, None)
+    model, data, settings = runfile.resolve(args.config, args.sets, None)
     configured = settings.pop("nodes", None)
     nodes = args.nodes or (configured if isinstance(configured, int) else None)
     plan = DistributedTraining().plan(
@@ -191,7 +191,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def _check_allreduce() -> str:
     with tempfile.TemporaryDirectory(prefix="adt-doctor-") as tmp:
-        launch_local(["ai_distributed_training.probe"], 2, log_dir=Path(tmp))
+        launch_local([probe.__name__], 2, log_dir=Path(tmp))
     return "2 gloo processes all-reduced correctly"
 
 

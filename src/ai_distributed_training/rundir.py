@@ -7,7 +7,6 @@ tracker.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import time
 from pathlib import Path
@@ -17,23 +16,13 @@ import yaml
 
 from .config import TrainingSettings
 from .errors import ConfigError
-from .job import check_writable_dir
-from .tracking import EVENTS_FILE, JOB_LOGGER
+from .host import check_writable_dir
+from .training.tracking import EVENTS_FILE, JOB_LOGGER
 
 CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
 
 log = logging.getLogger(JOB_LOGGER)
-
-
-def cache_root() -> Path:
-    """Where files reused across runs live (hardware profiles, decoded Parquet):
-    ``$ADT_CACHE_DIR``, else ``$XDG_CACHE_HOME/ai-distributed-training``, else
-    ``~/.cache/ai-distributed-training``."""
-    if os.environ.get("ADT_CACHE_DIR"):
-        return Path(os.environ["ADT_CACHE_DIR"])
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "ai-distributed-training"
 
 
 def create_run_dir(settings: TrainingSettings, model_name: str) -> Path | None:

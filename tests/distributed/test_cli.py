@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ai_distributed_training.config import TrainingSettings
-from ai_distributed_training.runconfig import PYTHON_ONLY
+from ai_distributed_training.config.runfile import PYTHON_ONLY
 from tests.conftest import worker_pids
 from tests.helpers import adt
 

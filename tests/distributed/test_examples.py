@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ai_distributed_training import DistributedTraining
-from ai_distributed_training.api import available_cores
+from ai_distributed_training.host import available_cores
 
 pytestmark = pytest.mark.distributed
 

@@ -12,8 +12,8 @@ import torch
 from torch.utils.data import DistributedSampler, TensorDataset
 
 from ai_distributed_training import Callback, CallbackContext, DistributedTraining, TrainingResult
-from ai_distributed_training.optim import lr_factor
 from ai_distributed_training.report import read_records
+from ai_distributed_training.training.optim import lr_factor
 from tests.helpers import bitwise_equal
 
 pytestmark = pytest.mark.distributed

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from ai_distributed_training import DistributedTraining, TrainingResult, WorkerFailedError
-from ai_distributed_training.checkpoint import COMMIT_MARKER, list_checkpoints
 from ai_distributed_training.errors import ConfigError
+from ai_distributed_training.training.checkpoint import COMMIT_MARKER, list_checkpoints
 from tests.helpers import bitwise_equal
 
 pytestmark = pytest.mark.distributed

@@ -8,7 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from ai_distributed_training.hardware import default_profile_path, load_profile, save_profile
+from ai_distributed_training.planner.profiles import (
+    default_profile_path,
+    load_profile,
+    save_profile,
+)
 from tests.helpers import adt
 
 pytestmark = pytest.mark.distributed

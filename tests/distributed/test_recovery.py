@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from ai_distributed_training import DistributedTraining, TrainingResult, WorkerFailedError
-from ai_distributed_training.checkpoint import list_checkpoints, load_checkpoint
 from ai_distributed_training.report import read_records
-from ai_distributed_training.sharding import epoch_order, global_batch, train_val_split
+from ai_distributed_training.training.checkpoint import list_checkpoints, load_checkpoint
+from ai_distributed_training.training.sharding import epoch_order, global_batch, train_val_split
 from tests.distributed.test_training import RecordingDataset
 from tests.helpers import adt, bitwise_equal
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from ai_distributed_training import DistributedTraining
-from ai_distributed_training.affinity import allowed_cpus
+from ai_distributed_training.host import allowed_cpus
 from tests.helpers import same_tensors
 
 pytestmark = pytest.mark.distributed

@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ai_distributed_training import DistributedTraining, TrainingResult
-from ai_distributed_training.affinity import allowed_cpus, cpu_share
+from ai_distributed_training.host import allowed_cpus, cpu_share
 
 pytestmark = pytest.mark.distributed
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from ai_distributed_training.affinity import allowed_cpus, cpu_share
+from ai_distributed_training.host import allowed_cpus, cpu_share
 
 
 @pytest.mark.parametrize(
@@ -34,7 +34,7 @@ def test_pin_process_moves_threads_already_running() -> None:
     """A thread started before pinning (gloo's, torch's) is pinned too, not only the caller."""
     code = """
 import os, threading
-from ai_distributed_training.affinity import pin_process
+from ai_distributed_training.host import pin_process
 ready, done = threading.Event(), threading.Event()
 def run():
     ready.set(); done.wait()

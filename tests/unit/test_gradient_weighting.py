@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ai_distributed_training.optim import loss_sum_fn
-from ai_distributed_training.sharding import loss_scale, rank_share
+from ai_distributed_training.training.optim import loss_sum_fn
+from ai_distributed_training.training.sharding import loss_scale, rank_share
 
 
 def _grad(w: torch.Tensor, x: torch.Tensor, y: torch.Tensor, scale: float) -> torch.Tensor:

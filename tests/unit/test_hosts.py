@@ -8,7 +8,7 @@ import pytest
 
 from ai_distributed_training import DistributedTraining
 from ai_distributed_training.errors import ConfigError
-from ai_distributed_training.launch import interface_with_address
+from ai_distributed_training.host import interface_with_address
 
 
 @pytest.mark.parametrize(

@@ -13,15 +13,20 @@ from torch import nn
 
 from ai_distributed_training import DistributedTraining
 from ai_distributed_training.errors import ConfigError
-from ai_distributed_training.hardware import (
+from ai_distributed_training.planner.counting import count_model
+from ai_distributed_training.planner.profiles import (
     PRESETS,
     HardwareProfile,
     Link,
     load_profile,
     save_profile,
 )
-from ai_distributed_training.plan import count_model
-from ai_distributed_training.sharding import epoch_order, global_batch, num_steps, rank_share
+from ai_distributed_training.training.sharding import (
+    epoch_order,
+    global_batch,
+    num_steps,
+    rank_share,
+)
 
 MLP = {"model_name": "m", "hidden_sizes": [512, 512]}
 

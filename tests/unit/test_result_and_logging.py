@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ai_distributed_training.result import TrainingResult
-from ai_distributed_training.tracking import PACKAGE_LOGGER, caller_log_level
+from ai_distributed_training.training.tracking import PACKAGE_LOGGER, caller_log_level
 
 
 def test_repr_is_one_short_line_without_weights_or_history() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ai_distributed_training import ConfigError
-from ai_distributed_training.runconfig import DEMO, resolve
+from ai_distributed_training.config.runfile import DEMO, resolve
 
 
 def test_no_arguments_is_the_documented_demo() -> None:

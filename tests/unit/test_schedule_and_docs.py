@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ai_distributed_training.config import TrainingSettings, settings_markdown_table
-from ai_distributed_training.optim import lr_factor
+from ai_distributed_training.training.optim import lr_factor
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from ai_distributed_training.sharding import (
+from ai_distributed_training.training.sharding import (
     epoch_order,
     global_batch,
     num_steps,

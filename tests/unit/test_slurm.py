@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ai_distributed_training.slurm import BASE_PORT, expand_hostlist, slurm_job
+from ai_distributed_training.topology import BASE_PORT, expand_hostlist, slurm_job
 
 
 @pytest.mark.parametrize(

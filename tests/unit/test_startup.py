@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from ai_distributed_training.rank import wait_for_rank0_store
+from ai_distributed_training.training.rank import wait_for_rank0_store
 
 # Measured: torch.distributed.checkpoint (FSDP's checkpoints) adds ~0.5 s to a worker's start.
 LAZY = ("torch.distributed.checkpoint", "torch.distributed.fsdp", "pyarrow")
@@ -18,7 +18,7 @@ LAZY = ("torch.distributed.checkpoint", "torch.distributed.fsdp", "pyarrow")
 
 def test_a_ddp_worker_does_not_import_fsdp_or_parquet_modules() -> None:
     code = (
-        "import sys, ai_distributed_training.worker, ai_distributed_training.api\n"
+        "import sys, ai_distributed_training.launch.worker, ai_distributed_training.api\n"
         f"print([m for m in {LAZY!r} if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

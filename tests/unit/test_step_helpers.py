@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from ai_distributed_training.config import TrainingSettings
-from ai_distributed_training.optim import build_optimizer
-from ai_distributed_training.strategies import local_gradients_finite
+from ai_distributed_training.training.optim import build_optimizer
+from ai_distributed_training.training.strategies import local_gradients_finite
 
 
 def _with_grads(value: float) -> nn.Module:

@@ -5,14 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ai_distributed_training.api import prepare
 from ai_distributed_training.config import TrainingSettings, validate
 from ai_distributed_training.data import resolve_data
 from ai_distributed_training.errors import ConfigError
-from ai_distributed_training.fsdp import FSDPStrategy
 from ai_distributed_training.models import resolve_model
-from ai_distributed_training.plan import choose_strategy, replica_bytes
-from ai_distributed_training.rank import RankEnv, make_strategy
+from ai_distributed_training.planner.plan import choose_strategy, replica_bytes
+from ai_distributed_training.prepare import prepare
+from ai_distributed_training.topology import RankEnv
+from ai_distributed_training.training.strategies import make_strategy
+from ai_distributed_training.training.strategies.fsdp import FSDPStrategy
 
 MODEL = resolve_model({"model_name": "m", "hidden_sizes": [100]})  # 10*100+100 + 100*2+2 params
 INFO = resolve_data({"samples": 64, "features": 10}).info

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from ai_distributed_training import streaming
-from ai_distributed_training.data import resolve_data
+from ai_distributed_training.data import resolve_data, streaming
 from ai_distributed_training.errors import ConfigError
 
 pa = pytest.importorskip("pyarrow")

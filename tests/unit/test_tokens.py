@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from ai_distributed_training.api import prepare
 from ai_distributed_training.config import ModelSpec, TrainingSettings, validate
 from ai_distributed_training.data import resolve_data
 from ai_distributed_training.errors import ConfigError
 from ai_distributed_training.models import resolve_model
-from ai_distributed_training.plan import count_model
-from ai_distributed_training.transformer import Decoder
+from ai_distributed_training.models.transformer import Decoder
+from ai_distributed_training.planner.counting import count_model
+from ai_distributed_training.prepare import prepare
 
 GPT = {"model_name": "gpt", "architecture": "transformer", "d_model": 32, "heads": 4}
 

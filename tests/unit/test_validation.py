@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-import ai_distributed_training.api as api
+import ai_distributed_training.run as api
 from ai_distributed_training import (
     ConfigError,
     ConfigTypeError,

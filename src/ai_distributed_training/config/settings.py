@@ -1,0 +1,353 @@
+"""One typed, validated config tree: model spec, synthetic data spec and training settings.
+
+Every default lives here and nowhere else. Unknown keys are errors that name the key (and the
+closest valid one); every bad value is reported as :class:`~.errors.ConfigError` naming the value
+and what is accepted, before any worker starts.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ..errors import ConfigError, ConfigTypeError
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class StrictModel(BaseModel):
+    """Base of every config model: no coercion of types, no unknown keys."""
+
+    model_config = ConfigDict(
+        strict=True, extra="forbid", frozen=True, arbitrary_types_allowed=True
+    )
+
+
+class ModelSpec(StrictModel):
+    """A built-in architecture; input and output sizes are inferred from the data."""
+
+    model_name: str = Field(min_length=1, description="Label for the model, echoed in results.")
+    architecture: Literal["mlp", "linear", "transformer"] = Field(
+        "mlp",
+        description="Built-in architecture: 'mlp', 'linear', or 'transformer' (a GPT-style "
+        "decoder for token data).",
+    )
+    hidden_sizes: list[PositiveInt] = Field(
+        default_factory=lambda: [512, 512],
+        description="Widths of the MLP's hidden layers (positive integers).",
+    )
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout after each hidden layer.")
+    activation: Literal["relu", "gelu", "tanh"] = Field(
+        "relu", description="Activation after each hidden layer."
+    )
+    d_model: PositiveInt = Field(128, description="Transformer: width of the token vectors.")
+    layers: PositiveInt = Field(2, description="Transformer: number of decoder blocks.")
+    heads: PositiveInt = Field(4, description="Transformer: attention heads (divide d_model).")
+    activation_checkpointing: bool = Field(
+        False,
+        description="Transformer: recompute each block's activations in the backward pass "
+        "instead of keeping them (less memory, ~1/3 more compute).",
+    )
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> ModelSpec:
+        if self.architecture == "transformer" and self.d_model % self.heads:
+            raise ValueError(f"d_model={self.d_model} must be a multiple of heads={self.heads}")
+        return self
+
+
+class SyntheticDataSpec(StrictModel):
+    """A deterministic, learnable synthetic dataset: labels come from a fixed random teacher."""
+
+    samples: int = Field(gt=0, description="Number of samples (positive integer).")
+    features: int = Field(gt=0, description="Number of input features (positive integer).")
+    classes: int = Field(2, ge=2, description="Number of classes for classification (>= 2).")
+    task: Literal["classification", "regression"] = Field(
+        "classification", description="'classification' or 'regression'."
+    )
+    seed: int = Field(0, ge=0, description="Seed of the data and its labelling teacher (>= 0).")
+
+
+class TokenDataSpec(StrictModel):
+    """Synthetic token sequences (a fixed random bigram chain) for language models."""
+
+    samples: int = Field(gt=0, description="Number of sequences (positive integer).")
+    seq_len: int = Field(gt=0, description="Tokens per sequence (positive integer).")
+    vocab_size: int = Field(ge=2, description="Token ids are 0..vocab_size-1 (>= 2).")
+    seed: int = Field(0, ge=0, description="Seed of the chain and the sequences (>= 0).")
+
+
+class FaultSpec(StrictModel):
+    """One injected fault, to rehearse failures: it fires once, in one attempt of the job."""
+
+    kind: Literal["kill", "raise", "hang", "nan"] = Field(
+        description="'kill' (SIGKILL), 'raise' (an exception), 'hang' (stuck), 'nan' (NaN loss)."
+    )
+    rank: int = Field(0, ge=0, description="Global rank that misbehaves.")
+    step: int = Field(1, gt=0, description="Global optimizer step (1-based) it happens at.")
+    attempt: int = Field(
+        0, ge=0, description="Which attempt of the job (0: the first; n: after n restarts)."
+    )
+
+
+class TrainingSettings(StrictModel):
+    """Training settings accepted by the constructor and by ``train_distributed``."""
+
+    nodes: int = Field(1, gt=0, description="Number of worker processes (positive integer).")
+    epochs: int = Field(2, gt=0, description="Passes over the training split.")
+    batch_size: int = Field(
+        1024, gt=0, description="GLOBAL batch: samples per optimizer step, across all workers."
+    )
+    learning_rate: float = Field(1e-3, gt=0.0, description="Optimizer learning rate.")
+    optimizer: Literal["adamw", "adam", "sgd"] | Callable[..., Any] = Field(
+        "adamw",
+        description="'adamw', 'adam', 'sgd' (with momentum), or a factory "
+        "optimizer(params) -> torch.optim.Optimizer.",
+    )
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="Momentum of 'sgd'.")
+    weight_decay: float = Field(0.0, ge=0.0, description="Weight decay of the optimizer.")
+    seed: int = Field(0, ge=0, description="Seed of model init and per-epoch shuffling (>= 0).")
+    gradient_accumulation_steps: int = Field(
+        1,
+        gt=0,
+        description="Micro-batches per optimizer step on each worker (gradients are "
+        "synchronized on the last one only); batch_size stays the global batch per step.",
+    )
+    max_grad_norm: float | None = Field(
+        None, gt=0.0, description="Clip the global (synchronized) gradient norm to this value."
+    )
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field(
+        "constant",
+        description="Learning-rate schedule over all optimizer steps, after warmup: "
+        "'constant', 'linear' (to 0) or 'cosine' (to 0).",
+    )
+    warmup_steps: int | None = Field(
+        None, ge=0, description="Steps of linear warmup from 0 (exclusive with warmup_ratio)."
+    )
+    warmup_ratio: float | None = Field(
+        None, ge=0.0, lt=1.0, description="Warmup as a fraction of all optimizer steps."
+    )
+    task: Literal["classification", "regression"] | None = Field(
+        None,
+        description="Default: inferred from the targets (integers: classification, "
+        "floats: regression).",
+    )
+    validation_data: Any = Field(
+        None, description="Validation set in any form data accepts; replaces validation_split."
+    )
+    eval_every: int | None = Field(
+        None, gt=0, description="Also validate every this many steps (always after each epoch)."
+    )
+    metrics: dict[str, Callable[..., Any]] = Field(
+        default_factory=dict,
+        description="{name: fn(outputs, targets) -> per-sample tensor "
+        "[batch]}, reported as train_<name> and val_<name> (means over every sample).",
+    )
+    deterministic: bool = Field(
+        False,
+        description="Deterministic algorithms only (and cuDNN/cuBLAS settings on GPU): "
+        "repeated runs are bitwise identical.",
+    )
+    validation_split: float = Field(
+        0.1, ge=0.0, lt=1.0, description="Fraction of samples held out for validation."
+    )
+    loss_fn: Callable[..., Any] | None = Field(
+        None,
+        description="loss_fn(outputs, targets) -> mean loss over the batch; default: "
+        "cross-entropy for classification, MSE for regression.",
+    )
+    strategy: Literal["ddp", "fsdp", "auto"] = Field(
+        "ddp",
+        description="'ddp': a full replica per worker; 'fsdp': parameters, gradients and "
+        "optimizer state sharded across workers (FSDP2); 'auto': fsdp when the estimated "
+        "replica does not fit a worker's memory.",
+    )
+    fsdp_blocks: list[str] | None = Field(
+        None,
+        description="Class names of the modules FSDP shards and gathers one at a time (e.g. "
+        "['DecoderBlock']). Default: the built-in architecture's layers; a user model is one unit.",
+    )
+    use_gpus: bool = Field(False, description="Train on CUDA GPUs with NCCL, one per worker.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="'auto' (bf16 autocast on GPUs that support it, else fp32), 'fp32', "
+        "'bf16' (autocast, on CPU too) or 'fp16' (GPU only, with a gradient scaler).",
+    )
+    threads_per_worker: int | None = Field(
+        None, gt=0, description="Intra-op threads per worker; default max(1, cores // nodes)."
+    )
+    cpu_affinity: bool = Field(
+        True,
+        description="Pin each CPU worker our launcher starts to its own share of the cores "
+        "(Linux; ~10% faster at nodes=2 on 2 cores). GPU workers and ranks of a torchrun job "
+        "keep their launcher's placement (torchrun --numa-binding binds by GPU).",
+    )
+    collective_timeout_s: float = Field(
+        300.0, gt=0.0, description="A collective that waits longer than this fails the job."
+    )
+    nnodes: int = Field(
+        1,
+        gt=0,
+        description="Hosts in the job (torchrun's --nnodes); nodes is the total worker count, "
+        "split evenly across them. Every host runs the same command with its node_rank.",
+    )
+    node_rank: int = Field(0, ge=0, description="This host's index, 0..nnodes-1.")
+    rdzv_endpoint: str | None = Field(
+        None,
+        description="HOST:PORT of the rendezvous, served by host 0 (node_rank=0); needed when "
+        "nnodes > 1.",
+    )
+    local_addr: str | None = Field(
+        None,
+        description="This host's address as the other hosts reach it; also picks the network "
+        "interface gloo uses (GLOO_SOCKET_IFNAME) when that is not set.",
+    )
+    rdzv_timeout_s: float = Field(
+        120.0, gt=0.0, description="How long hosts wait for every host to join the job."
+    )
+    runs_dir: str | None = Field(
+        "runs",
+        description="Where each run writes its directory <timestamp>-<model_name>/ "
+        "(config, metrics, summary, weights, events, report); None writes none.",
+    )
+    log_every_steps: int = Field(
+        50, gt=0, description="Write a rank-aggregated step record every this many steps."
+    )
+    progress: Literal["auto", "bar", "lines", "off"] = Field(
+        "auto",
+        description="'bar' (a live bar), 'lines' (periodic lines), 'off', or 'auto': a "
+        "bar when standard error is a terminal, else off (the CLI: lines).",
+    )
+    tensorboard: bool = Field(
+        False, description="Also write TensorBoard event files into the run directory."
+    )
+    callbacks: list[Any] = Field(
+        default_factory=list,
+        description="Callback objects (see ai_distributed_training.Callback), called on every "
+        "rank; must be picklable.",
+    )
+    checkpoint_dir: str | None = Field(
+        None,
+        description="Checkpoint directory; default <run_dir>/checkpoints (none without a "
+        "run directory).",
+    )
+    checkpoint_every: int | None = Field(
+        None, gt=0, description="Also checkpoint every this many steps (always at epoch ends)."
+    )
+    keep_checkpoints: int = Field(3, gt=0, description="Newest checkpoints kept on disk.")
+    resume: str | None = Field(
+        None,
+        description="'auto' (newest valid checkpoint in checkpoint_dir, if any) or a "
+        "checkpoint file path; restarted workers always resume automatically.",
+    )
+    max_restarts: int = Field(
+        3, ge=0, description="Times the elastic agent restarts all workers after one fails."
+    )
+    skip_nonfinite_steps: bool = Field(
+        False,
+        description="Skip (on every rank together) a step whose loss is NaN/inf "
+        "instead of failing the job.",
+    )
+    fault_injection: list[FaultSpec] = Field(
+        default_factory=list,
+        description="Faults to inject, e.g. [{kind: kill, rank: 1, "
+        "step: 5}]; for rehearsing recovery.",
+    )
+    log_level: LogLevel | None = Field(
+        None,
+        description="Level of the workers' log lines; default: the caller's level for this "
+        "library's logger if logging is configured, else WARNING.",
+    )
+
+
+def check_warmup(settings: TrainingSettings) -> None:
+    if settings.warmup_steps is not None and settings.warmup_ratio is not None:
+        raise ConfigError(
+            f"warmup_steps={settings.warmup_steps} and warmup_ratio="
+            f"{settings.warmup_ratio} were both given; pass one of them"
+        )
+
+
+def settings_markdown_table() -> str:
+    """The README's settings table, generated from :class:`TrainingSettings` (so it cannot
+    drift from the code)."""
+    rows = ["| setting | default | meaning |", "|---|---|---|"]
+    for name, field in TrainingSettings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        shown = "see meaning" if name == "threads_per_worker" else repr(default)
+        meaning = str(field.description).replace("|", "\\|")
+        rows.append(f"| `{name}` | `{shown}` | {meaning} |")
+    return "\n".join(rows)
+
+
+_M = TypeVar("_M", bound=StrictModel)
+
+_TYPE_ERRORS = {
+    "int_type",
+    "float_type",
+    "bool_type",
+    "string_type",
+    "literal_error",
+    "callable_type",
+    "tuple_type",
+    "list_type",
+    "dict_type",
+    "is_instance_of",
+}
+
+
+def validate(model: type[_M], values: Mapping[str, Any], what: str) -> _M:
+    """Build ``model`` from ``values``, turning pydantic's errors into one clear ConfigError.
+
+    ``what`` names the thing being validated in the message (e.g. ``"setting"``).
+    """
+    try:
+        return model.model_validate(dict(values))
+    except ValidationError as err:
+        raise _config_error(model, err, what) from None
+
+
+def _config_error(model: type[StrictModel], err: ValidationError, what: str) -> ConfigError:
+    known = list(model.model_fields)
+    problems: list[str] = []
+    is_type_error = False
+    for e in err.errors():
+        name = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            problems.append(f"unknown {what} {name!r}{hint}; known: {', '.join(known)}")
+            continue
+        if e["type"] == "missing":
+            problems.append(f"{what} {name!r} is required")
+            continue
+        top = str(e["loc"][0]) if e["loc"] else ""
+        field = model.model_fields.get(top)
+        accepted = f" Accepted: {field.description}" if field and field.description else ""
+        is_type_error |= e["type"] in _TYPE_ERRORS
+        problems.append(f"{what} {name}={e['input']!r} is invalid: {e['msg']}.{accepted}")
+    cls = ConfigTypeError if is_type_error else ConfigError
+    return cls("; ".join(problems))
+
+
+def settings_as_plain_data(settings: TrainingSettings) -> dict[str, Any]:
+    """The settings as YAML/JSON-safe data: functions and callbacks become descriptive names."""
+    out: dict[str, Any] = {}
+    for name in TrainingSettings.model_fields:
+        value = getattr(settings, name)
+        if name == "callbacks":
+            value = [type(cb).__name__ for cb in value]
+        elif name == "metrics":
+            value = {k: f"<function {getattr(f, '__qualname__', '?')}>" for k, f in value.items()}
+        elif name == "validation_data" and value is not None and not isinstance(value, str):
+            value = f"<{type(value).__name__}>"
+        elif name == "fault_injection":
+            value = [f.model_dump() for f in value]
+        elif callable(value):
+            value = f"<function {getattr(value, '__qualname__', type(value).__name__)}>"
+        out[name] = value
+    return out

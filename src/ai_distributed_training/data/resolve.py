@@ -1,0 +1,63 @@
+"""Any accepted data input -> a validated :class:`~.types.DataSource`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from ..config import SyntheticDataSpec, TokenDataSpec, validate
+from ..errors import ConfigError, ConfigTypeError
+from .files import FILE_SUFFIXES, file_source
+from .synthetic import SyntheticSource, SyntheticTokenSource
+from .tensors import DatasetSource, tensors_source, tokens_source
+from .types import DataSource, Task
+
+# --- entry point ---------------------------------------------------------------------------------
+
+
+def resolve_data(data: Any, task: Task | None = None) -> DataSource:
+    """Turn any accepted data input into a validated :class:`DataSource`.
+
+    Accepted: a synthetic spec dict ``{"samples", "features", "classes", "task", "seed"}``,
+    a pair ``(X, y)`` of tensors or NumPy arrays, a map-style ``torch.utils.data.Dataset`` of
+    ``(input, target)`` pairs, a path to a ``.npy``/``.npz``/``.pt``/``.csv`` file, or a path to
+    a directory of ``.npy`` or ``.parquet`` shards.
+
+    ``task`` ("classification" or "regression") overrides the task inferred from the targets.
+
+    Raises:
+        ConfigError: a bad value (naming it); ConfigTypeError: an input of a type not accepted.
+    """
+    if isinstance(data, (str, os.PathLike)):
+        return file_source(data, task)
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        return tensors_source(data[0], data[1], description="arrays", task=task)
+    source: DataSource
+    if isinstance(data, Mapping) and "tokens" in data:
+        extra = sorted(set(data) - {"tokens", "vocab_size"})
+        if extra:
+            raise ConfigError(f"unknown key(s) {extra} beside 'tokens'; accepted: 'vocab_size'")
+        source = tokens_source(data["tokens"], data.get("vocab_size"))
+    elif isinstance(data, Mapping) and {"seq_len", "vocab_size"} & set(data):
+        source = SyntheticTokenSource.from_spec(validate(TokenDataSpec, data, "data key"))
+    elif isinstance(data, Mapping):
+        source = SyntheticSource.from_spec(validate(SyntheticDataSpec, data, "data key"))
+    elif isinstance(data, Dataset):
+        source = DatasetSource.from_dataset(data)
+    else:
+        raise ConfigTypeError(
+            f"data of type {type(data).__name__} is not accepted; pass a synthetic spec dict "
+            "{'samples': N, 'features': F}, a pair (X, y) of tensors or arrays, a map-style "
+            f"torch Dataset, or a path to a {'/'.join(FILE_SUFFIXES)} file or a directory of "
+            ".npy/.parquet shards"
+        )
+    # A spec or a dataset states its own targets: a different task setting is a contradiction.
+    if task is not None and task != source.info.task:
+        raise ConfigError(
+            f"task={task!r} conflicts with the data, whose task is "
+            f"{source.info.task!r} (set the task in the data spec or dataset)"
+        )
+    return source

@@ -1,0 +1,172 @@
+"""Create local workers with torch.distributed.elastic (what torchrun runs) and report failures.
+
+The elastic agent runs inside the caller's process; each worker is a fresh interpreter running
+``python -m <module>`` (the training worker: :mod:`.worker`), so the user's script is never
+re-executed. When one worker fails, the agent stops all of them and we raise
+:class:`~..errors.WorkerFailedError` naming the root-cause rank. The agent replaces the caller's
+signal handlers and sets environment variables; both are restored afterwards, and Ctrl-C
+reaches the caller as ``KeyboardInterrupt`` after every worker has stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import signal
+import sys
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, SignalException
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+from torch.distributed.elastic.rendezvous.api import RendezvousError
+from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+from ..errors import RankFailure, RendezvousFailedError, WorkerFailedError
+from ..host import interface_with_address
+from ..topology import Hosts
+
+_HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+_ELASTIC_EVENTS_LOGGER = "torchelastic-events-null"  # event_log_handler="null" logs here
+_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+#: Messages of errors a rank raises only because a PEER failed first (not a root cause).
+_PEER_FAILURE_HINTS = (
+    "Connection closed by peer",
+    "Connection reset by peer",
+    "Broken pipe",
+    "DistNetworkError",
+    "DistBackendError",
+)
+
+
+@contextlib.contextmanager
+def _restored_process_state() -> Iterator[None]:
+    """Undo what the elastic agent changes in the caller: signal handlers and os.environ."""
+    handlers = {sig: signal.getsignal(sig) for sig in _HANDLED_SIGNALS}
+    environ = dict(os.environ)
+    # The agent logs a JSON event per worker state change at INFO; keep it out of the app's logs.
+    events = logging.getLogger(_ELASTIC_EVENTS_LOGGER)
+    events_propagate, events.propagate = events.propagate, False
+    # Workers must import this package even when the caller found it through sys.path tweaks.
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (_PACKAGE_ROOT, os.environ.get("PYTHONPATH", "")) if p
+    )
+    # Workers get a fresh store per attempt (pytorch issue 135712: a shared rendezvous store
+    # made restarts read stale addresses).
+    os.environ["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
+    try:
+        yield
+    finally:
+        for sig, handler in handlers.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+        os.environ.clear()
+        os.environ.update(environ)
+        events.propagate = events_propagate
+
+
+def launch_local(
+    module_args: Sequence[str],
+    nproc: int,
+    log_dir: Path,
+    max_restarts: int = 0,
+    shutdown_timeout_s: int = 5,
+    hosts: Hosts | None = None,
+) -> None:
+    """Run ``nproc`` workers of ``python -m <module_args>`` on this host and wait for them;
+    with ``hosts``, as one host of a multi-host job whose agents meet at its endpoint.
+
+    Elastic's per-attempt error files go under ``log_dir``.
+
+    Raises:
+        WorkerFailedError: a worker raised or died; every worker has been stopped.
+        RendezvousFailedError: not every host joined within ``hosts.rdzv_timeout_s``.
+        KeyboardInterrupt: the caller was interrupted; every worker has been stopped.
+    """
+    if hosts is None:
+        where: dict[str, Any] = {
+            "min_nodes": 1,
+            "max_nodes": 1,
+            "run_id": f"adt-{uuid.uuid4().hex[:12]}",
+            "rdzv_endpoint": "127.0.0.1:0",  # port 0: free, so jobs on one host never collide
+            "local_addr": "127.0.0.1",
+        }
+    else:
+        where = {
+            "min_nodes": hosts.nnodes,
+            "max_nodes": hosts.nnodes,
+            "run_id": "adt-" + re.sub(r"[^A-Za-z0-9]", "-", hosts.rdzv_endpoint),  # same on all
+            "rdzv_endpoint": hosts.rdzv_endpoint,
+            # Host 0 serves the rendezvous store: said outright, because the hostname check
+            # torch otherwise makes fails on multi-homed hosts (and in network namespaces).
+            "rdzv_configs": {
+                "is_host": hosts.node_rank == 0,
+                "join_timeout": hosts.rdzv_timeout_s,
+            },
+            "local_addr": hosts.local_addr,
+        }
+    config = LaunchConfig(
+        nproc_per_node=nproc,
+        rdzv_backend="c10d",
+        max_restarts=max_restarts,  # the agent restarts ALL workers when one fails
+        monitor_interval=0.1,
+        logs_specs=DefaultLogsSpecs(log_dir=str(log_dir)),
+        shutdown_timeout=shutdown_timeout_s,
+        **where,
+    )
+    with _restored_process_state():
+        if hosts and hosts.local_addr and "GLOO_SOCKET_IFNAME" not in os.environ:
+            interface = interface_with_address(hosts.local_addr)
+            if interface:  # gloo would bind to whatever the hostname resolves to
+                os.environ["GLOO_SOCKET_IFNAME"] = interface
+        try:
+            elastic_launch(config, sys.executable)("-m", *module_args)
+        except ChildFailedError as err:
+            raise WorkerFailedError(rank_failures(err.failures)) from None
+        except RendezvousError as err:
+            if hosts is None:  # one host meets itself on loopback: not a missing host
+                raise
+            raise RendezvousFailedError(
+                f"the hosts did not all join the job at {config.rdzv_endpoint} within "
+                f"rdzv_timeout_s={hosts.rdzv_timeout_s} "
+                f"({type(err).__name__}: {err}); check that every one of the "
+                f"{config.max_nodes} hosts runs the same command with its own node_rank and "
+                "can reach the endpoint"
+            ) from None
+        except SignalException as err:
+            if err.sigval == signal.SIGINT:
+                raise KeyboardInterrupt from None
+            raise
+
+
+def rank_failures(failures: dict[int, ProcessFailure]) -> list[RankFailure]:
+    """Failures ordered root cause first: ranks that failed because a peer did (a closed
+    connection), then ranks the agent itself stopped (SIGTERM), come last."""
+    out = [_rank_failure(rank, f) for rank, f in failures.items()]
+
+    def key(f: RankFailure) -> tuple[bool, bool, int]:
+        secondary = any(h in f.message or h in f.traceback for h in _PEER_FAILURE_HINTS)
+        return f.signal == "SIGTERM", secondary, f.rank
+
+    return sorted(out, key=key)
+
+
+def _rank_failure(rank: int, failure: ProcessFailure) -> RankFailure:
+    # @record writes {"message": {"message": "Type: text", "extraInfo": {"py_callstack": ...}}};
+    # ProcessFailure.message holds the inner object (a dict) or, for a dead process, a string.
+    inner: Any = failure.message
+    text = inner.get("message", "") if isinstance(inner, dict) else str(inner or "")
+    extra = inner.get("extraInfo", {}) if isinstance(inner, dict) else {}
+    traceback = str(extra.get("py_callstack", "")) if isinstance(extra, dict) else ""
+    signal_name = failure.signal_name() if failure.exitcode < 0 else None
+    if not text or text.startswith("To enable traceback"):
+        text = (
+            f"the process was killed by {signal_name}"
+            if signal_name
+            else f"the process exited with code {failure.exitcode}"
+        )
+    return RankFailure(rank, failure.exitcode, signal_name, text.strip(), traceback)

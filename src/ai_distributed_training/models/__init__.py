@@ -1,0 +1,14 @@
+"""The model layer: model inputs -> ``nn.Module``; the built-in architectures."""
+
+from .builtin import ARCHITECTURES, FSDP_BLOCKS
+from .source import ModelSource, check_fits_data, resolve_model
+from .transformer import Decoder
+
+__all__ = [
+    "ARCHITECTURES",
+    "FSDP_BLOCKS",
+    "Decoder",
+    "ModelSource",
+    "check_fits_data",
+    "resolve_model",
+]

@@ -1,0 +1,47 @@
+"""The built-in architectures, by name: an MLP, a linear model and a GPT-style decoder."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from ..config import ModelSpec
+from .transformer import Decoder
+
+_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "tanh": nn.Tanh,
+}
+
+
+def _mlp(spec: ModelSpec, in_features: int, out_features: int) -> nn.Module:
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = in_features
+    for hidden in spec.hidden_sizes:
+        layers += [nn.Linear(width, hidden), _ACTIVATIONS[spec.activation]()]
+        if spec.dropout:
+            layers.append(nn.Dropout(spec.dropout))
+        width = hidden
+    layers.append(nn.Linear(width, out_features))
+    return nn.Sequential(*layers)
+
+
+def _linear(spec: ModelSpec, in_features: int, out_features: int) -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_features, out_features))
+
+
+#: Built-in architectures by name: ``builder(spec, in_features, out_features) -> nn.Module``
+#: (for the transformer: sequence length and vocabulary size).
+ARCHITECTURES: dict[str, Callable[[ModelSpec, int, int], nn.Module]] = {
+    "mlp": _mlp,
+    "linear": _linear,
+    "transformer": Decoder,
+}
+#: The module classes the FSDP strategy shards one at a time, per built-in architecture.
+FSDP_BLOCKS: dict[str, list[str]] = {
+    "mlp": ["Linear"],
+    "linear": ["Linear"],
+    "transformer": ["DecoderBlock"],
+}

@@ -1,0 +1,107 @@
+"""Model inputs -> ``nn.Module``: built-in architectures, user modules and user factories.
+
+A model input is one of:
+
+* a spec dict ``{"model_name": ..., "architecture": "mlp" | "linear", ...}`` (see
+  :class:`~.config.ModelSpec`); input and output sizes come from the data;
+* an ``nn.Module`` instance (trained starting from its current weights);
+* a zero-argument factory returning an ``nn.Module`` (called in every worker after seeding, so
+  all workers start from the same weights).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import ModelSpec, validate
+from ..data.types import DataInfo
+from ..errors import ConfigError, ConfigTypeError
+from .builtin import ARCHITECTURES, FSDP_BLOCKS
+
+
+def check_fits_data(model: ModelSource, info: DataInfo) -> None:
+    """A built-in architecture meant for the data's kind: the transformer for token sequences,
+    the others for feature vectors. Raises ConfigError naming both."""
+    if model.spec is None:
+        return  # the user's model: theirs to match to the data
+    transformer = model.spec.architecture == "transformer"
+    if transformer != info.tokens:
+        wanted = "token data ({'samples', 'seq_len', 'vocab_size'} or {'tokens': ids})"
+        raise ConfigError(
+            f"architecture={model.spec.architecture!r} does not fit the data ({info.description}); "
+            + (f"the transformer needs {wanted}" if transformer else
+               "token sequences need architecture='transformer' (or your own model)")
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A validated model input, picklable (with cloudpickle) to the workers."""
+
+    name: str
+    spec: ModelSpec | None = None
+    module: nn.Module | None = None
+    factory: Callable[[], nn.Module] | None = None
+
+    def blocks(self) -> list[str]:
+        """The module class names FSDP shards one at a time: a built-in architecture's own;
+        for the user's models none (the whole model is one unit) unless ``fsdp_blocks`` says."""
+        return FSDP_BLOCKS[self.spec.architecture] if self.spec is not None else []
+
+    def build(self, info: DataInfo) -> nn.Module:
+        """The model to train; call after seeding torch so every worker builds the same one."""
+        if self.spec is not None:
+            in_features = math.prod(info.input_shape)
+            return ARCHITECTURES[self.spec.architecture](self.spec, in_features, info.num_outputs)
+        if self.module is not None:
+            return self.module
+        assert self.factory is not None
+        return _call_factory(self.factory)
+
+
+def _call_factory(factory: Callable[[], nn.Module]) -> nn.Module:
+    module = factory()
+    if not isinstance(module, nn.Module):
+        raise ConfigTypeError(
+            f"the model factory {getattr(factory, '__name__', factory)!r} "
+            f"returned {type(module).__name__}, not an nn.Module"
+        )
+    return module
+
+
+def resolve_model(model: Any) -> ModelSource:
+    """Validate a model input (see the module docstring) in the caller, before workers start.
+
+    A factory is called once on the ``meta`` device (no memory, no weights) to check that it
+    returns an ``nn.Module``.
+    """
+    if isinstance(model, Mapping):
+        if "model_name" not in model:
+            raise ConfigError(
+                f"the model dict needs a 'model_name' key; got keys {sorted(model)}"
+                f" (e.g. {{'model_name': 'NeuralNet_Model'}})"
+            )
+        spec = validate(ModelSpec, model, "model key")
+        return ModelSource(spec.model_name, spec=spec)
+    if isinstance(model, nn.Module):
+        return ModelSource(type(model).__name__, module=model)
+    if callable(model):
+        try:
+            with torch.device("meta"):
+                probe = _call_factory(model)
+        except ConfigTypeError:
+            raise
+        except Exception:  # factory code that cannot run on the meta device: run it for real
+            probe = _call_factory(model)
+        return ModelSource(type(probe).__name__, factory=model)
+    raise ConfigTypeError(
+        f"model of type {type(model).__name__} is not accepted; pass a dict like "
+        f"{{'model_name': 'NeuralNet_Model', 'architecture': one of {sorted(ARCHITECTURES)}}}, "
+        "an nn.Module, or a zero-argument function returning an nn.Module"
+    )

@@ -1,0 +1,105 @@
+"""Counting a model for the planner on the meta device (no memory, no compute): parameters,
+forward + backward FLOPs per sample (``torch.utils.flop_counter``), bytes of activations saved for
+the backward pass per sample; and a worker's resident data."""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from ..data import (
+    DataInfo,
+    DataSource,
+    SyntheticSource,
+    TensorFileSource,
+    TensorSource,
+    example_batch,
+)
+from ..models import ModelSource
+from ..training.optim import loss_sum_fn
+
+
+@dataclass(frozen=True)
+class ModelCount:
+    """What the planner needs to know about a model, counted on the meta device."""
+
+    parameters: int
+    largest_block_parameters: int  # the biggest direct child: what FSDP gathers at once
+    flops_per_sample: float  # forward + backward
+    activation_bytes_per_sample: float  # saved for backward
+
+
+def count_model(
+    model: nn.Module, input_shape: tuple[int, ...], task: str, tokens: bool = False
+) -> ModelCount:
+    """Count ``model`` (moved to the meta device: no memory, no compute).
+
+    Two batch sizes are counted and differenced, so what does not grow with the batch (e.g.
+    the weights a layer saves for its backward) is not taken for activations.
+    """
+    model = model.to("meta")
+    info = DataInfo(1, input_shape, task, 1, "", tokens)  # type: ignore[arg-type]
+    (flops_2, saved_2), (flops_4, saved_4) = (_count(model, info, b) for b in (2, 4))
+    units = [  # what FSDP gathers at once: direct children, a ModuleList's items each
+        unit
+        for child in model.children()
+        for unit in (child.children() if isinstance(child, nn.ModuleList) else [child])
+    ]
+    blocks = [sum(p.numel() for p in unit.parameters()) for unit in units]
+    params = sum(p.numel() for p in model.parameters())
+    return ModelCount(
+        parameters=params,
+        largest_block_parameters=max(blocks, default=params) or params,
+        flops_per_sample=(flops_4 - flops_2) / 2,
+        activation_bytes_per_sample=max(0.0, (saved_4 - saved_2) / 2),
+    )
+
+
+def _count(model: nn.Module, info: DataInfo, batch: int) -> tuple[float, float]:
+    """(FLOPs of forward + backward, bytes saved for backward) for one meta batch."""
+    x, y = example_batch(info, batch, "meta")
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved[id(t)] = t.numel() * t.element_size()
+        return t
+
+    with FlopCounterMode(display=False) as counter:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = model(x)
+        if info.task == "classification":
+            loss = loss_sum_fn("classification", None)(out, y)
+        else:
+            loss = out.float().square().mean()
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops()), float(sum(saved.values()))
+
+
+def count_source(model: ModelSource, info: DataInfo) -> ModelCount:
+    """``model`` counted on the meta device: specs and factories are built there (no memory, no
+    weights); the caller's own module is copied first, never moved."""
+    if model.module is not None:
+        module = copy.deepcopy(model.module)
+    else:
+        with torch.device("meta"):
+            module = model.build(info)
+    return count_model(module, info.input_shape, info.task, info.tokens)
+
+
+def data_bytes_per_worker(source: DataSource) -> int:
+    """Resident data of one worker: in-memory tensors are memory-mapped by every local worker
+    (counted in each one's resident memory, held once by the host); synthetic data is generated
+    in each worker (float32 inputs plus the float64 temporaries of labelling them)."""
+    info = source.info
+    if isinstance(source, SyntheticSource):
+        features = math.prod(info.input_shape)
+        return info.samples * (4 * features + 8 * features + 8)
+    if isinstance(source, (TensorSource, TensorFileSource)):
+        return info.samples * (4 * math.prod(info.input_shape) + 8)
+    return 0  # a Dataset or file reader: the user's own; not estimated

@@ -1,0 +1,198 @@
+"""Run a prepared job: launch its workers (or join the job this process is a rank of), collect
+rank 0's output, and assemble the :class:`~.result.TrainingResult`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch.distributed as dist
+
+from .config import settings_as_plain_data
+from .errors import WorkerFailedError
+from .launch import launch_local
+from .launch.handover import JobFiles
+from .prepare import PreparedJob
+from .report import write_report
+from .result import TrainingResult
+from .rundir import SUMMARY_FILE, announce, checkpoint_dir, create_run_dir, write_config
+from .topology import RankEnv
+from .training.checkpoint import list_checkpoints
+from .training.job import Job
+from .training.rank import join_process_group, run_rank
+
+STATUS = "distributed_trained"
+STATUS_ACCELERATED = "distributed_trained_with_acceleration"
+
+
+def run(prepared: PreparedJob, *, started: float, inputs: dict[str, Any]) -> TrainingResult:
+    """Train ``prepared`` and return its result. ``started``: ``time.perf_counter()`` when the
+    call began; ``inputs``: how the model and data inputs appear in ``config.yaml``."""
+    config = {**inputs, **settings_as_plain_data(prepared.settings)}
+    joined = prepared.topology.joined
+    if joined is not None:
+        return _join(prepared, started, config, joined)
+    return _launch(prepared, started, config)
+
+
+def _job(
+    prepared: PreparedJob,
+    run_dir: Path | None,
+    ckpt_dir: Path | None,
+    config: dict[str, Any],
+    *,
+    pin_cpus: bool = False,
+) -> Job:
+    """What each rank gets: the prepared inputs, where to write, the resolved config."""
+    return Job(
+        settings=prepared.settings,
+        model=prepared.model,
+        data=prepared.data,
+        validation=prepared.validation,
+        threads_per_worker=prepared.threads_per_worker,
+        log_level=prepared.log_level,
+        run_dir=str(run_dir) if run_dir else None,
+        checkpoint_dir=str(ckpt_dir) if ckpt_dir else None,
+        config=config,
+        pin_cpus=pin_cpus,
+    )
+
+
+def _launch(prepared: PreparedJob, started: float, config: dict[str, Any]) -> TrainingResult:
+    """Start this host's workers through torch elastic and wait for them."""
+    # Imported here, not at the top: each worker runs this module as __main__, and runpy warns
+    # (and runs it twice) when the package's own imports loaded it first.
+    from .launch import worker
+
+    settings, topology = prepared.settings, prepared.topology
+    run_dir = create_run_dir(settings, prepared.model.name)
+    ckpt_dir = checkpoint_dir(settings, run_dir)
+    if topology.hosts and settings.checkpoint_dir is None:
+        ckpt_dir = None  # each host's run directory is its own: only a shared dir will do
+    files = JobFiles(job_dir=Path(tempfile.mkdtemp(prefix="adt-job-")), run_dir=run_dir)
+    try:
+        write_config(run_dir, config)
+        pin_cpus = settings.cpu_affinity and not settings.use_gpus
+        job_path = files.write_job(_job(prepared, run_dir, ckpt_dir, config, pin_cpus=pin_cpus))
+        message = f"Starting distributed training across {topology.world_size} nodes..."
+        announce(run_dir, logging.INFO, message)
+        launch_local(
+            [worker.__name__, str(job_path)],
+            topology.local_world_size,
+            log_dir=files.job_dir / "elastic",
+            max_restarts=settings.max_restarts,
+            hosts=topology.hosts,
+        )
+        out = files.read_result()
+    except WorkerFailedError as err:
+        newest = list_checkpoints(ckpt_dir) if ckpt_dir else []
+        err.note_checkpoint(str(newest[0]) if newest else None)
+        first_line = str(err).splitlines()[0]
+        announce(run_dir, logging.ERROR, f"Distributed training failed: {first_line}")
+        raise
+    finally:
+        shutil.rmtree(files.job_dir, ignore_errors=True)
+    return _finish(prepared, out, run_dir, ckpt_dir, started)
+
+
+def _join(
+    prepared: PreparedJob, started: float, config: dict[str, Any], env: RankEnv
+) -> TrainingResult:
+    """Train as one rank of a job someone else launched (torchrun: ``RANK``, ``WORLD_SIZE``,
+    ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT`` set), in this very process: every rank runs
+    the caller's script and every rank returns the full result; global rank 0 alone writes the
+    run directory, whose path the others learn through the process group."""
+    settings = prepared.settings
+    owns_group = not dist.is_initialized()
+    join_process_group(settings, env)
+    try:
+        dirs: list[Path | None] = [None, None]
+        if env.rank == 0:
+            dirs[0] = create_run_dir(settings, prepared.model.name)
+            dirs[1] = checkpoint_dir(settings, dirs[0])
+            write_config(dirs[0], config)
+            message = f"Starting distributed training across {env.world_size} nodes (torchrun)..."
+            announce(dirs[0], logging.INFO, message)
+        dist.broadcast_object_list(dirs, src=0)  # collective: every rank, every time
+        ckpt_dir = dirs[1]  # every rank reads and writes checkpoints in the same place
+        run_dir = dirs[0] if env.rank == 0 else None  # rank 0's alone
+        # The data is not staged: this process holds it already.
+        out = run_rank(_job(prepared, run_dir, ckpt_dir, config), env)
+    finally:
+        if owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+    return _finish(prepared, out, run_dir, ckpt_dir, started)
+
+
+def _finish(
+    prepared: PreparedJob,
+    out: dict[str, Any],
+    run_dir: Path | None,
+    ckpt_dir: Path | None,
+    started: float,
+) -> TrainingResult:
+    """The result of a finished job from a rank's output (weights included), written to the
+    run directory when there is one."""
+    model = prepared.model.build(prepared.data.info)
+    model.load_state_dict(out["state_dict"])
+    result = TrainingResult(
+        model,
+        **_facts(prepared, out),
+        checkpoint_dir=str(ckpt_dir) if ckpt_dir else None,
+        run_dir=str(run_dir) if run_dir else None,
+        wall_time_s=time.perf_counter() - started,
+    )
+    if not result["weights_in_sync"]:
+        warnings.warn(
+            "the workers ended with different weights: something outside the "
+            "optimizer changed parameters on some ranks (see weights_in_sync)",
+            stacklevel=5,  # the caller's line: _finish, _launch/_join, run, train_distributed
+        )
+    if run_dir:
+        (run_dir / SUMMARY_FILE).write_text(json.dumps(dict(result), indent=2) + "\n")
+        write_report(run_dir)
+    announce(run_dir, logging.INFO, f"Distributed training complete. {result!r}")
+    return result
+
+
+def _facts(prepared: PreparedJob, out: dict[str, Any]) -> dict[str, Any]:
+    """The result's keys (but the model, the directories and the wall time), in their order."""
+    settings, info = prepared.settings, prepared.data.info
+    history: list[dict[str, float]] = out["history"]
+    last = history[-1]
+    names = ["loss", *(["accuracy"] if info.task == "classification" else []), *settings.metrics]
+    metric_names = [f"{split}_{name}" for name in names for split in ("train", "val")]
+    gpus = settings.use_gpus
+    return {
+        "model_name": prepared.model.name,
+        "nodes_used": out["world_size"],
+        "status": STATUS_ACCELERATED if gpus else STATUS,
+        "device": "GPUs" if gpus else "CPUs",
+        "backend": "nccl" if gpus else "gloo",
+        "task": info.task,
+        "data": info.description,
+        "epochs": len(history),  # fewer than settings.epochs when stopped early
+        "global_batch_size": settings.batch_size,
+        "steps": out["steps"],
+        "samples_seen": out["samples_seen"],
+        "final_loss": last["train_loss"],
+        "metrics": {k: last.get(k) for k in metric_names},
+        "history": history,
+        "samples_per_second": out["samples_seen"] / out["train_time_s"],
+        "train_time_s": out["train_time_s"],
+        "threads_per_worker": prepared.threads_per_worker,
+        "cpus_per_worker": out["cpus_per_worker"],
+        "peak_memory_per_worker_bytes": out["peak_memory_per_worker_bytes"],
+        "model_state_bytes_per_worker": out["model_state_bytes_per_worker"],
+        "strategy": settings.strategy,
+        "weights_in_sync": out["weights_in_sync"],
+        "stopped_early": out["stopped_early"],
+        "restarts": out["restarts"],
+        "skipped_steps": out["skipped_steps"],
+    }

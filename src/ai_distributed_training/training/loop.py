@@ -1,0 +1,256 @@
+"""The training loop of one rank: plain PyTorch, readable top to bottom.
+
+It behaves the same under our launcher, under torchrun and in a single process: everything
+distributed goes through the :class:`~.strategies.Strategy` in the :class:`~.context.RankContext`,
+and every rank runs every collective (reductions and checkpoints are unconditional; writing goes
+through a tracker and a checkpointer that only write on global rank 0). The step itself is a
+replaceable part (:mod:`.step`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .callbacks import CallbackRunner
+from .context import RankContext, RankData
+from .evaluate import evaluate
+from .metrics import BUSY, CLIPPED, COUNT, STEPS, Meter, per_worker
+from .optim import build_optimizer, build_scheduler, loss_sum_fn
+from .resume import Checkpointer, LoopPosition, Stateful, restore
+from .sharding import epoch_order, global_batch, num_steps, rank_share
+from .step import Step, TrainStep
+from .strategies import model_state_bytes
+
+
+@dataclass
+class LoopResult:
+    """What one rank's loop produced; identical on every rank (all values are reduced)."""
+
+    history: list[dict[str, float]]
+    steps: int
+    samples_seen: int
+    train_time_s: float
+    stopped_early: bool
+    skipped_steps: int
+    model_state_bytes: int  # this rank's parameters + gradients + optimizer state, at the end
+
+
+def train(
+    model: nn.Module,
+    data: RankData,
+    ctx: RankContext,
+    resume: dict[str, Any] | None = None,
+    *,
+    make_step: Callable[..., Step] = TrainStep,
+) -> LoopResult:
+    """Train ``model`` for ``settings.epochs`` epochs, from the checkpoint ``resume`` if given,
+    validating on ``data``'s validation positions. Collective: call on every rank.
+
+    ``make_step``: builds the step from keyword arguments ``ctx``, ``data``, ``model`` (the
+    wrapped one), ``optimizer``, ``scheduler``, ``scaler``, ``loss_sum`` and ``meter``
+    (default: :class:`~.step.TrainStep`)."""
+    settings, strategy = ctx.settings, ctx.strategy
+    wrapped = strategy.wrap(model)
+    optimizer = build_optimizer(settings, wrapped)
+    total_steps = num_steps(len(data.train_idx), settings.batch_size) * settings.epochs
+    scheduler = build_scheduler(settings, optimizer, total_steps)
+    # fp16 needs loss scaling; bf16 and fp32 do not (a disabled scaler passes through).
+    scaler = torch.amp.GradScaler(ctx.device.type, enabled=ctx.compute_dtype == torch.float16)
+    meter = Meter(data.task, settings.metrics, ctx.device)
+    loss_sum = loss_sum_fn(data.task, settings.loss_fn)
+    parts: dict[str, Any] = {
+        "optimizer": optimizer,
+        "scheduler": scheduler,
+        "scaler": scaler,
+        "meter": meter,
+    }
+    step = make_step(ctx=ctx, data=data, model=wrapped, loss_sum=loss_sum, **parts)
+    validate = partial(
+        evaluate, strategy.unwrap(wrapped), data, ctx, loss_sum=loss_sum, meter=meter
+    )
+    loop = Loop(ctx=ctx, data=data, model=wrapped, step=step, validate=validate, **parts)
+    if resume is not None:
+        loop.restore(resume)
+    return loop.run()
+
+
+class Loop:
+    """The epoch loop over a :class:`~.step.Step`, with its periodic work: step records,
+    mid-epoch evaluation and checkpoints, epoch metrics, callbacks and early stopping."""
+
+    def __init__(
+        self,
+        *,
+        ctx: RankContext,
+        data: RankData,
+        model: nn.Module,
+        step: Step,
+        validate: Callable[[], dict[str, float]],
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        scaler: torch.amp.GradScaler,
+        meter: Meter,
+    ) -> None:
+        self.ctx, self.data, self.model, self.step, self.validate = ctx, data, model, step, validate
+        self.optimizer, self.scheduler, self.meter = optimizer, scheduler, meter
+        self.pos = LoopPosition()
+        self.epoch_stats = meter.zeros()  # this rank's sums of the epoch so far
+        #: What a checkpoint holds (the loop's position too), by name.
+        self.stateful: dict[str, Stateful] = {
+            "model": ctx.strategy.unwrap(model),
+            "optimizer": optimizer,
+            "scheduler": scheduler,
+            **({"scaler": scaler} if scaler.is_enabled() else {}),
+            "loop": self.pos,
+        }
+        self.steps_per_epoch = num_steps(len(data.train_idx), ctx.settings.batch_size)
+        self.hooks = CallbackRunner(list(ctx.settings.callbacks), ctx.rank, ctx.world_size)
+        self.window = meter.zeros()  # stats since the last step record
+        self.window_started = self.epoch_started = time.perf_counter()
+
+    def restore(self, resume: dict[str, Any]) -> None:
+        """Continue from checkpoint ``resume``: weights, optimizer, position, RNG, sums."""
+        ctx = self.ctx
+        self.epoch_stats = restore(resume, ctx.strategy, self.stateful, ctx.settings.seed)
+        self.epoch_stats = self.epoch_stats.to(ctx.device)
+        ctx.job_log.info("resuming at epoch %d, step %d", self.pos.epoch, self.pos.step)
+
+    def run(self) -> LoopResult:
+        """Train the remaining epochs (collective: every rank)."""
+        ctx, pos, epochs = self.ctx, self.pos, self.ctx.settings.epochs
+        ctx.tracker.start(self.steps_per_epoch * epochs, self.steps_per_epoch, epochs)
+        self.hooks("on_train_start", pos.epoch, pos.step, {})
+        stopped_early = False
+        for epoch in range(pos.epoch, epochs + 1):
+            self.train_epoch(epoch)
+            if self.end_epoch(epoch) and epoch < epochs:
+                ctx.job_log.info("stopping early after epoch %d (a callback asked)", epoch)
+                stopped_early = True
+                break
+        self.hooks("on_train_end", len(pos.history), pos.step, dict(pos.history[-1]))
+        return LoopResult(
+            history=pos.history,
+            steps=pos.step,
+            samples_seen=len(self.data.train_idx) * len(pos.history),
+            train_time_s=pos.train_time,
+            stopped_early=stopped_early,
+            skipped_steps=pos.skipped_steps,
+            # This rank's state at the end, the last step's gradients still held.
+            model_state_bytes=model_state_bytes(self.model, self.optimizer),
+        )
+
+    def train_epoch(self, epoch: int) -> None:
+        """The epoch's remaining global batches, each rank taking its share of each."""
+        ctx, pos, settings = self.ctx, self.pos, self.ctx.settings
+        self.model.train()
+        order = epoch_order(len(self.data.train_idx), settings.seed, epoch - 1)
+        self.window = self.meter.zeros()
+        self.epoch_started = self.window_started = time.perf_counter()
+        for step_in_epoch in range(pos.step_in_epoch, self.steps_per_epoch):
+            ctx.faults.before_step(pos.step + 1)
+            started = time.perf_counter()
+            batch = global_batch(order, step_in_epoch, settings.batch_size)
+            share = self.data.train_idx[rank_share(batch, ctx.rank, ctx.world_size)]
+            stats = self.step.forward_backward(share, len(batch), pos.step + 1)
+            pos.step, pos.step_in_epoch = pos.step + 1, step_in_epoch + 1
+            ctx.tracker.step(epoch, pos.step_in_epoch)
+            if not self.step.apply_gradients(stats, pos, epoch):
+                continue  # a non-finite step, skipped on every rank together
+            stats[BUSY], stats[STEPS] = time.perf_counter() - started, 1
+            self.window += stats
+            self.epoch_stats += stats
+            self.after_step(epoch, stats, len(batch))
+
+    def after_step(self, epoch: int, stats: torch.Tensor, global_count: int) -> None:
+        """Per-step callbacks, then (mid-epoch only) step records, evaluation, checkpoints."""
+        ctx, pos, settings = self.ctx, self.pos, self.ctx.settings
+        if self.hooks.wants_step_metrics:
+            step_loss = ctx.strategy.all_reduce(stats[:1].clone(), dist.ReduceOp.SUM)
+            loss = {"train_loss": float(step_loss) / global_count}
+            self.hooks("on_step_end", epoch, pos.step, loss)
+        if pos.step_in_epoch == self.steps_per_epoch:
+            return  # the end of the epoch does all of it
+        if pos.step % settings.log_every_steps == 0:
+            self.record_window(epoch)
+        if settings.eval_every and pos.step % settings.eval_every == 0 and len(self.data.val_idx):
+            evaluation = self.validate()
+            ctx.tracker.record({"type": "eval", "epoch": epoch, "step": pos.step, **evaluation})
+            ctx.job_log.info("step %d: %s", pos.step, _fmt(evaluation))
+        if settings.checkpoint_every and pos.step % settings.checkpoint_every == 0:
+            self.save()
+
+    def record_window(self, epoch: int) -> None:
+        """A step record of the steps since the last one, aggregated over ranks."""
+        gathered = self.ctx.strategy.all_gather(self.window)
+        now = time.perf_counter()
+        self.ctx.tracker.record(
+            {
+                "type": "step",
+                "epoch": epoch,
+                "step": self.pos.step,
+                **self.meter.summarize("train", gathered.sum(0)),
+                "lr": self._lr(),
+                "samples_per_second": float(gathered[:, COUNT].sum()) / (now - self.window_started),
+                **per_worker(gathered),
+            }
+        )
+        self.window.zero_()
+        self.window_started = now
+
+    def end_epoch(self, epoch: int) -> bool:
+        """Epoch metrics (reduced over ranks), validation, a checkpoint and the epoch's hooks;
+        returns whether any rank's callback asked to stop (the same answer on every rank)."""
+        ctx, pos = self.ctx, self.pos
+        elapsed = torch.tensor(
+            [time.perf_counter() - self.epoch_started], dtype=torch.float64, device=ctx.device
+        )
+        gathered = ctx.strategy.all_gather(torch.cat([self.epoch_stats, elapsed]))
+        seconds = float(gathered[:, -1].max())  # an epoch lasts as long as its slowest rank
+        gathered = gathered[:, :-1]
+        pos.train_time += seconds
+        metrics = self.epoch_metrics(epoch, gathered.sum(0), seconds)
+        pos.history.append(metrics)
+        record = {"type": "epoch", "step": pos.step, **metrics, "epoch_time_s": seconds}
+        ctx.tracker.record({**record, **per_worker(gathered)})
+        shown = _fmt({k: v for k, v in metrics.items() if k != "epoch"})
+        ctx.job_log.info("epoch %d/%d: %s", epoch, ctx.settings.epochs, shown)
+        pos.epoch, pos.step_in_epoch = epoch + 1, 0
+        self.epoch_stats = self.meter.zeros()
+        self.save()
+        asked = self.hooks("on_epoch_end", epoch, pos.step, dict(metrics))
+        stop = torch.tensor([float(asked)], device=ctx.device)
+        return bool(ctx.strategy.all_reduce(stop, dist.ReduceOp.MAX).item())
+
+    def epoch_metrics(self, epoch: int, totals: torch.Tensor, seconds: float) -> dict[str, float]:
+        """The epoch's training metrics from the summed stat vectors, plus validation."""
+        metrics: dict[str, float] = {"epoch": epoch}
+        metrics.update(self.meter.summarize("train", totals))
+        if len(self.data.val_idx):
+            metrics.update(self.validate())
+        metrics["lr"] = self._lr()
+        if self.ctx.settings.max_grad_norm is not None:
+            metrics["clipped_fraction"] = float(totals[CLIPPED]) / max(float(totals[STEPS]), 1)
+        metrics["samples_per_second"] = float(totals[COUNT]) / seconds
+        return metrics
+
+    def _lr(self) -> float:
+        return float(self.scheduler.get_last_lr()[0])
+
+    def save(self) -> None:
+        """A checkpoint of everything stateful at the current position (collective)."""
+        checkpointer: Checkpointer = self.ctx.checkpointer
+        checkpointer.save(
+            self.ctx.strategy, self.stateful, step=self.pos.step, epoch_stats=self.epoch_stats
+        )
+
+
+def _fmt(metrics: Mapping[str, float]) -> str:
+    return ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())

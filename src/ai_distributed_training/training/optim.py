@@ -1,0 +1,116 @@
+"""What the loop optimizes with: the loss (as per-sample sums), the optimizer, the LR schedule."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.torch_version import TorchVersion
+
+from ..config import TrainingSettings
+from ..data import Task
+
+LossSum = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def build_optimizer(settings: TrainingSettings, model: nn.Module) -> torch.optim.Optimizer:
+    """The optimizer named by ``settings.optimizer``, or the user's factory's."""
+    params, lr, wd = list(model.parameters()), settings.learning_rate, settings.weight_decay
+    choice = settings.optimizer
+    if callable(choice):
+        optimizer = choice(params)
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(
+                f"the optimizer factory returned {type(optimizer).__name__}, not a "
+                "torch.optim.Optimizer"
+            )
+        return optimizer
+    fused = _fused_supported(params)
+    if choice == "sgd":
+        return torch.optim.SGD(
+            params, lr=lr, momentum=settings.momentum, weight_decay=wd, fused=fused
+        )
+    if choice == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd, fused=fused)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=wd, fused=fused)
+
+
+def _fused_supported(params: list[nn.Parameter]) -> bool:
+    """Whether torch has a fused (one kernel for all parameters) step for these parameters.
+
+    Fused steps are the same algorithm as the default ``foreach`` ones, up to float rounding,
+    and cost ~0.2 ms instead of ~0.55 ms per AdamW step on the reference MLP with one thread.
+    CPU fused kernels arrived in torch 2.4; anything else falls back to the default.
+    """
+    supported = {"cpu", "cuda"} if TorchVersion(torch.__version__) >= "2.4" else {"cuda"}
+    return bool(params) and all(
+        p.device.type in supported and p.dtype in (torch.float32, torch.float16, torch.bfloat16)
+        for p in params
+    )
+
+
+def lr_factor(settings: TrainingSettings, total_steps: int) -> Callable[[int], float]:
+    """The multiplier of the base learning rate before optimizer step ``i`` (0-based):
+    linear warmup from 0, then constant, linear decay to 0, or cosine decay to 0."""
+    if settings.warmup_steps is not None:
+        warmup = settings.warmup_steps
+    else:
+        warmup = round((settings.warmup_ratio or 0.0) * total_steps)
+    schedule = settings.lr_schedule
+
+    def factor(i: int) -> float:
+        if i < warmup:
+            return (i + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (i - warmup) / max(1, total_steps - warmup))
+        if schedule == "linear":
+            return 1.0 - progress
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def build_scheduler(
+    settings: TrainingSettings, optimizer: torch.optim.Optimizer, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A scheduler stepped once per optimizer step (its state goes into checkpoints)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(settings, total_steps))
+
+
+def loss_sum_fn(task: Task, user_loss: Callable[..., Any] | None) -> LossSum:
+    """A function giving the SUM of per-sample losses of a (possibly empty) local batch.
+
+    Sums, not means: the loop scales them so that unequal shares weigh correctly (see
+    :func:`~.sharding.loss_scale`). A user ``loss_fn`` returns a batch mean, so it is multiplied
+    by the batch length.
+    """
+
+    def summed(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if len(y) == 0:  # keep the graph connected so DDP still reduces every gradient
+            return out.sum() * 0.0
+        out = out.float()
+        if user_loss is not None:
+            return torch.as_tensor(user_loss(out, y)) * len(y)
+        if task == "classification" and out.ndim == 3:  # tokens: each sequence's mean loss
+            per_token = F.cross_entropy(out.transpose(1, 2), y, reduction="none")
+            return per_token.mean(dim=1).sum()
+        if task == "classification":
+            return F.cross_entropy(out, y, reduction="sum")
+        flat_out, flat_y = out.reshape(len(y), -1), y.reshape(len(y), -1)
+        return F.mse_loss(flat_out, flat_y, reduction="sum") / flat_y.shape[1]
+
+    return summed
+
+
+def as_targets(y: torch.Tensor, task: Task) -> torch.Tensor:
+    """Targets in the dtype the loss wants: floats for regression, class ids for classification."""
+    if task == "regression" and not y.is_floating_point():
+        return y.float()
+    if task == "classification" and y.is_floating_point():
+        return y.long()
+    return y

@@ -1,0 +1,188 @@
+"""One rank's work: process group -> model and data -> loop -> result -> teardown.
+
+The same code runs in a worker process our launcher started (:mod:`..launch.worker`) and in a
+process torchrun started, where ``train_distributed`` joins the job in the caller's own process.
+The rank comes from torchrun's environment variables (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``,
+``LOCAL_WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ..config import TrainingSettings
+from ..host import allowed_cpus, cpu_share, keep_freed_memory, peak_rss_bytes, pin_process
+from ..topology import RankEnv
+from .context import RankContext, RankData
+from .faults import FaultInjector
+from .job import Job
+from .loop import train
+from .resume import Checkpointer, agreed_resume_point
+from .sharding import train_val_split
+from .strategies import Strategy, make_strategy
+from .tracking import JobLog, RankZeroTracker, Tracker
+
+log = logging.getLogger(__name__)
+
+
+def run_rank(job: Job, env: RankEnv) -> dict[str, Any]:
+    """Train this rank's part of ``job``; returns the result (the same on every rank)."""
+    settings = job.settings
+    set_up_process(job, env)
+    owns_group = not dist.is_initialized()  # joined in the caller's process: theirs stays
+    device, backend = join_process_group(settings, env)
+    compute_dtype = autocast_dtype(settings.precision, device)
+    blocks = settings.fsdp_blocks or job.model.blocks()
+    strategy = make_strategy(settings.strategy, env, device, blocks, compute_dtype)
+    # Roles are decided once: global rank 0 logs the job and writes files, others don't.
+    run_dir = Path(job.run_dir) if job.run_dir else None
+    tracker = (
+        RankZeroTracker(run_dir, settings.progress, settings.tensorboard)
+        if env.rank == 0
+        else Tracker()
+    )
+    try:
+        log.debug("joined the process group (%s, world size %d)", backend, env.world_size)
+        return _train_rank(job, strategy, tracker, compute_dtype)
+    finally:
+        tracker.close()
+        strategy.close()
+        if owns_group:
+            dist.destroy_process_group()
+
+
+def set_up_process(job: Job, env: RankEnv) -> None:
+    """What a training process needs before any tensor work: malloc settings, CPU pinning,
+    threads, deterministic algorithms."""
+    keep_freed_memory()  # a rank's process trains, launched by us or by torchrun alike
+    if job.pin_cpus:  # before the process group starts gloo's threads (they'd follow anyway)
+        pin_process(cpu_share(allowed_cpus(), env.local_rank, env.local_world_size))
+    torch.set_num_threads(job.threads_per_worker)
+    if job.settings.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before CUDA starts
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+
+
+def _train_rank(
+    job: Job, strategy: Strategy, tracker: Tracker, compute_dtype: torch.dtype | None
+) -> dict[str, Any]:
+    """Build, resume, train and gather the result (collective: every rank)."""
+    settings, rank = job.settings, strategy.rank
+    torch.manual_seed(settings.seed)  # identical initial weights on every rank
+    model = strategy.build_model(job.model, job.data.info)
+    torch.manual_seed(settings.seed + 1 + rank)  # per-rank stream (e.g. dropout)
+    data = open_data(job)
+    ckpt_dir = Path(job.checkpoint_dir) if job.checkpoint_dir else None
+    attempt, resume = agreed_resume_point(strategy, settings.resume, ckpt_dir)
+    ctx = RankContext(
+        settings=settings,
+        strategy=strategy,
+        job_log=JobLog(enabled=rank == 0),
+        tracker=tracker,
+        checkpointer=Checkpointer(
+            ckpt_dir, writes=rank == 0, keep=settings.keep_checkpoints, config=job.config
+        ),
+        faults=FaultInjector(settings.fault_injection, rank, attempt),
+        compute_dtype=compute_dtype,
+    )
+    loop = train(model, data, ctx, resume)
+    state_dict = strategy.full_state_dict(model)  # collective: a sharded model is gathered
+    in_sync = strategy.replicas_identical(state_dict)
+    # Per-rank facts in one collective: peak memory (what the planner predicts), the CPUs
+    # this rank could use, its model-state bytes; one tuple per rank, in rank order.
+    facts = strategy.all_gather_object((peak_rss_bytes(), allowed_cpus(), loop.model_state_bytes))
+    return {
+        "state_dict": state_dict,
+        "history": loop.history,
+        "steps": loop.steps,
+        "samples_seen": loop.samples_seen,
+        "train_time_s": loop.train_time_s,
+        "weights_in_sync": in_sync,
+        "stopped_early": loop.stopped_early,
+        "skipped_steps": loop.skipped_steps,
+        "restarts": attempt,
+        "world_size": strategy.world_size,
+        "peak_memory_per_worker_bytes": [peak for peak, _, _ in facts],
+        "cpus_per_worker": [cpus for _, cpus, _ in facts],
+        "model_state_bytes_per_worker": [state for _, _, state in facts],
+    }
+
+
+def open_data(job: Job) -> RankData:
+    """Open the job's data in this rank, with the fixed train/validation split."""
+    reader = job.data.open()
+    val_reader = job.validation.open() if job.validation else None
+    held_out = 0.0 if val_reader is not None else job.settings.validation_split
+    train_idx, val_idx = train_val_split(len(reader), held_out, job.settings.seed)
+    if val_reader is not None:
+        val_idx = torch.arange(len(val_reader))
+    return RankData(
+        reader=reader,
+        task=job.data.info.task,
+        train_idx=train_idx,
+        val_reader=val_reader or reader,
+        val_idx=val_idx,
+    )
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast when asked for, or on 'auto' where the GPU supports it; else None (fp32)."""
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    if precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def wait_for_rank0_store(rank: int, timeout_s: float) -> None:
+    """On a rank other than 0, return once rank 0's store listens at MASTER_ADDR:MASTER_PORT
+    (polled every 10 ms), or after ``timeout_s`` (torch then reports the failure itself).
+
+    Why: torch's store client retries a refused connection only after a 0.5-1.5 s back-off,
+    and a rank whose ``import torch`` finished before rank 0's is refused; that cost 0.3-0.7 s
+    of start-up in most 2-worker jobs here. Rank 0 of our launcher's workers (and of Slurm
+    tasks) serves the store; under torchrun's default the agent serves it, up before any rank.
+    """
+    addr, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True)
+    if rank == 0 or agent_store or not addr or not port:
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((addr, int(port)), timeout=1.0).close()
+            return
+        except OSError:  # not listening yet
+            time.sleep(0.01)
+
+
+def join_process_group(settings: TrainingSettings, env: RankEnv) -> tuple[torch.device, str]:
+    """This rank's device and backend (NCCL on its GPU, else gloo), joining the job's process
+    group from torchrun's environment unless this process is already in one."""
+    if settings.use_gpus:
+        device = torch.device("cuda", env.local_rank)
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    if not dist.is_initialized():
+        wait_for_rank0_store(env.rank, settings.collective_timeout_s)
+        dist.init_process_group(
+            backend,
+            timeout=timedelta(seconds=settings.collective_timeout_s),
+            device_id=device if device.type == "cuda" else None,
+        )
+    return device, backend

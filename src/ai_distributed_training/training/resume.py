@@ -1,0 +1,171 @@
+"""Resuming: where a rank starts from, and what a checkpoint holds of the loop.
+
+The file format (atomic files, newest-valid lookup, RNG capture) is :mod:`.checkpoint`'s; the
+strategies write the model and optimizer (DDP: one file by rank 0; FSDP: sharded, every rank).
+This module decides which checkpoint every rank resumes from, saves the loop's position and
+each rank's RNG and partial sums beside the model, and puts them all back.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from .checkpoint import capture_rng, load_checkpoint, load_newest_valid, restore_rng
+from .strategies.base import Strategy
+
+log = logging.getLogger(__name__)
+
+# --- the loop's position: a Stateful checkpointed like the model and the optimizer -------------
+
+
+@dataclass
+class LoopPosition:
+    """Where training stands, the same on every rank; a checkpoint's ``loop`` entry.
+
+    Stateful (``state_dict``/``load_state_dict``), so the checkpointer saves it like the model
+    and the optimizer (torchtitan's pattern).
+    """
+
+    epoch: int = 1  # the epoch in progress, 1-based
+    step_in_epoch: int = 0  # global batches of that epoch already trained
+    step: int = 0  # optimizer steps taken, all epochs together
+    train_time: float = 0.0  # seconds of finished epochs
+    skipped_steps: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        for name, value in state.items():
+            setattr(self, name, value)
+
+
+class Stateful(Protocol):
+    """Anything a checkpoint holds: the model, the optimizer, the scheduler, the position."""
+
+    def state_dict(self) -> Any: ...
+
+    def load_state_dict(self, state: Any) -> Any: ...
+
+
+class Checkpointer:
+    """Saves checkpoints; only global rank 0's instance writes what is not sharded.
+
+    :meth:`save` is collective: every rank contributes its RNG state and partial sums.
+    """
+
+    def __init__(
+        self, directory: Path | None, *, writes: bool, keep: int, config: dict[str, Any]
+    ) -> None:
+        self.directory, self.writes, self.keep, self.config = directory, writes, keep, config
+        self.last: Path | None = None
+
+    def save(
+        self,
+        strategy: Strategy,
+        stateful: Mapping[str, Stateful],
+        *,
+        step: int,
+        epoch_stats: torch.Tensor,
+    ) -> None:
+        """Checkpoint ``stateful`` objects (model, optimizer, loop position, ...) as global step
+        ``step``, with this rank's RNG state and partial epoch sums."""
+        if self.directory is None:
+            return
+        mine = {"rng": capture_rng(), "epoch_stats": epoch_stats.cpu()}
+        ranks = strategy.all_gather_object(mine)  # collective: every rank, every time
+        meta = {"ranks": ranks, "world_size": strategy.world_size, "config": self.config}
+        saved = strategy.save_checkpoint(
+            self.directory, step, stateful, meta, self.writes, self.keep
+        )
+        self.last = saved or self.last
+
+
+def restore(
+    resume: dict[str, Any],
+    strategy: Strategy,
+    stateful: Mapping[str, Stateful],
+    seed: int,
+) -> torch.Tensor:
+    """Load checkpoint ``resume`` into ``stateful`` (model, optimizer, ..., loop position) and
+    restore this rank's RNG; returns this rank's partial epoch sums. Collective."""
+    strategy.load_checkpoint(resume, stateful)
+    step = int(resume["loop"]["step"])
+    return restore_rank_state(resume, strategy.rank, strategy.world_size, seed, step)
+
+
+def restore_rank_state(
+    resume: dict[str, Any], rank: int, world_size: int, seed: int, step: int
+) -> torch.Tensor:
+    """Restore this rank's RNG and partial epoch sums from a checkpoint; returns the sums.
+
+    With the same number of ranks, each rank gets back exactly its own state (bitwise resume).
+    With another number, RNG streams are reseeded from (seed, step, rank) and the partial sums
+    are carried by rank 0, so epoch metrics stay correct.
+    """
+    ranks = resume["ranks"]
+    if len(ranks) == world_size:
+        restore_rng(ranks[rank]["rng"])
+        return torch.as_tensor(ranks[rank]["epoch_stats"])
+    if rank == 0:
+        log.warning(
+            "resuming a %d-rank checkpoint on %d ranks: weights, optimizer and data "
+            "position continue exactly; random streams (e.g. dropout) are reseeded",
+            len(ranks),
+            world_size,
+        )
+    torch.manual_seed(seed + 7919 * (step + 1) + rank)
+    if rank == 0:
+        return torch.stack([torch.as_tensor(r["epoch_stats"]) for r in ranks]).sum(0)
+    return torch.zeros_like(torch.as_tensor(ranks[0]["epoch_stats"]))
+
+
+# --- where to start from --------------------------------------------------------------------------
+
+
+def find_resume_point(
+    resume: str | None, ckpt_dir: Path | None, attempt: int
+) -> tuple[Path | None, dict[str, Any] | None]:
+    """The checkpoint to start from and its path: after a restart (attempt > 0) or with
+    ``resume="auto"``, the newest valid one in ``ckpt_dir``; with a path, that file; else none
+    (a fresh start)."""
+    if attempt > 0 or resume == "auto":
+        found = load_newest_valid(ckpt_dir) if ckpt_dir else None
+        if found is None:
+            log.info("no checkpoint to resume from: starting from scratch")
+            return None, None
+        log.info("resuming from %s", found[0])
+        return found
+    if resume:
+        return Path(resume), load_checkpoint(Path(resume))
+    return None, None
+
+
+def agreed_resume_point(
+    strategy: Strategy, resume: str | None, ckpt_dir: Path | None
+) -> tuple[int, dict[str, Any] | None]:
+    """The attempt number and checkpoint every rank starts from (collective: all ranks call).
+
+    Each host's elastic agent counts its own restarts, and an agent that re-rendezvoused
+    because ANOTHER host restarted does not count one at all: its ranks would start afresh while
+    the others resume, and the job would deadlock or abort on mismatched collectives. So the
+    ranks take the largest count, and check that they all found the same checkpoint.
+    """
+    local = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    attempt = max(strategy.all_gather_object(local))
+    path, state = find_resume_point(resume, ckpt_dir, attempt)
+    found = strategy.all_gather_object(str(path) if path else None)
+    if len(set(found)) > 1:
+        raise RuntimeError(
+            f"the ranks found different checkpoints to resume from ({dict(enumerate(found))}); "
+            "every host must see the same checkpoint_dir (a shared filesystem)"
+        )
+    return attempt, state

@@ -1,0 +1,145 @@
+"""The Strategy interface, and the helpers every strategy shares.
+
+Strategies are objects with one interface, so the loop has no strategy branches. Every
+collective method must be called on every rank.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ...data import DataInfo
+from ...models import ModelSource
+
+
+class Strategy(Protocol):
+    """How the model is replicated or sharded and how ranks talk to each other."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    def build_model(self, source: ModelSource, info: DataInfo) -> nn.Module:
+        """The model this rank starts from; call after seeding, so that every rank that builds
+        real weights builds the same ones (:meth:`wrap` makes them rank 0's anyway)."""
+        ...
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """Move ``model`` to ``device`` and prepare it for training (every rank starting from
+        rank 0's weights); returns the module to call."""
+        ...
+
+    def unwrap(self, wrapped: nn.Module) -> nn.Module:
+        """The user's plain module inside what :meth:`wrap` returned."""
+        ...
+
+    def all_reduce(self, tensor: torch.Tensor, op: dist.ReduceOp.RedOpType) -> torch.Tensor:
+        """Reduce ``tensor`` in place across ranks (every rank must call) and return it."""
+        ...
+
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Every rank's ``tensor`` stacked in rank order (every rank must call)."""
+        ...
+
+    def no_sync(self, wrapped: nn.Module) -> contextlib.AbstractContextManager[Any]:
+        """Within it, backward passes accumulate gradients locally without synchronizing."""
+        ...
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """Every rank's picklable ``obj`` in rank order (every rank must call)."""
+        ...
+
+    def replicas_identical(self, state: Mapping[str, torch.Tensor]) -> bool:
+        """Whether every rank holds a bitwise-identical ``state`` (every rank must call)."""
+        ...
+
+    def gradients_finite(self, wrapped: nn.Module) -> bool:
+        """Whether no gradient holds NaN or inf, the same answer on every rank (collective)."""
+        ...
+
+    def clip_grad_norm(self, wrapped: nn.Module, max_norm: float) -> float:
+        """Clip gradients to a GLOBAL 2-norm of ``max_norm``; returns the norm before."""
+        ...
+
+    def full_state_dict(self, wrapped: nn.Module) -> dict[str, torch.Tensor]:
+        """The whole model's weights as plain CPU tensors, on every rank (collective)."""
+        ...
+
+    def save_checkpoint(
+        self,
+        directory: Path,
+        step: int,
+        stateful: Mapping[str, Any],
+        meta: dict[str, Any],
+        writes: bool,
+        keep: int,
+    ) -> Path | None:
+        """Checkpoint ``stateful`` (model, optimizer, ...) with ``meta`` as step ``step``;
+        ``writes``: whether this rank writes what is not sharded. Collective."""
+        ...
+
+    def load_checkpoint(self, resume: Mapping[str, Any], stateful: Mapping[str, Any]) -> None:
+        """Load a checkpoint found by :func:`~.checkpoint.load_newest_valid` into ``stateful``
+        (after :meth:`wrap` and the optimizer exist). Collective."""
+        ...
+
+    def close(self) -> None:
+        """Release what :meth:`wrap` built; call before destroying the process group."""
+        ...
+
+
+def local_gradients_finite(grads: list[torch.Tensor]) -> bool:
+    """One fused max-abs norm per gradient (inf if any element is inf, NaN if any is NaN;
+    unlike the 2-norm it cannot overflow): ~0.06 ms per step on the reference MLP against
+    ~0.7 ms for an isfinite() per tensor."""
+    grads = [g for g in grads if g.numel()]  # the inf-norm of an empty tensor is undefined
+    if not grads:
+        return True
+    return bool(torch.isfinite(torch.stack(torch._foreach_norm(grads, float("inf")))).all())
+
+
+def local_part(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a DTensor (a sharded parameter, gradient or optimizer state); a
+    plain tensor as it is. (Duck-typed: DTensor's module is not imported for DDP.)"""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def model_state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of this rank's parameters, gradients and optimizer state (its shards, if sharded)."""
+
+    def size(t: Any) -> int:
+        if not isinstance(t, torch.Tensor):
+            return 0
+        t = local_part(t)
+        return int(t.numel() * t.element_size())
+
+    params = list(model.parameters())
+    state = [v for per_param in optimizer.state.values() for v in per_param.values()]
+    return sum(size(p) + size(p.grad) for p in params) + sum(size(v) for v in state)
+
+
+def state_digest(state: Mapping[str, torch.Tensor]) -> str:
+    """A hash of every tensor's bytes, in key order."""
+    digest = hashlib.sha256()
+    for tensor in state.values():
+        # The array's buffer itself: no bytes copy of every tensor (the hash reads it in place).
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().data)
+    return digest.hexdigest()
+
+
+def written_by(resume: Mapping[str, Any], strategy: str) -> None:
+    """Refuse a checkpoint another strategy wrote (their model/optimizer states differ)."""
+    found = resume.get("strategy", "ddp")
+    if found != strategy:
+        raise RuntimeError(
+            f"the checkpoint to resume from was written with strategy={found!r}; resume it "
+            f"with strategy={found!r} (this job uses {strategy!r})"
+        )

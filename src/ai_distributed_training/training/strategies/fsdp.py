@@ -1,0 +1,168 @@
+"""Sharded data parallelism on FSDP2 (``torch.distributed.fsdp.fully_shard``).
+
+Each rank keeps 1/world_size of every parameter, gradient and optimizer state; a block's full
+weights are all-gathered just before its forward (and backward) and freed after, and gradients
+are reduce-scattered (averaged, as DDP does, so the loop's loss scaling is the same). So a
+model whose gradients and optimizer state (with its weights) do not fit one worker trains across
+several. Initial weights are rank 0's, broadcast into every rank's shards (other ranks build a
+built-in architecture on the meta device); the full weights are gathered once at the end.
+
+Which modules are "blocks" (sharded and gathered one at a time): those whose class name is in
+``fsdp_blocks``; the built-in architectures name theirs (each ``Linear`` of an MLP, each
+``DecoderBlock`` of the transformer). The root module is sharded last and holds the rest.
+
+Checkpoints go through ``torch.distributed.checkpoint`` (see :mod:`.checkpoint`): every rank
+writes its own shards, and a job with another number of ranks loads them resharded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import shutil
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_model_state_dict,
+    set_state_dict,
+)
+from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
+from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
+
+from ...data import DataInfo
+from ...models import ModelSource
+from ..checkpoint import checkpoint_path, commit_sharded
+from .base import local_gradients_finite, local_part, written_by
+from .ddp import DDPStrategy
+
+
+class FSDPStrategy(DDPStrategy):
+    """Parameters, gradients and optimizer state sharded over the ranks (FSDP2).
+
+    ``param_dtype``: the dtype blocks compute in (bf16 on GPUs), with gradients reduced in
+    fp32; ``None`` keeps everything in the parameters' dtype (fp32 on CPU).
+    The collective helpers (all_reduce, all_gather, ...) are DDP's: the same process group.
+    """
+
+    def __init__(
+        self,
+        rank: int,
+        world_size: int,
+        device: torch.device,
+        blocks: Sequence[str],
+        param_dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(rank, world_size, device)
+        self.blocks = set(blocks)
+        policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+        self.options: dict[str, Any] = {"mp_policy": policy} if param_dtype else {}
+
+    def build_model(self, source: ModelSource, info: DataInfo) -> nn.Module:
+        # A built-in architecture's weights are built for real on rank 0 only; the others build
+        # shapes (meta device) and receive their shards from rank 0 in wrap(). (A user's module
+        # or factory is built everywhere: its buffers or custom init may not survive meta.)
+        if self.rank != 0 and source.spec is not None:
+            with torch.device("meta"):
+                return source.build(info)
+        if source.module is not None:
+            # fully_shard converts a module in place (its class too); in a torchrun-joined job
+            # the instance is the caller's, who gets the trained weights loaded back into it.
+            return copy.deepcopy(source.module)
+        return source.build(info)
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        on_meta = any(t.is_meta for t in (*model.parameters(), *model.buffers()))
+        if not on_meta:
+            model = model.to(self.device)
+        # Rank 0's full weights, kept until they are broadcast into everyone's shards.
+        initial = model.state_dict() if self.rank == 0 else {}
+        # FSDP2 warns whenever a module returns a view (e.g. a Linear's 3-D output), in case the
+        # caller modifies it in place; the loop never does.
+        warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view")
+        # Innermost first: a block's parameters leave the root's group once it is sharded.
+        for module in reversed(list(model.modules())):
+            if module is not model and type(module).__name__ in self.blocks:
+                fully_shard(module, **self.options)
+        fully_shard(model, **self.options)
+        if on_meta:
+            model.to_empty(device=self.device)  # storage for this rank's shards only
+        options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+        set_model_state_dict(model, initial, options=options)
+        return model  # FSDP2 shards in place: the module is still the user's class
+
+    def unwrap(self, wrapped: nn.Module) -> nn.Module:
+        return wrapped
+
+    def no_sync(self, wrapped: nn.Module) -> contextlib.AbstractContextManager[Any]:
+        return _without_gradient_sync(wrapped)
+
+    def gradients_finite(self, wrapped: nn.Module) -> bool:
+        # Each rank holds a different shard of the gradients: agree on the answer.
+        grads = [local_part(p.grad) for p in wrapped.parameters() if p.grad is not None]
+        finite = torch.tensor([float(local_gradients_finite(grads))], device=self.device)
+        return bool(self.all_reduce(finite, dist.ReduceOp.MIN).item())
+
+    def clip_grad_norm(self, wrapped: nn.Module, max_norm: float) -> float:
+        norm = nn.utils.clip_grad_norm_(wrapped.parameters(), max_norm)
+        return float(norm.full_tensor() if isinstance(norm, DTensor) else norm)  # global norm
+
+    def full_state_dict(self, wrapped: nn.Module) -> dict[str, torch.Tensor]:
+        full = get_model_state_dict(wrapped, options=StateDictOptions(full_state_dict=True))
+        return {k: v.detach().cpu() for k, v in full.items() if isinstance(v, torch.Tensor)}
+
+    def save_checkpoint(
+        self,
+        directory: Path,
+        step: int,
+        stateful: Mapping[str, Any],
+        meta: dict[str, Any],
+        writes: bool,
+        keep: int,
+    ) -> Path | None:
+        path = checkpoint_path(directory, step, sharded=True)
+        if writes and path.exists():  # this step saved by an earlier attempt: uncommit it first,
+            shutil.rmtree(path)  # so a crash mid-save cannot leave old marker over new shards
+        dist.barrier()
+        model_state, optim_state = get_state_dict(stateful["model"], stateful["optimizer"])
+        dcp_save({"model": model_state, "optimizer": optim_state}, checkpoint_id=path)
+        dist.barrier()  # every rank's shards are on disk before the commit marker
+        if not writes:
+            return None
+        rest = {k: obj.state_dict() for k, obj in stateful.items() if k not in _SHARDED}
+        return commit_sharded(path, {**rest, **meta, "strategy": "fsdp"}, keep)
+
+    def load_checkpoint(self, resume: Mapping[str, Any], stateful: Mapping[str, Any]) -> None:
+        written_by(resume, "fsdp")
+        model, optimizer = stateful["model"], stateful["optimizer"]
+        model_state, optim_state = get_state_dict(model, optimizer)
+        # Loaded in place into this job's shards: resharded to however many ranks there are.
+        dcp_load({"model": model_state, "optimizer": optim_state}, checkpoint_id=resume["dcp_dir"])
+        set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state)
+        for name, obj in stateful.items():
+            if name not in _SHARDED:
+                obj.load_state_dict(resume[name])
+
+
+_SHARDED = ("model", "optimizer")
+
+
+@contextlib.contextmanager
+def _without_gradient_sync(model: nn.Module) -> Iterator[None]:
+    """FSDP2's ``no_sync``: gradients accumulate unreduced until the last micro-batch."""
+    assert isinstance(model, FSDPModule)
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
