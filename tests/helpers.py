@@ -91,3 +91,57 @@ def ddp_then_fsdp() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], b
     in_sync = ddp.replicas_identical(ddp_weights)
     ddp.close()
     return ddp_weights, train_with(FSDPStrategy(rank, world, cpu, blocks=["Linear"])), in_sync
+
+
+def optimizer_matrix() -> dict[str, tuple[float, bool]]:
+    """On each rank of a debug_launcher job: every built-in optimizer under every strategy,
+    one epoch each: ``{"<strategy>/<optimizer>": (final train loss, replicas agree)}``."""
+    from ai_distributed_training.training.strategies.fsdp import FSDPStrategy
+
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    cpu, out = torch.device("cpu"), {}
+    for optimizer in ("sgd", "adam", "adamw"):
+        settings = LOOP_SETTINGS.model_copy(update={"optimizer": optimizer, "epochs": 1})
+        for name in ("ddp", "fsdp"):
+            strategy: Strategy = (
+                DDPStrategy(rank, world, cpu)
+                if name == "ddp"
+                else FSDPStrategy(rank, world, cpu, blocks=["Linear"])
+            )
+            model = build_model(dropout=0.0)
+            ctx = RankContext(settings=settings, strategy=strategy)
+            loss = train(model, rank_data(), ctx).history[-1]["train_loss"]
+            weights = strategy.full_state_dict(model)
+            out[f"{name}/{optimizer}"] = (loss, strategy.replicas_identical(weights))
+            strategy.close()
+    return out
+
+
+def resume_is_bitwise(directory: str) -> bool:
+    """On each rank of a debug_launcher job: train with mid-epoch checkpoints, then again from
+    the oldest mid-epoch checkpoint kept; whether both runs end with the same bytes."""
+    from pathlib import Path
+
+    from ai_distributed_training.training.checkpoint import list_checkpoints, load_checkpoint
+    from ai_distributed_training.training.resume import Checkpointer
+
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    settings = LOOP_SETTINGS.model_copy(update={"epochs": 2, "checkpoint_every": 2})
+
+    def run(resume: dict[str, object] | None) -> dict[str, torch.Tensor]:
+        torch.manual_seed(100 + rank)  # each rank's own dropout stream
+        model = build_model(dropout=0.2)
+        strategy = DDPStrategy(rank, world, torch.device("cpu"))
+        checkpointer = Checkpointer(Path(directory), writes=rank == 0, keep=20, config={})
+        ctx = RankContext(settings=settings, strategy=strategy, checkpointer=checkpointer)
+        train(model, rank_data(), ctx, resume)
+        weights = strategy.full_state_dict(model)
+        strategy.close()
+        return weights
+
+    full = run(None)
+    mid = [
+        p for p in list_checkpoints(Path(directory)) if load_checkpoint(p)["loop"]["step_in_epoch"]
+    ]
+    resumed = run(load_checkpoint(mid[-1]))
+    return same_tensors(full, resumed)

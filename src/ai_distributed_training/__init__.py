@@ -9,6 +9,7 @@ from .errors import (
     ConfigTypeError,
     RankFailure,
     RendezvousFailedError,
+    TrainingInterrupted,
     WorkerFailedError,
 )
 from .report import write_report
@@ -29,6 +30,7 @@ __all__ = [
     "RankFailure",
     "RendezvousFailedError",
     "SyntheticDataSpec",
+    "TrainingInterrupted",
     "TrainingResult",
     "TrainingSettings",
     "WorkerFailedError",

@@ -19,7 +19,8 @@ from typing import Any
 
 from .config import TrainingSettings, validate
 from .data import DataSource, SyntheticSource, resolve_data
-from .errors import ConfigError
+from .errors import ConfigError, TrainingInterrupted
+from .host import terminating_signals_raise
 from .models import resolve_model
 from .planner import HardwareProfile, Plan, make_plan, resolve_profile
 from .planner.plan import node_counts
@@ -58,7 +59,15 @@ class DistributedTraining:
         Raises:
             ConfigError / ConfigTypeError: bad input, before any worker starts.
             WorkerFailedError: a worker failed; it names the rank, the error and its traceback.
+            TrainingInterrupted: SIGTERM, SIGHUP or SIGQUIT (a ``SystemExit``); KeyboardInterrupt:
+                Ctrl-C. Either way every worker has stopped and temporary files are gone.
         """
+        with terminating_signals_raise(TrainingInterrupted):
+            return self._train(model, data, nodes, settings)
+
+    def _train(
+        self, model: Any, data: Any, nodes: int | None, settings: dict[str, Any]
+    ) -> TrainingResult:
         started = time.perf_counter()
         if nodes is not None:
             settings["nodes"] = nodes
@@ -71,7 +80,7 @@ class DistributedTraining:
                 warnings.warn(
                     f"nodes={settings['nodes']} ignored: this process is rank {joined.rank} "
                     f"of a torchrun job of {joined.world_size} workers",
-                    stacklevel=2,
+                    stacklevel=3,  # the caller: _train, train_distributed
                 )
             settings["nodes"] = joined.world_size
         prepared = prepare(model, data, self.resolve_settings(**settings), joined)

@@ -7,6 +7,7 @@ is accepted. A failure inside a worker reaches the caller as :class:`WorkerFaile
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass
 
 
@@ -75,3 +76,20 @@ class WorkerFailedError(RuntimeError):
 
 class RendezvousFailedError(RuntimeError):
     """The hosts of a multi-host job did not all meet at the rendezvous in time; nothing ran."""
+
+
+class TrainingInterrupted(SystemExit):
+    """The caller got SIGTERM, SIGHUP or SIGQUIT during ``train_distributed``: every worker was
+    stopped and the call's temporary files removed; checkpoints already written stay.
+
+    A ``SystemExit`` (with the shell's code, 128 + the signal's number), so an uncaught one ends
+    the program as the signal would have, after cleaning up; catch it to do otherwise. Ctrl-C
+    (SIGINT) stays ``KeyboardInterrupt``.
+    """
+
+    def __init__(self, signum: int) -> None:
+        self.signal = signal.Signals(signum).name
+        super().__init__(128 + signum)
+
+    def __str__(self) -> str:
+        return f"training interrupted by {self.signal}; every worker was stopped"

@@ -16,13 +16,18 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
+import fcntl
 import logging
 import os
 import resource
+import shutil
+import signal
 import socket
 import sys
 import tempfile
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -144,13 +149,139 @@ def check_writable_dir(path: Path) -> None:
 
 
 def write_atomically(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file, fsync, then rename: readers never see a partial file."""
+    """``torch.save`` to a temporary file, fsync, then rename: readers never see a partial file.
+
+    A failed write leaves no temporary file behind (on a full disk it would keep holding the
+    space).
+
+    Raises:
+        OSError: the write failed; on a full disk, ``ENOSPC`` naming the directory and the
+        space needed.
+    """
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("wb") as f:
-        torch.save(obj, f)
+    try:
+        with tmp.open("wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, Exception):
+            _raise_if_out_of_space(err, path.parent, payload_bytes(obj))
+        raise
+
+
+def payload_bytes(obj: Any) -> int:
+    """Bytes of the tensors inside ``obj`` (nested dicts, lists and tuples): what saving it
+    writes, within a little."""
+    if isinstance(obj, torch.Tensor):
+        return int(obj.numel() * obj.element_size())
+    if isinstance(obj, dict):
+        return sum(payload_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(payload_bytes(v) for v in obj)
+    return 0
+
+
+def _raise_if_out_of_space(err: Exception, directory: Path, needed: int) -> None:
+    """Turn a failed write into "no space left on <dir>" when the disk is what ran out (torch
+    reports it as ``RuntimeError: [enforce fail at inline_container.cc] unexpected pos``)."""
+    try:
+        free = shutil.disk_usage(directory).free
+    except OSError:
+        return
+    if getattr(err, "errno", None) == errno.ENOSPC or free < needed:
+        raise OSError(
+            errno.ENOSPC,
+            f"no space left on {directory} (needed ~{needed / 1e6:.1f} MB, "
+            f"{free / 1e6:.1f} MB free)",
+        ) from err
+
+
+def remove_stale_temporaries(directory: Path) -> list[Path]:
+    """Delete the temporary files (``.NAME.tmp-PID``) that dead processes left in
+    ``directory`` (killed mid-save); a live process's are kept. Returns what was removed."""
+    removed = []
+    for tmp in directory.glob(".*.tmp-*"):
+        pid = tmp.name.rpartition(".tmp-")[2]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                if tmp.is_dir():
+                    shutil.rmtree(tmp)
+                else:
+                    tmp.unlink()
+                removed.append(tmp)
+    return removed
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (on this host)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's, but alive
+        return True
+    return True
+
+
+#: Signals that end a call of the library as an exception, so its cleanup runs.
+TERMINATING_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+
+
+@contextlib.contextmanager
+def terminating_signals_raise(error: Callable[[int], BaseException]) -> Iterator[None]:
+    """Within the block, SIGTERM, SIGHUP and SIGQUIT raise ``error(signum)`` instead of ending
+    the process on the spot, so ``finally`` blocks (temporary files, workers) run. Only the
+    main thread can receive signals in Python: elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise error(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in TERMINATING_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+LOCK_FILE = ".lock"
+
+
+class DirectoryLockedError(OSError):
+    """Another process holds the lock of a directory (see :func:`directory_lock`)."""
+
+
+@contextlib.contextmanager
+def directory_lock(directory: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``directory`` (its ``.lock`` file) for the block: two jobs
+    must not write checkpoints into one directory at once. The operating system releases the
+    lock when the holder exits, killed or not, so a crash leaves no stale lock.
+
+    Raises:
+        DirectoryLockedError: another process holds it; the message says which.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    with (directory / LOCK_FILE).open("a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise DirectoryLockedError(f"{directory} is in use by {holder}") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
         f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 # --- network -------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ topology, the strategy ``auto`` resolved, threads per worker. Every problem is a
 from __future__ import annotations
 
 import importlib.util
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,13 +18,25 @@ import torch
 
 from .config import TrainingSettings, check_warmup
 from .data import DataInfo, DataSource, resolve_data
-from .errors import ConfigError
+from .errors import ConfigError, ConfigTypeError
 from .host import available_cores, host_memory_bytes
 from .models import ModelSource, check_fits_data, resolve_model
 from .planner import choose_strategy
+from .rundir import runs_of
 from .topology import RankEnv, Topology
-from .training.checkpoint import is_checkpoint, list_checkpoints, written_with
+from .training.callbacks import Callback
+from .training.checkpoint import (
+    checkpoint_meta,
+    is_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    written_with,
+)
+from .training.identity import differences
+from .training.identity import fingerprint as run_fingerprint
 from .training.tracking import caller_log_level
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,6 +50,10 @@ class PreparedJob:
     topology: Topology
     threads_per_worker: int
     log_level: str
+    #: What a run must match to continue from this one's checkpoints.
+    fingerprint: dict[str, str]
+    #: The checkpoint the run starts from (the ``resume`` setting, resolved), or None.
+    resume_from: Path | None = None
 
 
 def prepare(
@@ -56,8 +73,10 @@ def prepare(
     _check_sizes(settings, data_source.info, held_out)
     topology = Topology.of(settings, joined)
     _check_device(settings, topology)
+    _check_workers(settings, topology)
     check_warmup(settings)
-    settings = _strategy_of_resumed_checkpoint(settings)
+    fingerprint = run_fingerprint(model_source, data_source, settings)
+    settings, resume_from = _resume_point(settings, fingerprint, model_source.name)
     if settings.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise ConfigError(
             "tensorboard=True needs the tensorboard package: "
@@ -75,6 +94,8 @@ def prepare(
         topology=topology,
         threads_per_worker=_threads_per_worker(settings, topology),
         log_level=settings.log_level or caller_log_level(),
+        fingerprint=fingerprint,
+        resume_from=resume_from,
     )
 
 
@@ -95,6 +116,35 @@ def _check_sizes(settings: TrainingSettings, info: DataInfo, held_out: float) ->
             f"nodes={nodes}; every worker needs a sample per step: use "
             f"batch_size >= {nodes}"
         )
+
+
+#: Workers per CPU core at most: beyond it a job only simulates a cluster, ever more slowly.
+MAX_WORKERS_PER_CORE = 32
+
+
+def _check_workers(settings: TrainingSettings, topology: Topology) -> None:
+    """A sane number of workers on this host; callbacks that are Callbacks; faults aimed at a
+    rank that exists."""
+    cores = available_cores()
+    limit = MAX_WORKERS_PER_CORE * cores
+    if topology.joined is None and not settings.use_gpus and topology.local_world_size > limit:
+        raise ConfigError(
+            f"nodes={settings.nodes} puts {topology.local_world_size} worker processes on this "
+            f"host, more than {limit} ({MAX_WORKERS_PER_CORE} per CPU core, {cores} cores); use "
+            f"at most {limit} per host, or more hosts (nnodes)"
+        )
+    for cb in settings.callbacks:
+        if not isinstance(cb, Callback):
+            raise ConfigTypeError(
+                f"callbacks=[..., {cb!r}, ...]: {type(cb).__name__} is not a Callback; pass "
+                "instances of a subclass of ai_distributed_training.Callback"
+            )
+    for fault in settings.fault_injection:
+        if fault.rank >= topology.world_size:
+            raise ConfigError(
+                f"fault_injection rank={fault.rank} does not exist in a job of "
+                f"{topology.world_size} workers; use a rank in 0..{topology.world_size - 1}"
+            )
 
 
 def _check_device(settings: TrainingSettings, topology: Topology) -> None:
@@ -132,39 +182,94 @@ def _threads_per_worker(settings: TrainingSettings, topology: Topology) -> int:
             f"nodes={settings.nodes} exceeds the {cores} CPU cores available: the workers "
             f"share the cores with {threads} thread each (fine for simulating a cluster, "
             f"slower than nodes={cores})",
-            stacklevel=4,
+            stacklevel=5,  # the caller: here, prepare, _train, train_distributed
         )
     return threads
 
 
-def _strategy_of_resumed_checkpoint(settings: TrainingSettings) -> TrainingSettings:
-    """A checkpoint resumes only with the strategy that wrote it: say so before any worker
-    starts; ``strategy="auto"`` follows the checkpoint."""
+def _resume_point(
+    settings: TrainingSettings, fingerprint: dict[str, str], model_name: str
+) -> tuple[TrainingSettings, Path | None]:
+    """The checkpoint the run starts from, checked before any worker starts: a path as given
+    (the model must be the one that wrote it); ``"auto"``: the newest valid checkpoint in
+    ``checkpoint_dir`` (refused, naming what differs, if its run is not compatible), or without
+    ``checkpoint_dir`` the newest compatible earlier run of this model under ``runs_dir``.
+    A checkpoint resumes only with the strategy that wrote it; ``strategy="auto"`` follows it."""
     if settings.resume is None:
-        return settings
-    path = Path(settings.resume)
-    if settings.resume != "auto" and not is_checkpoint(path):
-        raise ConfigError(
-            f"resume={settings.resume!r}: no such checkpoint; pass 'auto' or the path of a "
-            "step-*.pt checkpoint file or a committed step-*.dcp directory"
-        )
-    if settings.resume == "auto":
-        found = list_checkpoints(Path(settings.checkpoint_dir)) if settings.checkpoint_dir else []
-        if not found:
-            return settings
-        path = found[0]
-    try:
-        written = written_with(path)
-    except Exception:  # unreadable: the workers skip it (auto) or fail naming it
-        return settings
+        return settings, None
+    path: Path | None
+    if settings.resume != "auto":
+        path = Path(settings.resume)
+        if not is_checkpoint(path):
+            raise ConfigError(
+                f"resume={settings.resume!r}: no such checkpoint; pass 'auto' or the path of a "
+                "step-*.pt checkpoint file or a committed step-*.dcp directory"
+            )
+        _check_compatible(path, fingerprint, parts=("model",))
+    elif settings.checkpoint_dir is not None:
+        path = _newest_valid(list_checkpoints(Path(settings.checkpoint_dir)))
+        if path is not None:
+            _check_compatible(path, fingerprint)
+    else:
+        path = _newest_compatible_run(settings.runs_dir, model_name, fingerprint)
+    if path is None:
+        return settings, None
+    written = written_with(path)
     if settings.strategy == "auto":
-        return settings.model_copy(update={"strategy": written})
+        return settings.model_copy(update={"strategy": written}), path
     if settings.strategy != written:
         raise ConfigError(
             f"the checkpoint {path.name} was written with strategy={written!r}; resume it with "
             f"strategy={written!r} (or 'auto'), not {settings.strategy!r}"
         )
-    return settings
+    return settings, path
+
+
+def _newest_valid(candidates: list[Path]) -> Path | None:
+    """The first checkpoint that loads and passes its checksums; the others are skipped with a
+    warning naming them (as the workers do after a restart)."""
+    for path in candidates:
+        try:
+            load_checkpoint(path)
+            return path
+        except Exception as err:  # truncated, corrupt, foreign
+            log.warning("skipping unusable checkpoint %s (%s: %s)", path, type(err).__name__, err)
+    return None
+
+
+def _check_compatible(
+    path: Path, fingerprint: dict[str, str], parts: tuple[str, ...] | None = None
+) -> None:
+    """Refuse a checkpoint whose run differs from this one in what changes the math (or in
+    ``parts`` only); checkpoints from before fingerprints are taken as they are."""
+    theirs = checkpoint_meta(path).get("fingerprint")
+    if not theirs:
+        return
+    mine = fingerprint if parts is None else {k: fingerprint[k] for k in parts}
+    theirs = theirs if parts is None else {k: theirs.get(k, "") for k in parts}
+    differ = differences(mine, theirs)
+    if differ:
+        raise ConfigError(
+            f"resume={'auto' if parts is None else str(path)!r}: the checkpoint {path} belongs "
+            f"to a run that differs in {', '.join(differ)}; resume it with the same model, data "
+            "and settings, or start afresh (resume=None, or another checkpoint_dir)"
+        )
+
+
+def _newest_compatible_run(
+    runs_dir: str | None, model_name: str, fingerprint: dict[str, str]
+) -> Path | None:
+    """``resume="auto"`` without ``checkpoint_dir``: the newest valid checkpoint of the newest
+    earlier run of this model (``<runs_dir>/<timestamp>-<model_name>``) it can continue."""
+    for run in runs_of(Path(runs_dir), model_name) if runs_dir else []:
+        for path in list_checkpoints(run / "checkpoints"):
+            try:
+                compatible = not differences(fingerprint, checkpoint_meta(path)["fingerprint"])
+            except Exception:  # unreadable, or older than fingerprints: not a candidate
+                continue
+            if compatible and _newest_valid([path]) is not None:
+                return path
+    return None
 
 
 def _worker_memory_budget(use_gpus: bool, local_workers: int) -> int:

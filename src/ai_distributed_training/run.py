@@ -3,19 +3,23 @@ rank 0's output, and assemble the :class:`~.result.TrainingResult`."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch.distributed as dist
 
 from .config import settings_as_plain_data
-from .errors import WorkerFailedError
+from .errors import ConfigError, WorkerFailedError
+from .host import DirectoryLockedError, directory_lock, pid_alive
 from .launch import launch_local
 from .launch.handover import JobFiles
 from .prepare import PreparedJob
@@ -24,6 +28,7 @@ from .result import TrainingResult
 from .rundir import SUMMARY_FILE, announce, checkpoint_dir, create_run_dir, write_config
 from .topology import RankEnv
 from .training.checkpoint import list_checkpoints
+from .training.identity import new_run_id
 from .training.job import Job
 from .training.rank import join_process_group, run_rank
 
@@ -33,12 +38,37 @@ STATUS_ACCELERATED = "distributed_trained_with_acceleration"
 
 def run(prepared: PreparedJob, *, started: float, inputs: dict[str, Any]) -> TrainingResult:
     """Train ``prepared`` and return its result. ``started``: ``time.perf_counter()`` when the
-    call began; ``inputs``: how the model and data inputs appear in ``config.yaml``."""
+    call began; ``inputs``: how the model and data inputs appear in ``config.yaml``.
+
+    Raises:
+        ConfigError: ``checkpoint_dir`` is in use by another job (two jobs must not write
+        checkpoints into one directory at once).
+    """
     config = {**inputs, **settings_as_plain_data(prepared.settings)}
     joined = prepared.topology.joined
     if joined is not None:
         return _join(prepared, started, config, joined)
-    return _launch(prepared, started, config)
+    with _checkpoint_dir_lock(prepared):
+        return _launch(prepared, started, config)
+
+
+@contextlib.contextmanager
+def _checkpoint_dir_lock(prepared: PreparedJob) -> Iterator[None]:
+    """Hold ``checkpoint_dir`` for this job (host 0's caller, for a job over several hosts);
+    a run directory's own checkpoints are this run's alone and need no lock."""
+    directory, topology = prepared.settings.checkpoint_dir, prepared.topology
+    if directory is None or topology.node_rank != 0:
+        yield
+        return
+    try:
+        with directory_lock(Path(directory)):
+            yield
+    except DirectoryLockedError as err:
+        raise ConfigError(
+            f"checkpoint_dir={directory!r}: {err}; two jobs must not share a checkpoint "
+            "directory at once (each would resume and prune the other's checkpoints): give "
+            "this one another checkpoint_dir, or wait for the other to finish"
+        ) from None
 
 
 def _job(
@@ -47,6 +77,7 @@ def _job(
     ckpt_dir: Path | None,
     config: dict[str, Any],
     *,
+    run_id: str,
     pin_cpus: bool = False,
 ) -> Job:
     """What each rank gets: the prepared inputs, where to write, the resolved config."""
@@ -61,6 +92,9 @@ def _job(
         checkpoint_dir=str(ckpt_dir) if ckpt_dir else None,
         config=config,
         pin_cpus=pin_cpus,
+        run_id=run_id,
+        fingerprint=prepared.fingerprint,
+        resume_from=str(prepared.resume_from) if prepared.resume_from else None,
     )
 
 
@@ -75,12 +109,15 @@ def _launch(prepared: PreparedJob, started: float, config: dict[str, Any]) -> Tr
     ckpt_dir = checkpoint_dir(settings, run_dir)
     if topology.hosts and settings.checkpoint_dir is None:
         ckpt_dir = None  # each host's run directory is its own: only a shared dir will do
-    files = JobFiles(job_dir=Path(tempfile.mkdtemp(prefix="adt-job-")), run_dir=run_dir)
+    remove_stale_job_dirs()
+    files = JobFiles(job_dir=Path(tempfile.mkdtemp(prefix=_job_dir_prefix())), run_dir=run_dir)
     try:
         write_config(run_dir, config)
         pin_cpus = settings.cpu_affinity and not settings.use_gpus
-        job_path = files.write_job(_job(prepared, run_dir, ckpt_dir, config, pin_cpus=pin_cpus))
-        message = f"Starting distributed training across {topology.world_size} nodes..."
+        job = _job(prepared, run_dir, ckpt_dir, config, run_id=new_run_id(), pin_cpus=pin_cpus)
+        job_path = files.write_job(job)
+        resuming = f" (resuming from {job.resume_from})" if job.resume_from else ""
+        message = f"Starting distributed training across {topology.world_size} nodes{resuming}..."
         announce(run_dir, logging.INFO, message)
         launch_local(
             [worker.__name__, str(job_path)],
@@ -112,7 +149,7 @@ def _join(
     owns_group = not dist.is_initialized()
     join_process_group(settings, env)
     try:
-        dirs: list[Path | None] = [None, None]
+        dirs: list[Any] = [None, None, new_run_id()]
         if env.rank == 0:
             dirs[0] = create_run_dir(settings, prepared.model.name)
             dirs[1] = checkpoint_dir(settings, dirs[0])
@@ -123,11 +160,28 @@ def _join(
         ckpt_dir = dirs[1]  # every rank reads and writes checkpoints in the same place
         run_dir = dirs[0] if env.rank == 0 else None  # rank 0's alone
         # The data is not staged: this process holds it already.
-        out = run_rank(_job(prepared, run_dir, ckpt_dir, config), env)
+        out = run_rank(_job(prepared, run_dir, ckpt_dir, config, run_id=dirs[2]), env)
     finally:
         if owns_group and dist.is_initialized():
             dist.destroy_process_group()
     return _finish(prepared, out, run_dir, ckpt_dir, started)
+
+
+def _job_dir_prefix(pid: int | None = None) -> str:
+    """Job directories are named after the caller's process, so a later call can tell the
+    ones a killed caller left behind."""
+    return f"adt-job-{os.getpid() if pid is None else pid}-"
+
+
+def remove_stale_job_dirs() -> list[Path]:
+    """Delete the job directories (staged data included) of callers that no longer run."""
+    removed = []
+    for path in Path(tempfile.gettempdir()).glob("adt-job-*-*"):
+        pid = path.name.split("-")[2]
+        if pid.isdigit() and not pid_alive(int(pid)) and path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 def _finish(
@@ -152,7 +206,7 @@ def _finish(
         warnings.warn(
             "the workers ended with different weights: something outside the "
             "optimizer changed parameters on some ranks (see weights_in_sync)",
-            stacklevel=5,  # the caller's line: _finish, _launch/_join, run, train_distributed
+            stacklevel=6,  # the caller: _finish, _launch/_join, run, _train, train_distributed
         )
     if run_dir:
         (run_dir / SUMMARY_FILE).write_text(json.dumps(dict(result), indent=2) + "\n")
@@ -195,4 +249,5 @@ def _facts(prepared: PreparedJob, out: dict[str, Any]) -> dict[str, Any]:
         "stopped_early": out["stopped_early"],
         "restarts": out["restarts"],
         "skipped_steps": out["skipped_steps"],
+        "resumed_from": str(prepared.resume_from) if prepared.resume_from else None,
     }

@@ -25,6 +25,23 @@ SUMMARY_FILE = "summary.json"
 log = logging.getLogger(JOB_LOGGER)
 
 
+def run_dir_name(model_name: str) -> str:
+    """The model's part of its runs' directory names (file-name safe)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", model_name) or "model"
+
+
+def runs_of(runs_dir: Path, model_name: str) -> list[Path]:
+    """The run directories of ``model_name`` under ``runs_dir`` (``<stamp>-<name>``, or
+    ``<stamp>-<name>-<n>`` for runs started in the same second), newest first."""
+    name = re.compile(rf"^(\d{{8}}-\d{{6}})-{re.escape(run_dir_name(model_name))}(?:-(\d+))?$")
+    found = []
+    for path in runs_dir.iterdir() if runs_dir.is_dir() else []:
+        match = name.match(path.name)
+        if match and path.is_dir():
+            found.append(((match.group(1), int(match.group(2) or 0)), path))
+    return [path for _, path in sorted(found, reverse=True)]
+
+
 def create_run_dir(settings: TrainingSettings, model_name: str) -> Path | None:
     """``<runs_dir>/<timestamp>-<model_name>/``, new and writable; None when runs_dir is None.
 
@@ -33,8 +50,10 @@ def create_run_dir(settings: TrainingSettings, model_name: str) -> Path | None:
     """
     if settings.runs_dir is None:
         return None
-    safe_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_name) or "model"
-    stem = Path(settings.runs_dir).resolve() / f"{time.strftime('%Y%m%d-%H%M%S')}-{safe_name}"
+    stem = (
+        Path(settings.runs_dir).resolve()
+        / f"{time.strftime('%Y%m%d-%H%M%S')}-{run_dir_name(model_name)}"
+    )
     for attempt in range(1000):
         path = stem if attempt == 0 else stem.with_name(f"{stem.name}-{attempt}")
         try:

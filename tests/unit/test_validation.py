@@ -216,3 +216,27 @@ def test_validation_data_must_match_the_inputs() -> None:
             data=(np.zeros((10, 4)), np.zeros(10, dtype=np.int64)),
             validation_data=(np.zeros((5, 3)), np.zeros(5, dtype=np.int64)),
         )
+
+
+@pytest.mark.parametrize(
+    ("setting", "match"),
+    [
+        ({"seed": 2**64}, r"seed=18446744073709551616 .*less than or equal to 4611686018427387904"),
+        ({"collective_timeout_s": float("inf")}, r"collective_timeout_s=inf .*finite"),
+        ({"collective_timeout_s": 1e300}, r"collective_timeout_s=1e\+300 .*604800"),
+        ({"rdzv_timeout_s": float("nan")}, r"rdzv_timeout_s=nan .*finite"),
+        ({"learning_rate": float("inf")}, r"learning_rate=inf .*finite"),
+        ({"max_grad_norm": float("nan")}, r"max_grad_norm=nan .*finite"),
+        ({"callbacks": [object()]}, r"callbacks=.*object is not a Callback"),
+        ({"fault_injection": [{"kind": "kill", "rank": 3}], "nodes": 2}, r"rank=3 .*0\.\.1"),
+    ],
+)
+def test_settings_that_used_to_reach_the_workers(setting: dict[str, Any], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        train(**setting)
+
+
+def test_more_workers_on_a_host_than_it_can_run() -> None:
+    big = {"samples": 10**7, "features": 1}
+    with pytest.raises(ConfigError, match=r"nodes=1000000 puts 1000000 worker processes .*per CPU"):
+        train(data=big, nodes=10**6, batch_size=10**7)

@@ -17,13 +17,21 @@ from ..errors import ConfigError, ConfigTypeError
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 PositiveInt = Annotated[int, Field(gt=0)]
+#: The largest seed: seeds are offset by rank and step, and torch's must fit 64 bits.
+MAX_SEED = 2**62
+#: The longest timeout a setting takes (a week): a longer one means "never", which hangs.
+MAX_TIMEOUT_S = 7 * 24 * 3600.0
 
 
 class StrictModel(BaseModel):
     """Base of every config model: no coercion of types, no unknown keys."""
 
     model_config = ConfigDict(
-        strict=True, extra="forbid", frozen=True, arbitrary_types_allowed=True
+        strict=True,
+        extra="forbid",
+        frozen=True,
+        arbitrary_types_allowed=True,
+        allow_inf_nan=False,  # inf and NaN are never a meaningful setting
     )
 
 
@@ -110,7 +118,9 @@ class TrainingSettings(StrictModel):
     )
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="Momentum of 'sgd'.")
     weight_decay: float = Field(0.0, ge=0.0, description="Weight decay of the optimizer.")
-    seed: int = Field(0, ge=0, description="Seed of model init and per-epoch shuffling (>= 0).")
+    seed: int = Field(
+        0, ge=0, le=MAX_SEED, description="Seed of model init and per-epoch shuffling (0..2**62)."
+    )
     gradient_accumulation_steps: int = Field(
         1,
         gt=0,
@@ -187,7 +197,11 @@ class TrainingSettings(StrictModel):
         "keep their launcher's placement (torchrun --numa-binding binds by GPU).",
     )
     collective_timeout_s: float = Field(
-        300.0, gt=0.0, description="A collective that waits longer than this fails the job."
+        300.0,
+        gt=0.0,
+        le=MAX_TIMEOUT_S,
+        description="A collective that waits longer than this fails the job (seconds, at most "
+        "a week).",
     )
     nnodes: int = Field(
         1,
@@ -207,7 +221,10 @@ class TrainingSettings(StrictModel):
         "interface gloo uses (GLOO_SOCKET_IFNAME) when that is not set.",
     )
     rdzv_timeout_s: float = Field(
-        120.0, gt=0.0, description="How long hosts wait for every host to join the job."
+        120.0,
+        gt=0.0,
+        le=MAX_TIMEOUT_S,
+        description="How long hosts wait for every host to join the job (seconds, at most a week).",
     )
     runs_dir: str | None = Field(
         "runs",

@@ -16,6 +16,7 @@ import os
 import re
 import signal
 import sys
+import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -26,7 +27,7 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, P
 from torch.distributed.elastic.rendezvous.api import RendezvousError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-from ..errors import RankFailure, RendezvousFailedError, WorkerFailedError
+from ..errors import RankFailure, RendezvousFailedError, TrainingInterrupted, WorkerFailedError
 from ..host import interface_with_address
 from ..topology import Hosts
 
@@ -61,11 +62,14 @@ def _restored_process_state() -> Iterator[None]:
     try:
         yield
     finally:
-        for sig, handler in handlers.items():
-            if handler is not None:
-                signal.signal(sig, handler)
         os.environ.clear()
         os.environ.update(environ)
+        # Only the main thread may set handlers; elsewhere (a web server's worker thread, a
+        # notebook's background thread) the agent could not have changed them either.
+        if threading.current_thread() is threading.main_thread():
+            for sig, handler in handlers.items():
+                if handler is not None:
+                    signal.signal(sig, handler)
         events.propagate = events_propagate
 
 
@@ -137,10 +141,10 @@ def launch_local(
                 f"{config.max_nodes} hosts runs the same command with its own node_rank and "
                 "can reach the endpoint"
             ) from None
-        except SignalException as err:
+        except SignalException as err:  # the agent has stopped every worker
             if err.sigval == signal.SIGINT:
                 raise KeyboardInterrupt from None
-            raise
+            raise TrainingInterrupted(err.sigval) from None
 
 
 def rank_failures(failures: dict[int, ProcessFailure]) -> list[RankFailure]:

@@ -17,6 +17,7 @@ save and is ignored.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import re
@@ -27,13 +28,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..host import write_atomically
+from ..host import remove_stale_temporaries, write_atomically
 
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^step-(\d{8})\.(pt|dcp)$")
 COMMIT_MARKER = "COMMITTED"
 META_FILE = "meta.pt"
+#: The content checksum stored inside each checkpoint file (and each sharded one's meta.pt).
+CHECKSUM_KEY = "checksum"
+#: A sharded checkpoint's shard files and their checksums, in its meta.pt.
+SHARD_CHECKSUMS_KEY = "shard_checksums"
 
 
 def checkpoint_path(directory: Path, step: int, sharded: bool = False) -> Path:
@@ -45,13 +50,28 @@ def is_checkpoint(path: Path) -> bool:
     return path.is_file() or (path / COMMIT_MARKER).is_file()
 
 
-def written_with(path: Path) -> str:
-    """The strategy that wrote the checkpoint ``path`` (read without loading its tensors)."""
+def checkpoint_meta(path: Path) -> dict[str, Any]:
+    """A checkpoint's facts without loading (or verifying) its tensors: ``strategy``,
+    ``run_id``, ``fingerprint``, ``loop`` (absent in checkpoints older than them)."""
     if path.is_dir():
         meta = torch.load(path / META_FILE, map_location="cpu", weights_only=True)
     else:
         meta = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    return str(meta.get("strategy", "ddp"))
+    keys = ("strategy", "run_id", "fingerprint", "loop")
+    return {k: meta[k] for k in keys if k in meta}
+
+
+def written_with(path: Path) -> str:
+    """The strategy that wrote the checkpoint ``path`` (read without loading its tensors)."""
+    return str(checkpoint_meta(path).get("strategy", "ddp"))
+
+
+def run_of(path: Path) -> str | None:
+    """The run id of the call that wrote ``path``; None if unreadable or older than run ids."""
+    try:
+        return checkpoint_meta(path).get("run_id")
+    except Exception:  # truncated or corrupt: belongs to no one we can name
+        return None
 
 
 def list_checkpoints(directory: Path) -> list[Path]:
@@ -64,24 +84,89 @@ def list_checkpoints(directory: Path) -> list[Path]:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read one checkpoint; raises if it is truncated or corrupt. A sharded one's model and
-    optimizer stay on disk: ``dcp_dir`` says where (the strategy loads them into its shards)."""
+    """Read one checkpoint and verify its checksums; raises if it is truncated or corrupt. A
+    sharded one's model and optimizer stay on disk: ``dcp_dir`` says where (the strategy loads
+    them into its shards), their files verified here."""
     if path.is_dir():
         if not (path / COMMIT_MARKER).is_file():
             raise ValueError(f"{path.name} has no {COMMIT_MARKER} marker: an unfinished save")
-        state = torch.load(path / META_FILE, map_location="cpu", weights_only=True)
+        state = _load_verified(path / META_FILE)
+        for name, expected in state.pop(SHARD_CHECKSUMS_KEY, {}).items():
+            if file_digest(path / name) != expected:
+                raise ValueError(f"{path.name}/{name}: checksum mismatch (the shard is corrupt)")
         state["dcp_dir"] = str(path)
     else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = _load_verified(path)
     if not isinstance(state, dict) or "loop" not in state or not {"model", "dcp_dir"} & set(state):
         raise ValueError(f"{path.name} is not a checkpoint of this library")
     return state
 
 
-def load_newest_valid(directory: Path) -> tuple[Path, dict[str, Any]] | None:
-    """The newest readable checkpoint in ``directory``; unreadable ones are skipped with a
-    warning naming them. None when there is none."""
-    for path in list_checkpoints(directory):
+def _load_verified(path: Path) -> Any:
+    """``torch.load`` (which does not check the archive's CRCs), then the content checksum
+    stored when the file was written; files from before checksums load unchecked."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and CHECKSUM_KEY in state:
+        expected = state.pop(CHECKSUM_KEY)
+        if content_digest(state) != expected:
+            raise ValueError(
+                f"{path.name}: checksum mismatch (its bytes changed after it was written)"
+            )
+    return state
+
+
+def write_verified(state: dict[str, Any], path: Path) -> None:
+    """Write ``state`` atomically with its content checksum inside, computed before the write
+    (so a corruption of the bytes on disk is caught on load)."""
+    write_atomically({**state, CHECKSUM_KEY: content_digest(state)}, path)
+
+
+def content_digest(obj: Any) -> str:
+    """SHA-256 of a checkpoint's content, in order: every tensor's dtype, shape and bytes, every
+    other value's ``repr`` (what ``torch.load`` gives back is hashed the same way)."""
+    digest = hashlib.sha256()
+    _feed(digest, obj)
+    return digest.hexdigest()
+
+
+def _feed(digest: Any, obj: Any) -> None:
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous().reshape(-1)  # 0-dim tensors too
+        digest.update(f"T{t.dtype}{tuple(obj.shape)};".encode())
+        digest.update(t.view(torch.uint8).numpy().data)  # the buffer itself: no copy
+    elif isinstance(obj, dict):
+        digest.update(b"{")
+        for key, value in obj.items():
+            _feed(digest, key)
+            _feed(digest, value)
+        digest.update(b"}")
+    elif isinstance(obj, (list, tuple)):
+        digest.update(b"[" if isinstance(obj, list) else b"(")
+        for value in obj:
+            _feed(digest, value)
+        digest.update(b"]")
+    else:
+        digest.update(f"{type(obj).__name__}:{obj!r};".encode())
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes (a shard of a sharded checkpoint)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_newest_valid(
+    directory: Path, run_id: str | None = None
+) -> tuple[Path, dict[str, Any]] | None:
+    """The newest readable checkpoint in ``directory`` (of run ``run_id`` only, when given);
+    unreadable ones are skipped with a warning naming them. None when there is none."""
+    found = list_checkpoints(directory)
+    if run_id is not None:
+        found = [p for p in found if run_of(p) == run_id]
+    for path in found:
         try:
             return path, load_checkpoint(path)
         except Exception as err:  # truncated, corrupt, foreign: fall back to the previous one
@@ -95,26 +180,34 @@ def load_newest_valid(directory: Path) -> tuple[Path, dict[str, Any]] | None:
 
 
 def save_checkpoint(directory: Path, step: int, state: dict[str, Any], keep: int) -> Path:
-    """Write ``state`` atomically as the checkpoint of ``step``; keep the newest ``keep``."""
+    """Write ``state`` atomically as the checkpoint of ``step``; keep the newest ``keep`` of
+    its run (``state["run_id"]``)."""
     directory.mkdir(parents=True, exist_ok=True)
     path = checkpoint_path(directory, step)
-    write_atomically(state, path)
-    prune(directory, keep)
+    write_verified(state, path)
+    prune(directory, keep, state.get("run_id"))
     return path
 
 
 def commit_sharded(path: Path, meta: dict[str, Any], keep: int) -> Path:
     """Finish the sharded checkpoint ``path`` (its shards written by every rank): its
-    ``meta.pt``, then the commit marker, last; keep the newest ``keep`` checkpoints."""
-    write_atomically(meta, path / META_FILE)
+    ``meta.pt`` with every shard file's checksum, then the commit marker, last; keep the newest
+    ``keep`` checkpoints."""
+    shards = {f.name: file_digest(f) for f in sorted(path.iterdir()) if f.is_file()}
+    write_verified({**meta, SHARD_CHECKSUMS_KEY: shards}, path / META_FILE)
     write_atomically({"committed": True}, path / COMMIT_MARKER)
-    prune(path.parent, keep)
+    prune(path.parent, keep, meta.get("run_id"))
     return path
 
 
-def prune(directory: Path, keep: int) -> None:
-    """Delete all but the newest ``keep`` checkpoints."""
-    for old in list_checkpoints(directory)[keep:]:
+def prune(directory: Path, keep: int, run_id: str | None = None) -> None:
+    """Delete all but the newest ``keep`` checkpoints of run ``run_id`` (another run's are never
+    touched; None: every checkpoint counts), and what dead processes left half-saved."""
+    remove_stale_temporaries(directory)
+    found = list_checkpoints(directory)
+    if run_id is not None:
+        found = [p for p in found if run_of(p) == run_id]
+    for old in found[keep:]:
         if old.is_dir():
             shutil.rmtree(old, ignore_errors=True)
         else:

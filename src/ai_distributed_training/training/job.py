@@ -29,3 +29,10 @@ class Job:
     config: dict[str, Any]
     #: Pin each worker to its share of this host's CPUs (workers our launcher starts only).
     pin_cpus: bool = False
+    #: This call's id, written into every checkpoint (restarts resume only their own run's).
+    run_id: str
+    #: What a run must match to continue from this one's checkpoints (see :mod:`.identity`).
+    fingerprint: dict[str, str]
+    #: The checkpoint the first attempt starts from (the ``resume`` setting, resolved by the
+    #: caller), or None for a fresh start.
+    resume_from: str | None = None

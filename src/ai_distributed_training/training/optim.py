@@ -29,7 +29,7 @@ def build_optimizer(settings: TrainingSettings, model: nn.Module) -> torch.optim
                 "torch.optim.Optimizer"
             )
         return optimizer
-    fused = _fused_supported(params)
+    fused = _fused_supported(params, choice)
     if choice == "sgd":
         return torch.optim.SGD(
             params, lr=lr, momentum=settings.momentum, weight_decay=wd, fused=fused
@@ -39,7 +39,12 @@ def build_optimizer(settings: TrainingSettings, model: nn.Module) -> torch.optim
     return torch.optim.AdamW(params, lr=lr, weight_decay=wd, fused=fused)
 
 
-def _fused_supported(params: list[nn.Parameter]) -> bool:
+#: Built-in optimizers whose fused kernel has no DTensor (FSDP) sharding rule in torch 2.13:
+#: ``aten._fused_sgd_`` raises NotImplementedError on sharded parameters; Adam's and AdamW's work.
+_NO_FUSED_ON_DTENSOR = frozenset({"sgd"})
+
+
+def _fused_supported(params: list[nn.Parameter], choice: str) -> bool:
     """Whether torch has a fused (one kernel for all parameters) step for these parameters.
 
     Fused steps are the same algorithm as the default ``foreach`` ones, up to float rounding,
@@ -47,6 +52,9 @@ def _fused_supported(params: list[nn.Parameter]) -> bool:
     CPU fused kernels arrived in torch 2.4; anything else falls back to the default.
     """
     supported = {"cpu", "cuda"} if TorchVersion(torch.__version__) >= "2.4" else {"cuda"}
+    sharded = any(hasattr(p, "to_local") for p in params)  # FSDP's DTensors
+    if sharded and choice in _NO_FUSED_ON_DTENSOR:
+        return False
     return bool(params) and all(
         p.device.type in supported and p.dtype in (torch.float32, torch.float16, torch.bfloat16)
         for p in params

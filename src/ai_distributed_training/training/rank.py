@@ -84,14 +84,19 @@ def _train_rank(
     torch.manual_seed(settings.seed + 1 + rank)  # per-rank stream (e.g. dropout)
     data = open_data(job)
     ckpt_dir = Path(job.checkpoint_dir) if job.checkpoint_dir else None
-    attempt, resume = agreed_resume_point(strategy, settings.resume, ckpt_dir)
+    attempt, run_id, resume = agreed_resume_point(strategy, job.resume_from, ckpt_dir, job.run_id)
     ctx = RankContext(
         settings=settings,
         strategy=strategy,
         job_log=JobLog(enabled=rank == 0),
         tracker=tracker,
         checkpointer=Checkpointer(
-            ckpt_dir, writes=rank == 0, keep=settings.keep_checkpoints, config=job.config
+            ckpt_dir,
+            writes=rank == 0,
+            keep=settings.keep_checkpoints,
+            config=job.config,
+            run_id=run_id,
+            fingerprint=job.fingerprint,
         ),
         faults=FaultInjector(settings.fault_injection, rank, attempt),
         compute_dtype=compute_dtype,

@@ -63,9 +63,18 @@ class Checkpointer:
     """
 
     def __init__(
-        self, directory: Path | None, *, writes: bool, keep: int, config: dict[str, Any]
+        self,
+        directory: Path | None,
+        *,
+        writes: bool,
+        keep: int,
+        config: dict[str, Any],
+        run_id: str | None = None,
+        fingerprint: dict[str, str] | None = None,
     ) -> None:
         self.directory, self.writes, self.keep, self.config = directory, writes, keep, config
+        #: Who wrote each checkpoint, and what a run must match to continue from it.
+        self.identity = {"run_id": run_id, "fingerprint": fingerprint or {}}
         self.last: Path | None = None
 
     def save(
@@ -82,7 +91,12 @@ class Checkpointer:
             return
         mine = {"rng": capture_rng(), "epoch_stats": epoch_stats.cpu()}
         ranks = strategy.all_gather_object(mine)  # collective: every rank, every time
-        meta = {"ranks": ranks, "world_size": strategy.world_size, "config": self.config}
+        meta = {
+            "ranks": ranks,
+            "world_size": strategy.world_size,
+            "config": self.config,
+            **self.identity,
+        }
         saved = strategy.save_checkpoint(
             self.directory, step, stateful, meta, self.writes, self.keep
         )
@@ -132,40 +146,45 @@ def restore_rank_state(
 
 
 def find_resume_point(
-    resume: str | None, ckpt_dir: Path | None, attempt: int
+    resume_from: str | None, ckpt_dir: Path | None, attempt: int, run_id: str | None
 ) -> tuple[Path | None, dict[str, Any] | None]:
-    """The checkpoint to start from and its path: after a restart (attempt > 0) or with
-    ``resume="auto"``, the newest valid one in ``ckpt_dir``; with a path, that file; else none
-    (a fresh start)."""
-    if attempt > 0 or resume == "auto":
-        found = load_newest_valid(ckpt_dir) if ckpt_dir else None
-        if found is None:
-            log.info("no checkpoint to resume from: starting from scratch")
-            return None, None
-        log.info("resuming from %s", found[0])
-        return found
-    if resume:
-        return Path(resume), load_checkpoint(Path(resume))
+    """The checkpoint to start from and its path. After a restart (attempt > 0): the newest
+    valid one this run wrote in ``ckpt_dir`` (never another run's); before this run wrote
+    any, and in the first attempt: ``resume_from`` (the checkpoint the caller chose from the
+    ``resume`` setting), or none (a fresh start)."""
+    if attempt > 0:
+        found = load_newest_valid(ckpt_dir, run_id) if ckpt_dir else None
+        if found is not None:
+            log.info("resuming from %s", found[0])
+            return found
+    if resume_from:
+        log.info("resuming from %s", resume_from)
+        return Path(resume_from), load_checkpoint(Path(resume_from))
+    if attempt > 0:
+        log.info("no checkpoint of this run to resume from: starting from scratch")
     return None, None
 
 
 def agreed_resume_point(
-    strategy: Strategy, resume: str | None, ckpt_dir: Path | None
-) -> tuple[int, dict[str, Any] | None]:
-    """The attempt number and checkpoint every rank starts from (collective: all ranks call).
+    strategy: Strategy, resume_from: str | None, ckpt_dir: Path | None, run_id: str
+) -> tuple[int, str, dict[str, Any] | None]:
+    """The attempt number, run id and checkpoint every rank starts from (collective: all ranks
+    call).
 
     Each host's elastic agent counts its own restarts, and an agent that re-rendezvoused
     because ANOTHER host restarted does not count one at all: its ranks would start afresh while
     the others resume, and the job would deadlock or abort on mismatched collectives. So the
-    ranks take the largest count, and check that they all found the same checkpoint.
+    ranks take the largest count, rank 0's run id (each host's caller made its own), and check
+    that they all found the same checkpoint.
     """
     local = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
-    attempt = max(strategy.all_gather_object(local))
-    path, state = find_resume_point(resume, ckpt_dir, attempt)
+    gathered = strategy.all_gather_object((local, run_id))
+    attempt, run_id = max(count for count, _ in gathered), gathered[0][1]
+    path, state = find_resume_point(resume_from, ckpt_dir, attempt, run_id)
     found = strategy.all_gather_object(str(path) if path else None)
     if len(set(found)) > 1:
         raise RuntimeError(
             f"the ranks found different checkpoints to resume from ({dict(enumerate(found))}); "
             "every host must see the same checkpoint_dir (a shared filesystem)"
         )
-    return attempt, state
+    return attempt, run_id, state

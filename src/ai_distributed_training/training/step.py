@@ -111,3 +111,15 @@ class TrainStep:
             )
         self.ctx.job_log.warning("skipping %s: non-finite loss", where)
         pos.skipped_steps += 1
+
+
+def throwaway_backward(
+    model: nn.Module, data: RankData, ctx: RankContext, loss_sum: LossSum
+) -> None:
+    """Forward and backward one training sample of this rank's (for
+    :meth:`~.strategies.Strategy.settle`; the caller discards the gradients)."""
+    x, y = data.reader.batch(data.train_idx[:1])
+    y = as_targets(y.to(ctx.device), data.task)
+    with ctx.autocast():
+        out = model(x.to(ctx.device))
+    loss_sum(out, y).backward()

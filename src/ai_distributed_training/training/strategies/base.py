@@ -7,8 +7,7 @@ collective method must be called on every rank.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -18,6 +17,7 @@ from torch import nn
 
 from ...data import DataInfo
 from ...models import ModelSource
+from ..checkpoint import content_digest
 
 
 class Strategy(Protocol):
@@ -91,6 +91,12 @@ class Strategy(Protocol):
         (after :meth:`wrap` and the optimizer exist). Collective."""
         ...
 
+    def settle(self, wrapped: nn.Module, backward: Callable[[], None]) -> None:
+        """Before an attempt's first step: run ``backward`` (one throw-away forward and backward
+        pass) if the strategy needs one to reach its steady state, leaving weights, gradients,
+        buffers and RNG as they were. Collective."""
+        ...
+
     def close(self) -> None:
         """Release what :meth:`wrap` built; call before destroying the process group."""
         ...
@@ -127,12 +133,9 @@ def model_state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> int
 
 
 def state_digest(state: Mapping[str, torch.Tensor]) -> str:
-    """A hash of every tensor's bytes, in key order."""
-    digest = hashlib.sha256()
-    for tensor in state.values():
-        # The array's buffer itself: no bytes copy of every tensor (the hash reads it in place).
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().data)
-    return digest.hexdigest()
+    """A hash of every tensor's bytes, in key order (0-dim tensors, e.g. BatchNorm's
+    ``num_batches_tracked``, included)."""
+    return content_digest(dict(state))
 
 
 def written_by(resume: Mapping[str, Any], strategy: str) -> None:

@@ -21,7 +21,7 @@ import contextlib
 import copy
 import shutil
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +103,9 @@ class FSDPStrategy(DDPStrategy):
 
     def unwrap(self, wrapped: nn.Module) -> nn.Module:
         return wrapped
+
+    def settle(self, wrapped: nn.Module, backward: Callable[[], None]) -> None:
+        pass  # FSDP reduce-scatters each block's gradients in a fixed layout from the start
 
     def no_sync(self, wrapped: nn.Module) -> contextlib.AbstractContextManager[Any]:
         return _without_gradient_sync(wrapped)

@@ -1,0 +1,100 @@
+"""Which run a checkpoint belongs to, and whether another run may continue from it.
+
+Every checkpoint carries the ``run_id`` of the call that wrote it and a fingerprint of what must
+match for a run to continue from it: the model's structure (parameter and buffer names, shapes
+and dtypes), the data (its size, shapes, task and description) and the settings that change the
+math. A restart resumes only its own run's checkpoints; ``resume="auto"`` takes an earlier run's
+only when the fingerprints agree, and otherwise names what differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import TrainingSettings
+from ..data import DataSource
+from ..models import ModelSource
+
+#: Settings that change what training computes (so a checkpoint only continues under the same).
+#: ``epochs`` is not one of them: continuing a run for more epochs is what resuming is for.
+MATH_SETTINGS = (
+    "batch_size",
+    "seed",
+    "optimizer",
+    "learning_rate",
+    "weight_decay",
+    "momentum",
+    "gradient_accumulation_steps",
+    "max_grad_norm",
+    "lr_schedule",
+    "warmup_steps",
+    "warmup_ratio",
+    "validation_split",
+    "loss_fn",
+    "precision",
+    "task",
+    "strategy",
+)
+
+
+def new_run_id() -> str:
+    """A fresh id for one call of ``train_distributed`` (shared by all its ranks)."""
+    return uuid.uuid4().hex[:12]
+
+
+def fingerprint(model: ModelSource, data: DataSource, settings: TrainingSettings) -> dict[str, str]:
+    """What must match for a run to continue from another's checkpoint, as named parts."""
+    info = data.info
+    spec = getattr(data, "spec", None)  # a synthetic spec states its seed and sizes
+    described = (info.samples, info.input_shape, info.task, info.num_outputs, info.description)
+    parts = {
+        "model": _short_hash(_structure(model, data)),
+        "data": _short_hash(repr((described, spec.model_dump() if spec is not None else None))),
+    }
+    for name in MATH_SETTINGS:
+        parts[name] = _describe(getattr(settings, name))
+    return parts
+
+
+def differences(mine: Mapping[str, str], theirs: Mapping[str, str]) -> list[str]:
+    """The parts that differ, as ``name (theirs -> mine)``; hashes are named only."""
+    out = []
+    for name in sorted(set(mine) | set(theirs)):
+        a, b = theirs.get(name), mine.get(name)
+        if a != b:
+            hashed = name in ("model", "data")
+            out.append(f"{name} (different)" if hashed else f"{name} ({a} -> {b})")
+    return out
+
+
+def _structure(model: ModelSource, data: DataSource) -> str:
+    """Names, shapes and dtypes of the model's parameters and buffers (built on the meta
+    device: no memory, no weights; the caller's own module is only read)."""
+    module: nn.Module
+    if model.module is not None:
+        module = model.module
+    else:
+        try:
+            with torch.device("meta"):
+                module = model.build(data.info)
+        except Exception:  # factory code that cannot run on the meta device
+            module = model.build(data.info)
+    return repr([(k, tuple(v.shape), str(v.dtype)) for k, v in module.state_dict().items()])
+
+
+def _describe(value: Any) -> str:
+    """A setting as comparable text: functions by their qualified name, not their address."""
+    if callable(value):
+        module = getattr(value, "__module__", "")
+        return f"{module}.{getattr(value, '__qualname__', type(value).__name__)}"
+    return repr(value)
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -1,0 +1,122 @@
+"""Reliability: no lost result, no leftovers, clear failures (issue 16's cases, real processes)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ai_distributed_training import DistributedTraining, TrainingResult
+from tests.helpers import bitwise_equal
+
+pytestmark = pytest.mark.distributed
+
+SMALL_MODEL = {"model_name": "small", "hidden_sizes": [8]}
+SMALL_DATA = {"samples": 200, "features": 4}
+
+
+def test_a_call_from_a_non_main_thread_returns_its_result_and_restores_the_environment() -> None:
+    """A web server or a notebook's background thread: no signal handler may be set there."""
+    environ, handlers = dict(os.environ), signal.getsignal(signal.SIGTERM)
+    out: dict[str, Any] = {}
+
+    def call() -> None:
+        try:
+            out["result"] = DistributedTraining(epochs=1, runs_dir=None).train_distributed(
+                SMALL_MODEL, SMALL_DATA, nodes=2
+            )
+        except BaseException as err:  # reported below, in the test's thread
+            out["error"] = err
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    thread.join(timeout=120)
+    assert "error" not in out, out.get("error")
+    assert isinstance(out["result"], TrainingResult) and out["result"]["nodes_used"] == 2
+    assert dict(os.environ) == environ
+    assert signal.getsignal(signal.SIGTERM) == handlers
+
+
+CHECKPOINTED = {"epochs": 2, "batch_size": 32, "validation_split": 0.0, "runs_dir": None}
+DATA_320 = {"samples": 320, "features": 6}  # 10 global batches per epoch
+
+
+def test_a_restart_never_resumes_another_runs_checkpoint(tmp_path: Path) -> None:
+    """A seed-0 run finished in the directory; a seed-1 run killed there must resume its own
+    checkpoint, not the seed-0 model (it used to, silently, with restarts=1)."""
+    ckpt = {"checkpoint_dir": str(tmp_path / "ckpt"), "checkpoint_every": 5}
+    DistributedTraining(seed=0, **CHECKPOINTED, **ckpt).train_distributed(
+        SMALL_MODEL, DATA_320, nodes=2
+    )
+    kill = [{"kind": "kill", "rank": 1, "step": 15}]
+    killed = DistributedTraining(seed=1, fault_injection=kill, **CHECKPOINTED, **ckpt)
+    resumed = killed.train_distributed(SMALL_MODEL, DATA_320, nodes=2)
+    clean = DistributedTraining(seed=1, **CHECKPOINTED).train_distributed(
+        SMALL_MODEL, DATA_320, nodes=2
+    )
+    assert resumed["restarts"] == 1
+    assert bitwise_equal(resumed, clean)
+
+
+def test_resume_auto_continues_the_previous_run_of_the_model(tmp_path: Path) -> None:
+    """Without checkpoint_dir, each call has its own run directory: "auto" finds the newest
+    compatible earlier run there (it used to start over, with one INFO line)."""
+    trainer = DistributedTraining(**{**CHECKPOINTED, "runs_dir": str(tmp_path)})
+    first = trainer.train_distributed(SMALL_MODEL, DATA_320, nodes=2, epochs=1)
+    second = trainer.train_distributed(SMALL_MODEL, DATA_320, nodes=2, resume="auto")
+    assert first["resumed_from"] is None
+    assert second["resumed_from"] == str(Path(first["checkpoint_dir"]) / "step-00000010.pt")
+    assert second["history"][0] == first["history"][0] and second["steps"] == 20
+    straight = DistributedTraining(**CHECKPOINTED).train_distributed(SMALL_MODEL, DATA_320, nodes=2)
+    assert bitwise_equal(second, straight)
+    events = (Path(second["run_dir"]) / "events.log").read_text()
+    assert f"resuming from {second['resumed_from']}" in events
+
+
+SLOW_TO_HAND_OVER = """
+import sys, time
+import torch
+import torch.nn.functional as F
+from ai_distributed_training import DistributedTraining
+
+class SlowToPickle:
+    def __call__(self, out, y):
+        return F.cross_entropy(out, y)
+    def __reduce__(self):
+        print("HANDING OVER", flush=True)
+        time.sleep(60)
+        return (SlowToPickle, ())
+
+X, y = torch.randn(4000, 8), torch.randint(0, 2, (4000,))
+DistributedTraining(runs_dir=None, loss_fn=SlowToPickle()).train_distributed(MODEL, (X, y), nodes=2)
+"""
+
+
+def test_sigterm_before_any_worker_starts_cleans_up_and_exits_as_terminated(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM while the job is being handed over (its data already staged in TMPDIR): the
+    call cleans up and the program ends with 143 (it used to die on the spot, leaving the
+    staged data behind)."""
+    (tmp_path / "tmp").mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp_path / "tmp")}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_TO_HAND_OVER.replace("MODEL", repr(SMALL_MODEL))],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "HANDING OVER"
+    assert list((tmp_path / "tmp").glob("adt-job-*/data.pt")), "expected staged data"
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=20)
+    assert proc.returncode == 143, stderr
+    assert list((tmp_path / "tmp").glob("adt-job-*")) == []
