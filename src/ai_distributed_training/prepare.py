@@ -8,7 +8,6 @@ topology, the strategy ``auto`` resolved, threads per worker. Every problem is a
 from __future__ import annotations
 
 import importlib.util
-import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,14 +28,11 @@ from .training.checkpoint import (
     checkpoint_meta,
     is_checkpoint,
     list_checkpoints,
-    load_checkpoint,
     written_with,
 )
-from .training.identity import differences
+from .training.identity import compatible, differences
 from .training.identity import fingerprint as run_fingerprint
 from .training.tracking import caller_log_level
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,8 +48,9 @@ class PreparedJob:
     log_level: str
     #: What a run must match to continue from this one's checkpoints.
     fingerprint: dict[str, str]
-    #: The checkpoint the run starts from (the ``resume`` setting, resolved), or None.
-    resume_from: Path | None = None
+    #: Where the run starts from (the ``resume`` setting, resolved; see :func:`_resume_point`).
+    resume_path: Path | None = None
+    resume_dir: Path | None = None
 
 
 def prepare(
@@ -76,7 +73,7 @@ def prepare(
     _check_workers(settings, topology)
     check_warmup(settings)
     fingerprint = run_fingerprint(model_source, data_source, settings)
-    settings, resume_from = _resume_point(settings, fingerprint, model_source.name)
+    settings, resume_path, resume_dir = _resume_point(settings, fingerprint, model_source.name)
     if settings.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise ConfigError(
             "tensorboard=True needs the tensorboard package: "
@@ -95,7 +92,8 @@ def prepare(
         threads_per_worker=_threads_per_worker(settings, topology),
         log_level=settings.log_level or caller_log_level(),
         fingerprint=fingerprint,
-        resume_from=resume_from,
+        resume_path=resume_path,
+        resume_dir=resume_dir,
     )
 
 
@@ -189,15 +187,20 @@ def _threads_per_worker(settings: TrainingSettings, topology: Topology) -> int:
 
 def _resume_point(
     settings: TrainingSettings, fingerprint: dict[str, str], model_name: str
-) -> tuple[TrainingSettings, Path | None]:
-    """The checkpoint the run starts from, checked before any worker starts: a path as given
-    (the model must be the one that wrote it); ``"auto"``: the newest valid checkpoint in
-    ``checkpoint_dir`` (refused, naming what differs, if its run is not compatible), or without
-    ``checkpoint_dir`` the newest compatible earlier run of this model under ``runs_dir``.
-    A checkpoint resumes only with the strategy that wrote it; ``strategy="auto"`` follows it."""
+) -> tuple[TrainingSettings, Path | None, Path | None]:
+    """Where the run starts from, checked before any worker starts: ``(settings, path, dir)``.
+
+    A path as given (the model must be the one that wrote it). ``"auto"``: the newest checkpoint
+    in ``checkpoint_dir`` (refused, naming what differs, if its run is not compatible), or
+    without ``checkpoint_dir`` the newest compatible earlier run of this model under
+    ``runs_dir``; the workers then take the newest valid checkpoint there (skipping, with a
+    warning, any that fails its checksums). A checkpoint resumes only with the strategy that
+    wrote it; ``strategy="auto"`` follows it. Only checkpoints' small facts are read here."""
     if settings.resume is None:
-        return settings, None
-    path: Path | None
+        return settings, None, None
+    path: Path | None = None
+    directory: Path | None = None
+    newest: Path | None
     if settings.resume != "auto":
         path = Path(settings.resume)
         if not is_checkpoint(path):
@@ -205,53 +208,57 @@ def _resume_point(
                 f"resume={settings.resume!r}: no such checkpoint; pass 'auto' or the path of a "
                 "step-*.pt checkpoint file or a committed step-*.dcp directory"
             )
-        _check_compatible(path, fingerprint, parts=("model",))
+        newest = path
     elif settings.checkpoint_dir is not None:
-        path = _newest_valid(list_checkpoints(Path(settings.checkpoint_dir)))
-        if path is not None:
-            _check_compatible(path, fingerprint)
+        directory = Path(settings.checkpoint_dir)
+        newest = _newest_readable(directory)
     else:
-        path = _newest_compatible_run(settings.runs_dir, model_name, fingerprint)
-    if path is None:
-        return settings, None
+        directory = _newest_compatible_run(settings.runs_dir, model_name, fingerprint)
+        newest = _newest_readable(directory) if directory else None
+    if newest is None:
+        return settings, None, None
+    settings = _strategy_of(newest, settings)
+    _check_compatible(newest, fingerprint, only_model=path is not None)
+    return settings, path, directory
+
+
+def _newest_readable(directory: Path) -> Path | None:
+    """The newest checkpoint in ``directory`` whose facts can be read (the workers verify it)."""
+    for path in list_checkpoints(directory):
+        try:
+            checkpoint_meta(path)
+            return path
+        except Exception:  # truncated or corrupt: the workers skip it, with a warning
+            continue
+    return None
+
+
+def _strategy_of(path: Path, settings: TrainingSettings) -> TrainingSettings:
     written = written_with(path)
     if settings.strategy == "auto":
-        return settings.model_copy(update={"strategy": written}), path
+        return settings.model_copy(update={"strategy": written})
     if settings.strategy != written:
         raise ConfigError(
             f"the checkpoint {path.name} was written with strategy={written!r}; resume it with "
             f"strategy={written!r} (or 'auto'), not {settings.strategy!r}"
         )
-    return settings, path
+    return settings
 
 
-def _newest_valid(candidates: list[Path]) -> Path | None:
-    """The first checkpoint that loads and passes its checksums; the others are skipped with a
-    warning naming them (as the workers do after a restart)."""
-    for path in candidates:
-        try:
-            load_checkpoint(path)
-            return path
-        except Exception as err:  # truncated, corrupt, foreign
-            log.warning("skipping unusable checkpoint %s (%s: %s)", path, type(err).__name__, err)
-    return None
-
-
-def _check_compatible(
-    path: Path, fingerprint: dict[str, str], parts: tuple[str, ...] | None = None
-) -> None:
-    """Refuse a checkpoint whose run differs from this one in what changes the math (or in
-    ``parts`` only); checkpoints from before fingerprints are taken as they are."""
+def _check_compatible(path: Path, fingerprint: dict[str, str], only_model: bool) -> None:
+    """Refuse a checkpoint whose run differs from this one in what changes the math (a
+    checkpoint given by its path: in the model only); checkpoints from before fingerprints are
+    taken as they are."""
     theirs = checkpoint_meta(path).get("fingerprint")
     if not theirs:
         return
-    mine = fingerprint if parts is None else {k: fingerprint[k] for k in parts}
-    theirs = theirs if parts is None else {k: theirs.get(k, "") for k in parts}
+    mine = {"model": fingerprint["model"]} if only_model else fingerprint
+    theirs = {"model": theirs.get("model", "")} if only_model else theirs
     differ = differences(mine, theirs)
     if differ:
         raise ConfigError(
-            f"resume={'auto' if parts is None else str(path)!r}: the checkpoint {path} belongs "
-            f"to a run that differs in {', '.join(differ)}; resume it with the same model, data "
+            f"resume={str(path) if only_model else 'auto'!r}: the checkpoint {path} belongs to "
+            f"a run that differs in {', '.join(differ)}; resume it with the same model, data "
             "and settings, or start afresh (resume=None, or another checkpoint_dir)"
         )
 
@@ -259,16 +266,15 @@ def _check_compatible(
 def _newest_compatible_run(
     runs_dir: str | None, model_name: str, fingerprint: dict[str, str]
 ) -> Path | None:
-    """``resume="auto"`` without ``checkpoint_dir``: the newest valid checkpoint of the newest
-    earlier run of this model (``<runs_dir>/<timestamp>-<model_name>``) it can continue."""
+    """``resume="auto"`` without ``checkpoint_dir``: the checkpoint directory of the newest
+    earlier run of this model (``<runs_dir>/<timestamp>-<model_name>``) that it can continue."""
     for run in runs_of(Path(runs_dir), model_name) if runs_dir else []:
         for path in list_checkpoints(run / "checkpoints"):
             try:
-                compatible = not differences(fingerprint, checkpoint_meta(path)["fingerprint"])
-            except Exception:  # unreadable, or older than fingerprints: not a candidate
+                if compatible(fingerprint, checkpoint_meta(path)):
+                    return run / "checkpoints"
+            except Exception:  # unreadable: not a candidate
                 continue
-            if compatible and _newest_valid([path]) is not None:
-                return path
     return None
 
 

@@ -56,18 +56,19 @@ def run(prepared: PreparedJob, *, started: float, inputs: dict[str, Any]) -> Tra
 def _checkpoint_dir_lock(prepared: PreparedJob) -> Iterator[None]:
     """Hold ``checkpoint_dir`` for this job (host 0's caller, for a job over several hosts);
     a run directory's own checkpoints are this run's alone and need no lock."""
-    directory, topology = prepared.settings.checkpoint_dir, prepared.topology
+    settings, topology = prepared.settings, prepared.topology
+    directory = checkpoint_dir(settings, None)  # checked writable first (a ConfigError if not)
     if directory is None or topology.node_rank != 0:
         yield
         return
     try:
-        with directory_lock(Path(directory)):
+        with directory_lock(directory):
             yield
     except DirectoryLockedError as err:
         raise ConfigError(
-            f"checkpoint_dir={directory!r}: {err}; two jobs must not share a checkpoint "
-            "directory at once (each would resume and prune the other's checkpoints): give "
-            "this one another checkpoint_dir, or wait for the other to finish"
+            f"checkpoint_dir={settings.checkpoint_dir!r}: {err}; two jobs must not share a "
+            "checkpoint directory at once (each would resume and prune the other's checkpoints): "
+            "give this one another checkpoint_dir, or wait for the other to finish"
         ) from None
 
 
@@ -94,7 +95,8 @@ def _job(
         pin_cpus=pin_cpus,
         run_id=run_id,
         fingerprint=prepared.fingerprint,
-        resume_from=str(prepared.resume_from) if prepared.resume_from else None,
+        resume_path=str(prepared.resume_path) if prepared.resume_path else None,
+        resume_dir=str(prepared.resume_dir) if prepared.resume_dir else None,
     )
 
 
@@ -116,7 +118,8 @@ def _launch(prepared: PreparedJob, started: float, config: dict[str, Any]) -> Tr
         pin_cpus = settings.cpu_affinity and not settings.use_gpus
         job = _job(prepared, run_dir, ckpt_dir, config, run_id=new_run_id(), pin_cpus=pin_cpus)
         job_path = files.write_job(job)
-        resuming = f" (resuming from {job.resume_from})" if job.resume_from else ""
+        origin = job.resume_path or job.resume_dir
+        resuming = f" (resuming from {origin})" if origin else ""
         message = f"Starting distributed training across {topology.world_size} nodes{resuming}..."
         announce(run_dir, logging.INFO, message)
         launch_local(
@@ -249,5 +252,5 @@ def _facts(prepared: PreparedJob, out: dict[str, Any]) -> dict[str, Any]:
         "stopped_early": out["stopped_early"],
         "restarts": out["restarts"],
         "skipped_steps": out["skipped_steps"],
-        "resumed_from": str(prepared.resume_from) if prepared.resume_from else None,
+        "resumed_from": out["resumed_from"],
     }

@@ -69,7 +69,9 @@ def test_resume_auto_refuses_a_run_with_other_settings_and_names_them(tmp_path: 
 def test_resume_auto_continues_a_compatible_run(tmp_path: Path) -> None:
     path = write_checkpoint(tmp_path, 8, "earlier", seed=1)
     settings = TrainingSettings(seed=1, epochs=5, resume="auto", checkpoint_dir=str(tmp_path))
-    assert prepare(MODEL, DATA, settings).resume_from == path  # more epochs: still compatible
+    prepared = prepare(MODEL, DATA, settings)  # more epochs: still compatible
+    assert (prepared.resume_dir, prepared.resume_path) == (tmp_path, None)
+    assert path.parent == tmp_path
 
 
 def test_resume_from_a_path_refuses_another_model(tmp_path: Path) -> None:
@@ -85,9 +87,9 @@ def test_resume_auto_without_checkpoint_dir_finds_the_newest_compatible_run(
     write_checkpoint(tmp_path / "20260101-110000-ident" / "checkpoints", 9, "b", seed=5)
     write_checkpoint(tmp_path / "20260101-120000-other" / "checkpoints", 9, "c")
     settings = TrainingSettings(resume="auto", runs_dir=str(tmp_path))
-    assert prepare(MODEL, DATA, settings).resume_from == older
+    assert prepare(MODEL, DATA, settings).resume_dir == older.parent
     fresh = TrainingSettings(resume="auto", runs_dir=str(tmp_path / "none"))
-    assert prepare(MODEL, DATA, fresh).resume_from is None
+    assert prepare(MODEL, DATA, fresh).resume_dir is None
 
 
 def test_restarts_and_pruning_see_only_their_own_run(tmp_path: Path) -> None:
@@ -98,7 +100,7 @@ def test_restarts_and_pruning_see_only_their_own_run(tmp_path: Path) -> None:
         save_checkpoint(tmp_path, step, state, keep=2)
     names = [p.name for p in list_checkpoints(tmp_path)]
     assert names == [f"step-0000000{s}.pt" for s in (6, 5, 3, 2, 1)]  # theirs pruned 4 only
-    found = load_newest_valid(tmp_path, run_id="mine")
+    found = load_newest_valid(tmp_path, lambda meta: meta.get("run_id") == "mine")
     assert found is not None and found[1]["loop"]["step"] == 3
 
 

@@ -22,6 +22,7 @@ import logging
 import random
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -159,15 +160,15 @@ def file_digest(path: Path) -> str:
 
 
 def load_newest_valid(
-    directory: Path, run_id: str | None = None
+    directory: Path, belongs: Callable[[dict[str, Any]], bool] | None = None
 ) -> tuple[Path, dict[str, Any]] | None:
-    """The newest readable checkpoint in ``directory`` (of run ``run_id`` only, when given);
-    unreadable ones are skipped with a warning naming them. None when there is none."""
-    found = list_checkpoints(directory)
-    if run_id is not None:
-        found = [p for p in found if run_of(p) == run_id]
-    for path in found:
+    """The newest checkpoint in ``directory`` that loads and passes its checksums (and whose
+    facts, see :func:`checkpoint_meta`, satisfy ``belongs``); unreadable or corrupt ones are
+    skipped with a warning naming them. None when there is none."""
+    for path in list_checkpoints(directory):
         try:
+            if belongs is not None and not belongs(checkpoint_meta(path)):
+                continue  # another run's: not a candidate, and not a problem
             return path, load_checkpoint(path)
         except Exception as err:  # truncated, corrupt, foreign: fall back to the previous one
             log.warning(

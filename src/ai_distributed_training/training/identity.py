@@ -23,6 +23,7 @@ from ..models import ModelSource
 
 #: Settings that change what training computes (so a checkpoint only continues under the same).
 #: ``epochs`` is not one of them: continuing a run for more epochs is what resuming is for.
+#: The strategy is checked on its own (with its own message), ``auto`` following a checkpoint.
 MATH_SETTINGS = (
     "batch_size",
     "seed",
@@ -39,7 +40,6 @@ MATH_SETTINGS = (
     "loss_fn",
     "precision",
     "task",
-    "strategy",
 )
 
 
@@ -71,6 +71,13 @@ def differences(mine: Mapping[str, str], theirs: Mapping[str, str]) -> list[str]
             hashed = name in ("model", "data")
             out.append(f"{name} (different)" if hashed else f"{name} ({a} -> {b})")
     return out
+
+
+def compatible(fingerprint: Mapping[str, str], meta: Mapping[str, Any]) -> bool:
+    """Whether a checkpoint (its facts, see :func:`~.checkpoint.checkpoint_meta`) may continue
+    as a run of ``fingerprint``; checkpoints from before fingerprints are taken as they are."""
+    theirs = meta.get("fingerprint")
+    return not theirs or not differences(fingerprint, theirs)
 
 
 def _structure(model: ModelSource, data: DataSource) -> str:

@@ -33,6 +33,8 @@ class Job:
     run_id: str
     #: What a run must match to continue from this one's checkpoints (see :mod:`.identity`).
     fingerprint: dict[str, str]
-    #: The checkpoint the first attempt starts from (the ``resume`` setting, resolved by the
-    #: caller), or None for a fresh start.
-    resume_from: str | None = None
+    #: Where the first attempt starts from (the ``resume`` setting, resolved by the caller):
+    #: this checkpoint, or else the newest valid compatible one in ``resume_dir``; neither: a
+    #: fresh start.
+    resume_path: str | None = None
+    resume_dir: str | None = None

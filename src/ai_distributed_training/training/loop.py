@@ -26,7 +26,7 @@ from .metrics import BUSY, CLIPPED, COUNT, STEPS, Meter, per_worker
 from .optim import build_optimizer, build_scheduler, loss_sum_fn
 from .resume import Checkpointer, LoopPosition, Stateful, restore
 from .sharding import epoch_order, global_batch, num_steps, rank_share
-from .step import Step, TrainStep, throwaway_backward
+from .step import Step, TrainStep
 from .strategies import model_state_bytes
 
 
@@ -79,7 +79,6 @@ def train(
     loop = Loop(ctx=ctx, data=data, model=wrapped, step=step, validate=validate, **parts)
     if resume is not None:
         loop.restore(resume)
-    strategy.settle(wrapped, partial(throwaway_backward, wrapped, data, ctx, loss_sum))
     return loop.run()
 
 

@@ -84,7 +84,7 @@ def _train_rank(
     torch.manual_seed(settings.seed + 1 + rank)  # per-rank stream (e.g. dropout)
     data = open_data(job)
     ckpt_dir = Path(job.checkpoint_dir) if job.checkpoint_dir else None
-    attempt, run_id, resume = agreed_resume_point(strategy, job.resume_from, ckpt_dir, job.run_id)
+    attempt, run_id, resume, resumed_from = agreed_resume_point(strategy, job, ckpt_dir)
     ctx = RankContext(
         settings=settings,
         strategy=strategy,
@@ -97,6 +97,7 @@ def _train_rank(
             config=job.config,
             run_id=run_id,
             fingerprint=job.fingerprint,
+            resumed_from=resumed_from,
         ),
         faults=FaultInjector(settings.fault_injection, rank, attempt),
         compute_dtype=compute_dtype,
@@ -117,6 +118,7 @@ def _train_rank(
         "stopped_early": loop.stopped_early,
         "skipped_steps": loop.skipped_steps,
         "restarts": attempt,
+        "resumed_from": resumed_from,
         "world_size": strategy.world_size,
         "peak_memory_per_worker_bytes": [peak for peak, _, _ in facts],
         "cpus_per_worker": [cpus for _, cpus, _ in facts],

@@ -12,12 +12,15 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
 from .checkpoint import capture_rng, load_checkpoint, load_newest_valid, restore_rng
+from .identity import compatible
+from .job import Job
 from .strategies.base import Strategy
 
 log = logging.getLogger(__name__)
@@ -71,10 +74,16 @@ class Checkpointer:
         config: dict[str, Any],
         run_id: str | None = None,
         fingerprint: dict[str, str] | None = None,
+        resumed_from: str | None = None,
     ) -> None:
         self.directory, self.writes, self.keep, self.config = directory, writes, keep, config
-        #: Who wrote each checkpoint, and what a run must match to continue from it.
-        self.identity = {"run_id": run_id, "fingerprint": fingerprint or {}}
+        #: Who wrote each checkpoint, what a run must match to continue from it, and where
+        #: this run started from (so a restart still knows).
+        self.identity = {
+            "run_id": run_id,
+            "fingerprint": fingerprint or {},
+            "resumed_from": resumed_from,
+        }
         self.last: Path | None = None
 
     def save(
@@ -146,30 +155,38 @@ def restore_rank_state(
 
 
 def find_resume_point(
-    resume_from: str | None, ckpt_dir: Path | None, attempt: int, run_id: str | None
-) -> tuple[Path | None, dict[str, Any] | None]:
-    """The checkpoint to start from and its path. After a restart (attempt > 0): the newest
-    valid one this run wrote in ``ckpt_dir`` (never another run's); before this run wrote
-    any, and in the first attempt: ``resume_from`` (the checkpoint the caller chose from the
-    ``resume`` setting), or none (a fresh start)."""
-    if attempt > 0:
-        found = load_newest_valid(ckpt_dir, run_id) if ckpt_dir else None
+    job: Job, ckpt_dir: Path | None, attempt: int, run_id: str
+) -> tuple[Path | None, dict[str, Any] | None, str | None]:
+    """The checkpoint to start from, its path, and the checkpoint the run originally resumed
+    from (what the result reports as ``resumed_from``; None: a fresh start).
+
+    After a restart (attempt > 0): the newest valid checkpoint this run wrote in ``ckpt_dir``,
+    never another run's. Before this run wrote any, and in the first attempt: ``job``'s
+    ``resume_path``, else the newest valid compatible checkpoint in its ``resume_dir``, else
+    none."""
+    if attempt > 0 and ckpt_dir is not None:
+        found = load_newest_valid(ckpt_dir, lambda meta: meta.get("run_id") == run_id)
         if found is not None:
             log.info("resuming from %s", found[0])
-            return found
-    if resume_from:
-        log.info("resuming from %s", resume_from)
-        return Path(resume_from), load_checkpoint(Path(resume_from))
-    if attempt > 0:
-        log.info("no checkpoint of this run to resume from: starting from scratch")
-    return None, None
+            return found[0], found[1], found[1].get("resumed_from")
+    if job.resume_path:
+        log.info("resuming from %s", job.resume_path)
+        return Path(job.resume_path), load_checkpoint(Path(job.resume_path)), job.resume_path
+    if job.resume_dir:
+        found = load_newest_valid(Path(job.resume_dir), partial(compatible, job.fingerprint))
+        if found is not None:
+            log.info("resuming from %s", found[0])
+            return found[0], found[1], str(found[0])
+    if attempt > 0 or job.resume_dir:
+        log.info("no checkpoint to resume from: starting from scratch")
+    return None, None, None
 
 
 def agreed_resume_point(
-    strategy: Strategy, resume_from: str | None, ckpt_dir: Path | None, run_id: str
-) -> tuple[int, str, dict[str, Any] | None]:
-    """The attempt number, run id and checkpoint every rank starts from (collective: all ranks
-    call).
+    strategy: Strategy, job: Job, ckpt_dir: Path | None
+) -> tuple[int, str, dict[str, Any] | None, str | None]:
+    """The attempt number, run id, checkpoint and original resume point (see
+    :func:`find_resume_point`) every rank starts from (collective: all ranks call).
 
     Each host's elastic agent counts its own restarts, and an agent that re-rendezvoused
     because ANOTHER host restarted does not count one at all: its ranks would start afresh while
@@ -178,13 +195,13 @@ def agreed_resume_point(
     that they all found the same checkpoint.
     """
     local = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
-    gathered = strategy.all_gather_object((local, run_id))
+    gathered = strategy.all_gather_object((local, job.run_id))
     attempt, run_id = max(count for count, _ in gathered), gathered[0][1]
-    path, state = find_resume_point(resume_from, ckpt_dir, attempt, run_id)
+    path, state, origin = find_resume_point(job, ckpt_dir, attempt, run_id)
     found = strategy.all_gather_object(str(path) if path else None)
     if len(set(found)) > 1:
         raise RuntimeError(
             f"the ranks found different checkpoints to resume from ({dict(enumerate(found))}); "
             "every host must see the same checkpoint_dir (a shared filesystem)"
         )
-    return attempt, run_id, state
+    return attempt, run_id, state, origin

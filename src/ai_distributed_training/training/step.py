@@ -8,6 +8,7 @@ then :meth:`TrainStep.apply_gradients`; anything with those two methods can stan
 from __future__ import annotations
 
 import contextlib
+from functools import partial
 from typing import Protocol
 
 import torch
@@ -56,6 +57,7 @@ class TrainStep:
         self.ctx, self.data, self.model = ctx, data, model
         self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
         self.loss_sum, self.meter = loss_sum, meter
+        self.settled = False  # see Strategy.settle: once per attempt, before the first step
 
     def forward_backward(self, indices: torch.Tensor, global_count: int, step: int) -> torch.Tensor:
         """This rank's share in ``gradient_accumulation_steps`` micro-batches; gradients are
@@ -68,16 +70,24 @@ class TrainStep:
         micro_batches = indices.tensor_split(ctx.settings.gradient_accumulation_steps)
         for i, micro in enumerate(micro_batches):
             last = i == len(micro_batches) - 1
+            x, y = self.data.reader.batch(micro)
+            x = x.to(device, non_blocking=True)
+            y = as_targets(y.to(device, non_blocking=True), task)
+            if not self.settled:  # a throw-away pass on this very batch: no extra data read
+                ctx.strategy.settle(self.model, partial(self._forward_backward, x, y))
+                self.settled = True
             with contextlib.nullcontext() if last else ctx.strategy.no_sync(self.model):
-                x, y = self.data.reader.batch(micro)
-                x = x.to(device, non_blocking=True)
-                y = as_targets(y.to(device, non_blocking=True), task)
                 with ctx.autocast():
                     out = self.model(x)
                 local_sum = ctx.faults.loss(step, self.loss_sum(out, y))
                 self.scaler.scale(local_sum * scale).backward()
             stats += self.meter.batch(local_sum, out, y)
         return stats
+
+    def _forward_backward(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        with self.ctx.autocast():
+            out = self.model(x)
+        self.loss_sum(out, y).backward()
 
     def apply_gradients(self, stats: torch.Tensor, pos: LoopPosition, epoch: int) -> bool:
         ctx, settings = self.ctx, self.ctx.settings
@@ -111,15 +121,3 @@ class TrainStep:
             )
         self.ctx.job_log.warning("skipping %s: non-finite loss", where)
         pos.skipped_steps += 1
-
-
-def throwaway_backward(
-    model: nn.Module, data: RankData, ctx: RankContext, loss_sum: LossSum
-) -> None:
-    """Forward and backward one training sample of this rank's (for
-    :meth:`~.strategies.Strategy.settle`; the caller discards the gradients)."""
-    x, y = data.reader.batch(data.train_idx[:1])
-    y = as_targets(y.to(ctx.device), data.task)
-    with ctx.autocast():
-        out = model(x.to(ctx.device))
-    loss_sum(out, y).backward()

@@ -93,8 +93,8 @@ class Strategy(Protocol):
 
     def settle(self, wrapped: nn.Module, backward: Callable[[], None]) -> None:
         """Before an attempt's first step: run ``backward`` (one throw-away forward and backward
-        pass) if the strategy needs one to reach its steady state, leaving weights, gradients,
-        buffers and RNG as they were. Collective."""
+        pass on the first batch) if the strategy needs one to reach its steady state, leaving
+        weights, gradients, buffers and RNG as they were. Collective; a step calls it once."""
         ...
 
     def close(self) -> None:

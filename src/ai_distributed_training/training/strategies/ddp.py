@@ -15,7 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ...data import DataInfo
 from ...models import ModelSource
-from ..checkpoint import save_checkpoint
+from ..checkpoint import capture_rng, restore_rng, save_checkpoint
 from .base import local_gradients_finite, state_digest, written_by
 
 #: DDP's gradient bucket size (torch's default), given explicitly on gloo (see wrap).
@@ -61,17 +61,15 @@ class DDPStrategy:
         # of every attempt use the steady layout: resume is bitwise at any number of ranks.
         if not isinstance(wrapped, DistributedDataParallel):
             return
-        with torch.random.fork_rng(devices=self._rng_devices()):
-            wrapped.eval()  # no dropout, no BatchNorm statistics: nothing changes but the layout
-            try:
-                backward()
-            finally:
-                wrapped.train()
+        rng = capture_rng()  # torch's, NumPy's and Python's: a forward may draw from any
+        wrapped.eval()  # no dropout, no BatchNorm statistics: nothing changes but the layout
+        try:
+            backward()
+        finally:
+            wrapped.train()
+            restore_rng(rng)
         for p in wrapped.parameters():
             p.grad = None
-
-    def _rng_devices(self) -> list[torch.device]:
-        return [self.device] if self.device.type == "cuda" else []
 
     def close(self) -> None:
         # A DDP reducer that outlives its process group can abort the process at exit
