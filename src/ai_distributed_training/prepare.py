@@ -8,6 +8,7 @@ topology, the strategy ``auto`` resolved, threads per worker. Every problem is a
 from __future__ import annotations
 
 import importlib.util
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +64,7 @@ def prepare(
         ConfigError / ConfigTypeError: naming the bad value and what is accepted.
     """
     model_source = resolve_model(model)
-    data_source = resolve_data(data, settings.task)
+    data_source = resolve_data(data, settings.task, settings.target)
     check_fits_data(model_source, data_source.info)
     validation = _resolve_validation(settings, data_source.info)
     held_out = 0.0 if validation else settings.validation_split
@@ -289,7 +290,9 @@ def _resolve_validation(settings: TrainingSettings, info: DataInfo) -> DataSourc
     """The separate validation set, checked to fit the training data (same inputs and task)."""
     if settings.validation_data is None:
         return None
-    source = resolve_data(settings.validation_data, settings.task or info.task)
+    given = settings.validation_data
+    target = settings.target if isinstance(given, (str, os.PathLike)) else None
+    source = resolve_data(given, settings.task or info.task, target)
     if source.info.input_shape != info.input_shape:
         raise ConfigError(
             f"validation_data inputs have shape {source.info.input_shape}, the "

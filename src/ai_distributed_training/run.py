@@ -122,6 +122,7 @@ def _launch(prepared: PreparedJob, started: float, config: dict[str, Any]) -> Tr
         resuming = f" (resuming from {origin})" if origin else ""
         message = f"Starting distributed training across {topology.world_size} nodes{resuming}..."
         announce(run_dir, logging.INFO, message)
+        announce(run_dir, logging.INFO, f"Data: {prepared.data.info.description}")
         launch_local(
             [worker.__name__, str(job_path)],
             topology.local_world_size,

@@ -11,6 +11,7 @@ from torch.utils.data import TensorDataset
 
 from ai_distributed_training.config import SyntheticDataSpec
 from ai_distributed_training.data import make_synthetic, resolve_data
+from ai_distributed_training.errors import ConfigError
 
 
 def _table(n: int = 40) -> np.ndarray:
@@ -91,3 +92,34 @@ def test_synthetic_labels_are_learnable() -> None:
         opt.step()
     accuracy = (net(x).argmax(1) == y).float().mean().item()
     assert accuracy > 0.9
+
+
+def test_a_csv_target_column_can_be_chosen_by_name_or_index(tmp_path: Path) -> None:
+    """A table whose target is its FIRST column used to train on the last one without a word."""
+    path = tmp_path / "houses.csv"
+    path.write_text("price,rooms,area\n" + "\n".join(f"{i % 3},{i},{2 * i}" for i in range(30)))
+    for target in ("price", 0, -3):
+        source = resolve_data(str(path), target=target)
+        x, y = source.open().batch(torch.arange(30))
+        assert torch.equal(y, torch.arange(30) % 3) and x.shape == (30, 2)
+        assert torch.equal(x[:, 0], torch.arange(30, dtype=x.dtype))
+        assert "target: column 0 'price'" in source.info.description
+    default = resolve_data(str(path)).info.description
+    assert "target: last column 'area'" in default
+
+
+@pytest.mark.parametrize(
+    ("target", "data", "match"),
+    [
+        ("cost", "houses.csv", r"'cost' is not a column of houses.csv: its columns are \['price'"),
+        (3, "houses.csv", r"target=3 is out of range for houses.csv's 3 columns"),
+        (0, "arrays.npz", r"target=0 applies to .csv tables; arrays.npz has its target in the"),
+    ],
+)
+def test_a_bad_target_is_named(tmp_path: Path, target: object, data: str, match: str) -> None:
+    (tmp_path / "houses.csv").write_text("price,rooms,area\n1,2,3\n0,5,6\n")
+    np.savez(tmp_path / "arrays.npz", X=np.zeros((4, 2)), y=np.zeros(4))
+    with pytest.raises(ConfigError, match=match):
+        resolve_data(str(tmp_path / data), target=target)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"target=.* chooses the target column of a .csv"):
+        resolve_data((np.zeros((4, 2)), np.zeros(4)), target=target)  # type: ignore[arg-type]

@@ -36,7 +36,8 @@ def test_file_then_set_then_nodes(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("data: data.csv\nnodes: 4\nepochs: 7\n")
     _, data, settings = resolve(str(path), ["epochs=2"], None)
-    assert data == "data.csv" and settings == {"nodes": 4, "epochs": 2}
+    assert data == str(tmp_path / "data.csv")  # relative to the file (issue 16)
+    assert settings == {"nodes": 4, "epochs": 2}
 
 
 def test_nested_key_on_a_path_is_an_error(tmp_path: Path) -> None:
@@ -64,3 +65,21 @@ def test_bad_files(tmp_path: Path, text: str, message: str) -> None:
 def test_missing_file() -> None:
     with pytest.raises(ConfigError, match="cannot read config file"):
         resolve("/nonexistent.yaml", [], None)
+
+
+def test_relative_paths_in_a_run_file_are_relative_to_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not to wherever the command happens to run."""
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "run.yaml").write_text(
+        "data: tables/train.csv\nvalidation_data: /abs/val.csv\nresume: auto\n"
+        "checkpoint_dir: ckpt\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    _, data, settings = resolve(str(folder / "run.yaml"), ["runs_dir=out"], None)
+    assert data == str(folder / "tables" / "train.csv")
+    assert settings["validation_data"] == "/abs/val.csv" and settings["resume"] == "auto"
+    assert settings["checkpoint_dir"] == str(folder / "ckpt")
+    assert settings["runs_dir"] == "out"  # --set values stay relative to where you run

@@ -125,6 +125,8 @@ def resolve(
     for key in config:
         if key not in _valid_keys():
             raise ConfigError(f"unknown key {key!r} in {config_file}{_closest(str(key))}")
+    if config_file:
+        config = _paths_relative_to(config, Path(config_file).parent)
     merged = _merge(DEMO, config)
     for assignment in sets:
         top = assignment.partition("=")[0].split(".")[0]
@@ -135,6 +137,21 @@ def resolve(
         merged["nodes"] = nodes
     model, data = merged.pop("model"), merged.pop("data")
     return model, data, merged
+
+
+#: Keys of a run file whose string values are paths (``resume`` unless it is ``"auto"``).
+PATH_KEYS = ("data", "validation_data", "runs_dir", "checkpoint_dir", "resume")
+
+
+def _paths_relative_to(config: dict[str, Any], base: Path) -> dict[str, Any]:
+    """A run file's relative paths, read relative to the file's own folder (as a Makefile's
+    or a docker-compose file's are), not to wherever the command runs."""
+    out = dict(config)
+    for key in PATH_KEYS:
+        value = out.get(key)
+        if isinstance(value, str) and value != "auto" and not Path(value).is_absolute():
+            out[key] = str(base / value)
+    return out
 
 
 def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

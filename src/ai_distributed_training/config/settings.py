@@ -146,6 +146,11 @@ class TrainingSettings(StrictModel):
         description="Default: inferred from the targets (integers: classification, "
         "floats: regression).",
     )
+    target: str | int | None = Field(
+        None,
+        description="A .csv table's target column, by header name or 0-based index (negative "
+        "from the end); default: the last column.",
+    )
     validation_data: Any = Field(
         None, description="Validation set in any form data accepts; replaces validation_split."
     )

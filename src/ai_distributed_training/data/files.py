@@ -4,7 +4,8 @@ File formats (targets are the prediction goal):
 
 * ``.npz``: arrays named ``X`` and ``y``.
 * ``.pt``: ``torch.save`` of a tuple ``(X, y)`` or a dict with keys ``X`` and ``y``.
-* ``.npy`` and ``.csv``: one 2-D numeric table whose LAST column is the target. A ``.csv`` may
+* ``.npy`` and ``.csv``: one 2-D numeric table whose LAST column is the target (a ``.csv``'s
+  target column can be chosen, by header name or index: setting ``target``). A ``.csv`` may
   have one header line. A float target column whose values are all integers (>= 0) is read as
   class labels. A ``.npy`` table is read row by row, never loaded whole (:mod:`.streaming`).
 * a directory of ``.npy`` or ``.parquet`` shards: one table, read row by row (:mod:`.streaming`).
@@ -30,9 +31,17 @@ from .types import DataSource, Task
 FILE_SUFFIXES = (".npy", ".npz", ".pt", ".csv")
 
 
-def file_source(path: str | os.PathLike[str], task: Task | None = None) -> DataSource:
-    """Open a data file or shard directory (see the module docstring for the accepted formats)."""
+def file_source(
+    path: str | os.PathLike[str], task: Task | None = None, target: str | int | None = None
+) -> DataSource:
+    """Open a data file or shard directory (see the module docstring for the accepted formats);
+    ``target``: a ``.csv`` table's target column, by header name or index (default: the last)."""
     p = Path(path)
+    if target is not None and p.suffix.lower() != ".csv":
+        raise ConfigError(
+            f"target={target!r} applies to .csv tables; {p.name} has its target in "
+            + ("the array named 'y'" if p.suffix.lower() in (".npz", ".pt") else "its last column")
+        )
     if p.is_dir():
         return streaming.shard_directory(p, task)
     suffix = p.suffix.lower()
@@ -55,13 +64,37 @@ def file_source(path: str | os.PathLike[str], task: Task | None = None) -> DataS
         raise ConfigError(f"{p.name} must hold a tuple (X, y) or a dict with keys 'X' and 'y'")
     if suffix == ".npy":
         return streaming.shards_source([str(p)], p.name, task)
-    table = _read_csv(p)
+    table, header = _read_csv(p)
     if table.ndim != 2 or table.shape[1] < 2:
         raise ConfigError(
-            f"{p.name} must be a 2-D table with the target in its last column; "
-            f"got shape {table.shape}"
+            f"{p.name} must be a 2-D table of features and a target column; got shape {table.shape}"
         )
-    return tensors_source(table[:, :-1], table[:, -1], p.name, integral_is_class=True, task=task)
+    column = _target_column(target, header, table.shape[1], p.name)
+    named = f" {header[column]!r}" if header else ""
+    where = "last column" if column == table.shape[1] - 1 else f"column {column}"
+    description = f"{p.name} (target: {where}{named})"
+    x, y = np.delete(table, column, axis=1), table[:, column]
+    return tensors_source(x, y, description, integral_is_class=True, task=task)
+
+
+def _target_column(
+    target: str | int | None, header: list[str] | None, columns: int, name: str
+) -> int:
+    """The 0-based index of the target column: the last by default, else by header name or by
+    index (negative counts from the end)."""
+    if target is None:
+        return columns - 1
+    if isinstance(target, str):
+        if header is None or target not in header:
+            found = f"its columns are {header}" if header else "it has no header line"
+            raise ConfigError(f"target={target!r} is not a column of {name}: {found}")
+        return header.index(target)
+    if not -columns <= target < columns:
+        raise ConfigError(
+            f"target={target} is out of range for {name}'s {columns} columns; use "
+            f"0..{columns - 1} (or -{columns}..-1 from the end), or a header name"
+        )
+    return target % columns
 
 
 def _pair(arrays: dict[str, Any], p: Path) -> tuple[Any, Any]:
@@ -70,15 +103,17 @@ def _pair(arrays: dict[str, Any], p: Path) -> tuple[Any, Any]:
     return arrays["X"], arrays["y"]
 
 
-def _read_csv(p: Path) -> np.ndarray[Any, Any]:
+def _read_csv(p: Path) -> tuple[np.ndarray[Any, Any], list[str] | None]:
+    """The table and its header's column names (None without a header line)."""
     with p.open() as f:
         first = f.readline()
     try:
         [float(v) for v in first.split(",")]
-        skip = 0
+        header = None
     except ValueError:
-        skip = 1  # a header line
+        header = [name.strip().strip('"') for name in first.split(",")]
     try:
-        return np.loadtxt(p, delimiter=",", skiprows=skip, ndmin=2, dtype=np.float64)
+        table = np.loadtxt(p, delimiter=",", skiprows=int(header is not None), ndmin=2)
     except ValueError as err:
         raise ConfigError(f"{p.name} is not a numeric CSV table: {err}") from None
+    return table.astype(np.float64), header

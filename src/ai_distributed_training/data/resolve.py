@@ -18,7 +18,9 @@ from .types import DataSource, Task
 # --- entry point ---------------------------------------------------------------------------------
 
 
-def resolve_data(data: Any, task: Task | None = None) -> DataSource:
+def resolve_data(
+    data: Any, task: Task | None = None, target: str | int | None = None
+) -> DataSource:
     """Turn any accepted data input into a validated :class:`DataSource`.
 
     Accepted: a synthetic spec dict ``{"samples", "features", "classes", "task", "seed"}``,
@@ -26,13 +28,19 @@ def resolve_data(data: Any, task: Task | None = None) -> DataSource:
     ``(input, target)`` pairs, a path to a ``.npy``/``.npz``/``.pt``/``.csv`` file, or a path to
     a directory of ``.npy`` or ``.parquet`` shards.
 
-    ``task`` ("classification" or "regression") overrides the task inferred from the targets.
+    ``task`` ("classification" or "regression") overrides the task inferred from the targets;
+    ``target`` picks a ``.csv`` table's target column (header name or index; default: the last).
 
     Raises:
         ConfigError: a bad value (naming it); ConfigTypeError: an input of a type not accepted.
     """
     if isinstance(data, (str, os.PathLike)):
-        return file_source(data, task)
+        return file_source(data, task, target)
+    if target is not None:
+        raise ConfigError(
+            f"target={target!r} chooses the target column of a .csv table file; the data here "
+            f"is a {type(data).__name__}, whose targets are already separate"
+        )
     if isinstance(data, (tuple, list)) and len(data) == 2:
         return tensors_source(data[0], data[1], description="arrays", task=task)
     source: DataSource
