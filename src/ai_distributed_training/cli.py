@@ -21,7 +21,8 @@ from .api import DistributedTraining
 from .config import TrainingSettings, runfile
 from .errors import ConfigError, RendezvousFailedError, WorkerFailedError
 from .host import available_cores, check_writable_dir
-from .launch import launch_local, probe
+from .launch import probe
+from .launch.elastic import launch_local
 from .planner.profiles import PRESETS, THIS_MACHINE, save_profile
 from .report import write_report
 from .topology import slurm_job

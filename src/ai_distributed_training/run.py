@@ -20,7 +20,7 @@ import torch.distributed as dist
 from .config import settings_as_plain_data
 from .errors import ConfigError, WorkerFailedError
 from .host import DirectoryLockedError, directory_lock, pid_alive
-from .launch import launch_local
+from .launch.elastic import launch_local
 from .launch.handover import JobFiles
 from .prepare import PreparedJob
 from .report import write_report

@@ -7,12 +7,14 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ai_distributed_training import DistributedTraining, TrainingResult
+from tests.conftest import worker_pids
 from tests.helpers import bitwise_equal
 
 pytestmark = pytest.mark.distributed
@@ -120,3 +122,31 @@ def test_sigterm_before_any_worker_starts_cleans_up_and_exits_as_terminated(
     _, stderr = proc.communicate(timeout=20)
     assert proc.returncode == 143, stderr
     assert list((tmp_path / "tmp").glob("adt-job-*")) == []
+
+
+LONG_JOB = """
+from ai_distributed_training import DistributedTraining
+DistributedTraining(epochs=200, runs_dir=None).train_distributed(
+    {"model_name": "m", "hidden_sizes": [8]}, {"samples": 2000, "features": 4}, nodes=2
+)
+"""
+
+
+def test_killing_the_caller_at_any_moment_leaves_no_worker_running() -> None:
+    """SIGKILL of the caller (no cleanup possible there) while its workers start, import torch,
+    or train: every worker must die with it (workers used to miss a 1-3 s window during their
+    imports and train on, unsupervised, writing files)."""
+    survivors = {}
+    for delay in (1.0, 1.5, 2.0, 2.5, 3.0, 4.0):  # 20 trials: python -m bench.orphans
+        caller = subprocess.Popen([sys.executable, "-c", LONG_JOB], stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        caller.kill()
+        caller.wait()
+        deadline = time.monotonic() + 10
+        while worker_pids() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if worker_pids():
+            survivors[delay] = worker_pids()
+            for pid in survivors[delay]:
+                os.kill(pid, signal.SIGKILL)
+    assert survivors == {}, f"workers outlived their caller killed after these delays: {survivors}"

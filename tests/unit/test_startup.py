@@ -77,3 +77,20 @@ def test_waiting_for_rank0_store_gives_up_at_the_timeout() -> None:
         started = time.monotonic()
         wait_for_rank0_store(rank=1, timeout_s=0.3)  # returns: torch's store then fails itself
     assert 0.3 <= time.monotonic() - started < 10
+
+
+def test_a_worker_arms_its_guard_before_importing_torch() -> None:
+    """The die-with-its-parent guard runs first in a worker; importing the package and the
+    worker entry must not pull torch in before it (that took 1-3 s, a window in which a killed
+    caller left its workers training unsupervised)."""
+    code = "import sys, ai_distributed_training.launch.worker; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_the_public_names_load_on_first_use() -> None:
+    import ai_distributed_training as package
+
+    assert sorted(package.__all__) == sorted(package._EXPORTS)
+    for name in package.__all__:
+        assert getattr(package, name).__name__ == name

@@ -1,7 +1,7 @@
-"""Creating workers: torch elastic on this host (one host or one of many), the worker entry,
-and the files through which a job and its result travel. Process creation only: what a rank
-does is :mod:`..training`'s."""
+"""Creating workers: torch elastic on this host (one host or one of many: :mod:`.elastic`),
+the worker entry (:mod:`.worker`), and the files through which a job and its result travel
+(:mod:`.handover`). Process creation only: what a rank does is :mod:`..training`'s.
 
-from .elastic import launch_local, rank_failures
-
-__all__ = ["launch_local", "rank_failures"]
+Nothing is imported here: a worker process loads this package first, and must stay light until
+it has armed its die-with-its-parent guard.
+"""

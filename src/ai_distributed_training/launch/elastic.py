@@ -30,6 +30,7 @@ from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 from ..errors import RankFailure, RendezvousFailedError, TrainingInterrupted, WorkerFailedError
 from ..host import interface_with_address
 from ..topology import Hosts
+from .worker import LAUNCHER_PID
 
 _HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 _ELASTIC_EVENTS_LOGGER = "torchelastic-events-null"  # event_log_handler="null" logs here
@@ -56,6 +57,8 @@ def _restored_process_state() -> Iterator[None]:
     os.environ["PYTHONPATH"] = os.pathsep.join(
         p for p in (_PACKAGE_ROOT, os.environ.get("PYTHONPATH", "")) if p
     )
+    # Workers check they were started by this process (see worker.die_with_parent).
+    os.environ[LAUNCHER_PID] = str(os.getpid())
     # Workers get a fresh store per attempt (pytorch issue 135712: a shared rendezvous store
     # made restarts read stale addresses).
     os.environ["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"

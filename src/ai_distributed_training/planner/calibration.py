@@ -16,7 +16,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..host import available_cores, host_memory_bytes
-from ..launch import launch_local
+from ..launch.elastic import launch_local
 from .counting import ModelCount, count_model
 from .plan import compute_seconds
 from .profiles import (
