@@ -39,10 +39,12 @@ class WorkerFailedError(RuntimeError):
     ``failures`` lists every failed rank; ``first`` is the root cause (the earliest failure).
     """
 
-    def __init__(self, failures: list[RankFailure]) -> None:
+    def __init__(self, failures: list[RankFailure], not_restarted: str | None = None) -> None:
         if not failures:
             raise ValueError("WorkerFailedError needs at least one failure")
         self.failures = failures
+        #: Why the job was not restarted although restarts were left (None: it ran out).
+        self.not_restarted = not_restarted
         self.first = failures[0]
         first = self.first
         how = f"killed by {first.signal}" if first.signal else f"exit code {first.exitcode}"
@@ -50,12 +52,13 @@ class WorkerFailedError(RuntimeError):
         others = [f.rank for f in failures[1:]]
         if others:
             lines.append(f"(ranks {others} stopped after it)")
-        stopped = [f.rank for f in failures[1:] if f.signal == "SIGTERM"]
-        if "Timed out" in first.message and stopped:
+        if "Timed out" in first.message:
             lines.append(
-                f"rank {first.rank} waited longer than collective_timeout_s for a peer; "
-                f"ranks still running when the job was stopped (likely stuck): {stopped}"
+                f"rank {first.rank} waited longer than collective_timeout_s for a peer; ranks "
+                f"that never reached the collective (likely stuck): {_not_arrived(failures)}"
             )
+        if not_restarted:
+            lines.append(not_restarted)
         if first.traceback:
             lines.append(f"traceback of rank {first.rank}:\n{first.traceback.rstrip()}")
         super().__init__("\n".join(lines))
@@ -72,6 +75,15 @@ class WorkerFailedError(RuntimeError):
     def rank(self) -> int:
         """Global rank of the first worker that failed."""
         return self.first.rank
+
+
+def _not_arrived(failures: list[RankFailure]) -> list[int]:
+    """Ranks the agent stopped that had not timed out themselves: every rank waiting in the
+    collective times out at about the same moment and says so; the one that never arrived is
+    busy elsewhere (or stuck) and only sees the agent's SIGTERM."""
+    return sorted(
+        f.rank for f in failures if f.signal == "SIGTERM" and "Timed out" not in f.message
+    )
 
 
 class RendezvousFailedError(RuntimeError):

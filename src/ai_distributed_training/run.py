@@ -12,6 +12,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +23,13 @@ from .errors import ConfigError, WorkerFailedError
 from .host import DirectoryLockedError, directory_lock, pid_alive
 from .launch.elastic import launch_local
 from .launch.handover import JobFiles
+from .launch.restarts import RestartPolicy
 from .prepare import PreparedJob
 from .report import write_report
 from .result import TrainingResult
 from .rundir import SUMMARY_FILE, announce, checkpoint_dir, create_run_dir, write_config
 from .topology import RankEnv
-from .training.checkpoint import list_checkpoints
+from .training.checkpoint import list_checkpoints, load_newest_valid, run_of, step_of
 from .training.identity import new_run_id
 from .training.job import Job
 from .training.rank import join_process_group, run_rank
@@ -129,10 +131,13 @@ def _launch(prepared: PreparedJob, started: float, config: dict[str, Any]) -> Tr
             log_dir=files.job_dir / "elastic",
             max_restarts=settings.max_restarts,
             hosts=topology.hosts,
+            # Across hosts every agent must restart together: elastic's plain rule there.
+            policy=None if topology.hosts else RestartPolicy(partial(_progress, ckpt_dir, job)),
         )
         out = files.read_result()
     except WorkerFailedError as err:
-        newest = list_checkpoints(ckpt_dir) if ckpt_dir else []
+        mine = partial(_own, job.run_id)
+        newest = load_newest_valid(ckpt_dir, mine) if ckpt_dir else None
         err.note_checkpoint(str(newest[0]) if newest else None)
         first_line = str(err).splitlines()[0]
         announce(run_dir, logging.ERROR, f"Distributed training failed: {first_line}")
@@ -169,6 +174,16 @@ def _join(
         if owns_group and dist.is_initialized():
             dist.destroy_process_group()
     return _finish(prepared, out, run_dir, ckpt_dir, started)
+
+
+def _own(run_id: str, meta: dict[str, Any]) -> bool:
+    return bool(meta.get("run_id") == run_id)
+
+
+def _progress(ckpt_dir: Path | None, job: Job) -> int:
+    """The newest checkpoint step this run has written (-1: none): how far a restart resumes."""
+    mine = [p for p in list_checkpoints(ckpt_dir) if run_of(p) == job.run_id] if ckpt_dir else []
+    return step_of(mine[0]) if mine else -1
 
 
 def _job_dir_prefix(pid: int | None = None) -> str:

@@ -8,12 +8,15 @@ import subprocess
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+from torch import nn
 
-from ai_distributed_training import DistributedTraining, TrainingResult
+from ai_distributed_training import DistributedTraining, TrainingResult, WorkerFailedError
 from tests.conftest import worker_pids
 from tests.helpers import bitwise_equal
 
@@ -150,3 +153,53 @@ def test_killing_the_caller_at_any_moment_leaves_no_worker_running() -> None:
             for pid in survivors[delay]:
                 os.kill(pid, signal.SIGKILL)
     assert survivors == {}, f"workers outlived their caller killed after these delays: {survivors}"
+
+
+class RaisingAtFirstStep(nn.Module):
+    """A model whose forward always raises (a bug in the user's model); counts its builds."""
+
+    def __init__(self, builds: str) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 2)
+        with open(builds, "a") as f:  # the caller checks it too: count the workers' builds
+            f.write(f"built by rank {os.environ.get('RANK')}\n")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise ValueError("a bug in forward")
+
+
+def test_an_error_that_would_repeat_is_not_retried(tmp_path: Path) -> None:
+    """A raising forward used to be retried max_restarts times (48 s, three tracebacks)."""
+    builds = tmp_path / "builds"
+    with pytest.raises(WorkerFailedError) as info:
+        DistributedTraining(max_restarts=3, runs_dir=None).train_distributed(
+            partial(RaisingAtFirstStep, str(builds)), SMALL_DATA, nodes=2
+        )
+    assert "ValueError: a bug in forward" in str(info.value)
+    assert info.value.not_restarted is not None
+    assert "not restarted: attempt 1 raised before any checkpoint" in str(info.value)
+    workers = [line for line in builds.read_text().splitlines() if "rank None" not in line]
+    assert len(workers) == 2  # one attempt of 2 workers, no restart
+
+
+def test_a_failure_after_progress_is_retried_and_stops_when_it_repeats(tmp_path: Path) -> None:
+    raise_at_15 = [{"kind": "raise", "rank": 0, "step": 15, "attempt": a} for a in (0, 1)]
+    trainer = DistributedTraining(
+        **CHECKPOINTED, checkpoint_every=5, max_restarts=3, fault_injection=raise_at_15
+    )
+    with pytest.raises(WorkerFailedError) as info:
+        trainer.train_distributed(SMALL_MODEL, DATA_320, nodes=2, checkpoint_dir=str(tmp_path))
+    text = str(info.value)
+    assert "not restarted: attempt 2 raised after checkpoint step 10 without progress" in text
+    assert info.value.last_checkpoint == str(tmp_path / "step-00000010.pt")
+
+
+def test_a_hang_names_only_the_rank_that_never_arrived() -> None:
+    """With 3 ranks, rank 2 stuck: ranks 0 and 1 both wait in the collective and time out; the
+    error used to call both 1 and 2 "likely stuck"."""
+    hang = [{"kind": "hang", "rank": 2, "step": 3}]
+    with pytest.raises(WorkerFailedError) as info:
+        DistributedTraining(
+            runs_dir=None, max_restarts=0, collective_timeout_s=3.0, fault_injection=hang
+        ).train_distributed(SMALL_MODEL, {"samples": 600, "features": 4}, nodes=3, batch_size=30)
+    assert "never reached the collective (likely stuck): [2]" in str(info.value)

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -83,7 +84,7 @@ def test_checkpoints_without_a_checksum_still_load(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def small_disk(tmp_path: Path) -> Path:
+def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A real 1 MB filesystem (tmpfs), mounted for the test and unmounted after."""
     mount = tmp_path / "disk"
     mount.mkdir()
@@ -118,3 +119,14 @@ def test_temporary_files_of_dead_processes_are_removed_and_live_ones_kept(tmp_pa
     live.write_bytes(b"being written")
     assert remove_stale_temporaries(tmp_path) == [stale]
     assert not stale.exists() and live.exists()
+
+
+def test_staging_data_into_a_full_temporary_directory_names_it(small_disk: Path) -> None:
+    """The workers' data is staged in TMPDIR; a full one used to read as torch's internals
+    (``unexpected pos N vs M``) with no path."""
+    from ai_distributed_training.data import resolve_data
+
+    source = resolve_data((torch.zeros(2048, 256), torch.zeros(2048, dtype=torch.long)))
+    with pytest.raises(OSError, match=r"no space left on .*disk.* \(needed ~2\.1 MB"):
+        source.stage(small_disk)  # type: ignore[attr-defined]
+    assert list(small_disk.iterdir()) == []

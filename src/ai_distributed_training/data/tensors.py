@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError, ConfigTypeError
+from ..host import write_atomically
 from .types import DataInfo, DatasetReader, Task, TensorReader, token_info
 
 
@@ -53,7 +54,7 @@ class TensorSource:
     def stage(self, job_dir: Path) -> TensorFileSource:
         job_dir.mkdir(parents=True, exist_ok=True)
         path = job_dir / "data.pt"
-        torch.save({"X": self.x, "y": self.y}, path)
+        write_atomically({"X": self.x, "y": self.y}, path)  # a full TMPDIR is named as such
         return TensorFileSource(str(path), self.info)
 
     def open(self) -> TensorReader:

@@ -22,27 +22,23 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from torch.distributed.elastic.agent.server.api import WorkerSpec
 from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, SignalException
-from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
+from torch.distributed.elastic.rendezvous import RendezvousParameters
+from torch.distributed.elastic.rendezvous import registry as rdzv_registry
 from torch.distributed.elastic.rendezvous.api import RendezvousError
-from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+from torch.distributed.launcher.api import LaunchConfig
 
 from ..errors import RankFailure, RendezvousFailedError, TrainingInterrupted, WorkerFailedError
 from ..host import interface_with_address
 from ..topology import Hosts
+from .restarts import PEER_FAILURE_HINTS, PolicyAgent, RestartPolicy
 from .worker import LAUNCHER_PID
 
 _HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 _ELASTIC_EVENTS_LOGGER = "torchelastic-events-null"  # event_log_handler="null" logs here
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
-#: Messages of errors a rank raises only because a PEER failed first (not a root cause).
-_PEER_FAILURE_HINTS = (
-    "Connection closed by peer",
-    "Connection reset by peer",
-    "Broken pipe",
-    "DistNetworkError",
-    "DistBackendError",
-)
 
 
 @contextlib.contextmanager
@@ -83,9 +79,12 @@ def launch_local(
     max_restarts: int = 0,
     shutdown_timeout_s: int = 5,
     hosts: Hosts | None = None,
+    policy: RestartPolicy | None = None,
 ) -> None:
     """Run ``nproc`` workers of ``python -m <module_args>`` on this host and wait for them;
-    with ``hosts``, as one host of a multi-host job whose agents meet at its endpoint.
+    with ``hosts``, as one host of a multi-host job whose agents meet at its endpoint. After a
+    failure the workers are restarted (all of them) up to ``max_restarts`` times, unless
+    ``policy`` says a restart cannot help.
 
     Elastic's per-attempt error files go under ``log_dir``.
 
@@ -93,7 +92,37 @@ def launch_local(
         WorkerFailedError: a worker raised or died; every worker has been stopped.
         RendezvousFailedError: not every host joined within ``hosts.rdzv_timeout_s``.
         KeyboardInterrupt: the caller was interrupted; every worker has been stopped.
+        TrainingInterrupted: SIGTERM, SIGHUP or SIGQUIT; every worker has been stopped.
     """
+    config = _launch_config(nproc, log_dir, max_restarts, shutdown_timeout_s, hosts)
+    with _restored_process_state():
+        if hosts and hosts.local_addr and "GLOO_SOCKET_IFNAME" not in os.environ:
+            interface = interface_with_address(hosts.local_addr)
+            if interface:  # gloo would bind to whatever the hostname resolves to
+                os.environ["GLOO_SOCKET_IFNAME"] = interface
+        try:
+            _run_agent(config, ["-m", *module_args], policy)
+        except RendezvousError as err:
+            if hosts is None:  # one host meets itself on loopback: not a missing host
+                raise
+            raise RendezvousFailedError(
+                f"the hosts did not all join the job at {config.rdzv_endpoint} within "
+                f"rdzv_timeout_s={hosts.rdzv_timeout_s} "
+                f"({type(err).__name__}: {err}); check that every one of the "
+                f"{config.max_nodes} hosts runs the same command with its own node_rank and "
+                "can reach the endpoint"
+            ) from None
+        except SignalException as err:  # the agent has stopped every worker
+            if err.sigval == signal.SIGINT:
+                raise KeyboardInterrupt from None
+            raise TrainingInterrupted(err.sigval) from None
+
+
+def _launch_config(
+    nproc: int, log_dir: Path, max_restarts: int, shutdown_timeout_s: int, hosts: Hosts | None
+) -> LaunchConfig:
+    """torchrun's settings for this host: a free local port on one host; the shared endpoint,
+    served by host 0, across hosts."""
     if hosts is None:
         where: dict[str, Any] = {
             "min_nodes": 1,
@@ -116,7 +145,7 @@ def launch_local(
             },
             "local_addr": hosts.local_addr,
         }
-    config = LaunchConfig(
+    return LaunchConfig(
         nproc_per_node=nproc,
         rdzv_backend="c10d",
         max_restarts=max_restarts,  # the agent restarts ALL workers when one fails
@@ -125,29 +154,53 @@ def launch_local(
         shutdown_timeout=shutdown_timeout_s,
         **where,
     )
-    with _restored_process_state():
-        if hosts and hosts.local_addr and "GLOO_SOCKET_IFNAME" not in os.environ:
-            interface = interface_with_address(hosts.local_addr)
-            if interface:  # gloo would bind to whatever the hostname resolves to
-                os.environ["GLOO_SOCKET_IFNAME"] = interface
-        try:
-            elastic_launch(config, sys.executable)("-m", *module_args)
-        except ChildFailedError as err:
-            raise WorkerFailedError(rank_failures(err.failures)) from None
-        except RendezvousError as err:
-            if hosts is None:  # one host meets itself on loopback: not a missing host
-                raise
-            raise RendezvousFailedError(
-                f"the hosts did not all join the job at {config.rdzv_endpoint} within "
-                f"rdzv_timeout_s={hosts.rdzv_timeout_s} "
-                f"({type(err).__name__}: {err}); check that every one of the "
-                f"{config.max_nodes} hosts runs the same command with its own node_rank and "
-                "can reach the endpoint"
-            ) from None
-        except SignalException as err:  # the agent has stopped every worker
-            if err.sigval == signal.SIGINT:
-                raise KeyboardInterrupt from None
-            raise TrainingInterrupted(err.sigval) from None
+
+
+def _run_agent(config: LaunchConfig, args: list[str], policy: RestartPolicy | None) -> None:
+    """What ``torch.distributed.launcher.elastic_launch`` does, with our agent (which asks
+    ``policy`` before each restart) in place of its own.
+
+    Raises:
+        WorkerFailedError: the workers failed (and were not, or no longer, restarted).
+    """
+    parameters = RendezvousParameters(
+        backend=config.rdzv_backend,
+        endpoint=config.rdzv_endpoint,
+        run_id=config.run_id,
+        min_nodes=config.min_nodes,
+        max_nodes=config.max_nodes,
+        local_addr=config.local_addr,
+        **config.rdzv_configs,
+    )
+    os.environ["TORCHELASTIC_SIGNALS_TO_HANDLE"] = config.signals_to_handle
+    spec = WorkerSpec(
+        role=config.role,
+        local_world_size=config.nproc_per_node,
+        entrypoint=sys.executable,
+        args=tuple(args),
+        rdzv_handler=rdzv_registry.get_rendezvous_handler(parameters),
+        max_restarts=config.max_restarts,
+        monitor_interval=config.monitor_interval,
+        local_addr=config.local_addr,
+    )
+    agent = PolicyAgent(
+        policy=policy,
+        root_cause=lambda failures: rank_failures(failures)[0],
+        spec=spec,
+        logs_specs=config.logs_specs,
+        start_method=config.start_method,
+        shutdown_timeout=config.shutdown_timeout,
+    )
+    try:
+        result = agent.run()
+    except SignalException:
+        raise  # as torch's launcher: a signalled agent keeps the rendezvous open
+    except BaseException:
+        spec.rdzv_handler.shutdown()
+        raise
+    spec.rdzv_handler.shutdown()
+    if result.is_failed():
+        raise WorkerFailedError(rank_failures(result.failures), agent.stopped_because)
 
 
 def rank_failures(failures: dict[int, ProcessFailure]) -> list[RankFailure]:
@@ -156,7 +209,7 @@ def rank_failures(failures: dict[int, ProcessFailure]) -> list[RankFailure]:
     out = [_rank_failure(rank, f) for rank, f in failures.items()]
 
     def key(f: RankFailure) -> tuple[bool, bool, int]:
-        secondary = any(h in f.message or h in f.traceback for h in _PEER_FAILURE_HINTS)
+        secondary = any(h in f.message or h in f.traceback for h in PEER_FAILURE_HINTS)
         return f.signal == "SIGTERM", secondary, f.rank
 
     return sorted(out, key=key)

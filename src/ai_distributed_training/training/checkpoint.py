@@ -46,6 +46,14 @@ def checkpoint_path(directory: Path, step: int, sharded: bool = False) -> Path:
     return directory / f"step-{step:08d}.{'dcp' if sharded else 'pt'}"
 
 
+def step_of(path: Path) -> int:
+    """The global step a checkpoint was written at (from its name)."""
+    match = _NAME.match(path.name)
+    if match is None:
+        raise ValueError(f"{path.name} is not named like a checkpoint (step-NNNNNNNN.pt/.dcp)")
+    return int(match.group(1))
+
+
 def is_checkpoint(path: Path) -> bool:
     """A checkpoint file, or a sharded checkpoint directory with its commit marker."""
     return path.is_file() or (path / COMMIT_MARKER).is_file()
@@ -81,7 +89,7 @@ def list_checkpoints(directory: Path) -> list[Path]:
     if not directory.is_dir():
         return []
     found = [p for p in directory.iterdir() if _NAME.match(p.name) and is_checkpoint(p)]
-    return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)), reverse=True)  # type: ignore[union-attr]
+    return sorted(found, key=step_of, reverse=True)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -1,0 +1,89 @@
+"""When restarting the workers can help, and the elastic agent that asks before each restart.
+
+Restarts are for lost workers: one killed by a signal (SIGKILL, the OOM killer), one that lost a
+peer (a closed connection), one stuck past ``collective_timeout_s``. A worker that *raised* (a
+forward that raises, a shape mismatch, a NaN loss, a full disk) would most likely raise again at
+the same point, so restarting it only repeats the failure, three times by default, with three
+identical tracebacks. The rule: an attempt that raised is restarted only if it made progress
+(wrote a checkpoint newer than the one it started from), so a restart resumes beyond where the
+previous one began; otherwise the job stops at once and the error says why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch.distributed.elastic.agent.server.api import RunResult, WorkerGroup
+from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
+from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
+
+from ..errors import RankFailure
+
+#: Messages of errors a rank raises only because a PEER failed first (not a root cause).
+PEER_FAILURE_HINTS = (
+    "Connection closed by peer",
+    "Connection reset by peer",
+    "Broken pipe",
+    "DistNetworkError",
+    "DistBackendError",
+)
+#: A collective that waited past ``collective_timeout_s``: a hang somewhere, worth a restart.
+TIMEOUT_HINTS = ("Timed out", "timed out", "DistStoreError")
+
+
+def is_lost_worker(failure: RankFailure) -> bool:
+    """Whether ``failure`` is a worker lost to the outside (a signal, a lost peer, a hang),
+    rather than one that raised an error of the job itself."""
+    text = failure.message + failure.traceback
+    hints = PEER_FAILURE_HINTS + TIMEOUT_HINTS
+    return failure.signal is not None or any(hint in text for hint in hints)
+
+
+class RestartPolicy:
+    """Says, when an attempt failed, why restarting cannot help (None: restart).
+
+    ``progress()`` gives the newest checkpoint step this run has written (-1: none).
+    """
+
+    def __init__(self, progress: Callable[[], int]) -> None:
+        self.progress = progress
+        self.started_from = progress()  # where the current attempt began
+        self.attempt = 0
+
+    def why_not_restart(self, root: RankFailure) -> str | None:
+        now, self.attempt = self.progress(), self.attempt + 1
+        if is_lost_worker(root) or now > self.started_from:
+            self.started_from = now
+            return None
+        where = f"after checkpoint step {now}" if now >= 0 else "before any checkpoint"
+        return (
+            f"not restarted: attempt {self.attempt} raised {where} without progress, and a "
+            "restart would resume at the same point and most likely fail the same way; "
+            "restarts are for lost workers (signals, lost peers, hangs)"
+        )
+
+
+class PolicyAgent(LocalElasticAgent):
+    """torch elastic's local agent, which asks a :class:`RestartPolicy` before each restart."""
+
+    def __init__(
+        self,
+        *,
+        policy: RestartPolicy | None,
+        root_cause: Callable[[dict[int, ProcessFailure]], RankFailure],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.policy, self.root_cause = policy, root_cause
+        #: Why the agent stopped restarting early (None: it did not).
+        self.stopped_because: str | None = None
+
+    def _monitor_workers(self, worker_group: WorkerGroup) -> RunResult:
+        result: RunResult = super()._monitor_workers(worker_group)
+        if self.policy is not None and result.is_failed() and self._remaining_restarts > 0:
+            reason = self.policy.why_not_restart(self.root_cause(result.failures))
+            if reason is not None:
+                self.stopped_because = reason
+                self._remaining_restarts = 0  # the agent then stops every worker and returns
+        return result
