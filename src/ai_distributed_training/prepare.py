@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from .config import TrainingSettings, check_warmup
 from .data import DataInfo, DataSource, resolve_data
@@ -33,6 +34,7 @@ from .training.checkpoint import (
 )
 from .training.identity import compatible, differences
 from .training.identity import fingerprint as run_fingerprint
+from .training.sharding import smallest_share
 from .training.tracking import caller_log_level
 
 
@@ -72,6 +74,7 @@ def prepare(
     topology = Topology.of(settings, joined)
     _check_device(settings, topology)
     _check_workers(settings, topology)
+    _check_batchnorm(model_source, data_source.info, settings, topology.world_size, held_out)
     check_warmup(settings)
     fingerprint = run_fingerprint(model_source, data_source, settings)
     settings, resume_path, resume_dir = _resume_point(settings, fingerprint, model_source.name)
@@ -147,12 +150,40 @@ def _check_workers(settings: TrainingSettings, topology: Topology) -> None:
 
 
 def _check_device(settings: TrainingSettings, topology: Topology) -> None:
-    """GPUs for every local worker when asked for; fp16 only on GPUs."""
+    """GPUs for every local worker when asked for; fp16 and SyncBatchNorm only on GPUs."""
     if settings.use_gpus:
         _check_gpus(topology.local_world_size)
     elif settings.precision == "fp16":
         raise ConfigError(
             "precision='fp16' needs GPUs (use_gpus=True); on CPUs use 'bf16' or 'fp32'"
+        )
+    elif settings.sync_batchnorm:
+        raise ConfigError(
+            "sync_batchnorm=True needs GPUs (torch's SyncBatchNorm runs on GPUs only); on CPUs "
+            "each worker normalizes with its own share's statistics"
+        )
+
+
+def _check_batchnorm(
+    model: ModelSource, info: DataInfo, settings: TrainingSettings, world_size: int, held_out: float
+) -> None:
+    """BatchNorm in training needs samples in every worker's micro-batch, BatchNorm1d on feature
+    vectors 2 or more (with 1 it fails in every worker, after the launch). Said before any
+    worker starts, with the way out."""
+    layers = {type(m).__name__ for m in model.skeleton(info).modules() if isinstance(m, _BatchNorm)}
+    if not layers:
+        return
+    n_train = info.samples - int(info.samples * held_out)
+    share = smallest_share(n_train, settings.batch_size, world_size, settings.drop_last)
+    smallest = share // settings.gradient_accumulation_steps
+    need = 2 if "BatchNorm1d" in layers else 1
+    if smallest < need:
+        raise ConfigError(
+            f"the model's {', '.join(sorted(layers))} layers need at least {need} sample(s) per "
+            f"worker in each micro-batch, but with batch_size={settings.batch_size} over nodes="
+            f"{world_size} (gradient_accumulation_steps={settings.gradient_accumulation_steps}, "
+            f"{n_train} training samples) a worker gets {smallest}; pass drop_last=True (drops "
+            "each epoch's last, smaller global batch) or a larger batch_size"
         )
 
 

@@ -130,3 +130,14 @@ def test_staging_data_into_a_full_temporary_directory_names_it(small_disk: Path)
     with pytest.raises(OSError, match=r"no space left on .*disk.* \(needed ~2\.1 MB"):
         source.stage(small_disk)  # type: ignore[attr-defined]
     assert list(small_disk.iterdir()) == []
+
+
+def test_digests_cover_zero_dim_tensors_and_bfloat16() -> None:
+    """A 0-dim tensor (BatchNorm's num_batches_tracked, a scalar parameter) used to break the
+    weight digest (``.view(torch.uint8)`` on 0 dims), losing a finished job's result."""
+    from ai_distributed_training.training.strategies.base import state_digest
+
+    base = {"t": torch.tensor(3), "w": torch.ones(2, dtype=torch.bfloat16)}
+    assert state_digest(base) == state_digest({k: v.clone() for k, v in base.items()})
+    assert state_digest(base) != state_digest({**base, "t": torch.tensor(4)})
+    assert state_digest(base) != state_digest({**base, "w": torch.zeros(2, dtype=torch.bfloat16)})

@@ -18,6 +18,8 @@ from ai_distributed_training import (
     DistributedTraining,
     GPUAcceleratedTraining,
 )
+from ai_distributed_training.config import TrainingSettings
+from ai_distributed_training.prepare import prepare
 
 MODEL = {"model_name": "m", "hidden_sizes": [8]}
 DATA = {"samples": 100, "features": 4}
@@ -240,3 +242,21 @@ def test_more_workers_on_a_host_than_it_can_run() -> None:
     big = {"samples": 10**7, "features": 1}
     with pytest.raises(ConfigError, match=r"nodes=1000000 puts 1000000 worker processes .*per CPU"):
         train(data=big, nodes=10**6, batch_size=10**7)
+
+
+def _batchnorm_mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
+
+
+def test_batchnorm_with_a_one_sample_share_names_drop_last() -> None:
+    """A last global batch of 1 sample: BatchNorm1d fails in every worker after the launch."""
+    data = {"samples": 100, "features": 4}
+    with pytest.raises(ConfigError, match=r"BatchNorm1d layers need at least 2 .*drop_last=True"):
+        train(_batchnorm_mlp, data, nodes=2, batch_size=33, validation_split=0.0)
+    settings = TrainingSettings(nodes=2, batch_size=33, validation_split=0.0, drop_last=True)
+    prepare(_batchnorm_mlp, data, settings)  # full batches only: 17 and 16 per worker
+
+
+def test_sync_batchnorm_needs_gpus() -> None:
+    with pytest.raises(ConfigError, match=r"sync_batchnorm=True needs GPUs"):
+        train(sync_batchnorm=True)

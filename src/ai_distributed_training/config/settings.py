@@ -127,6 +127,12 @@ class TrainingSettings(StrictModel):
         description="Micro-batches per optimizer step on each worker (gradients are "
         "synchronized on the last one only); batch_size stays the global batch per step.",
     )
+    drop_last: bool = Field(
+        False,
+        description="Drop each epoch's last global batch when it is smaller than batch_size "
+        "(then every step trains on a full global batch; BatchNorm needs >= 2 samples per "
+        "worker).",
+    )
     max_grad_norm: float | None = Field(
         None, gt=0.0, description="Clip the global (synchronized) gradient norm to this value."
     )
@@ -180,6 +186,16 @@ class TrainingSettings(StrictModel):
         description="'ddp': a full replica per worker; 'fsdp': parameters, gradients and "
         "optimizer state sharded across workers (FSDP2); 'auto': fsdp when the estimated "
         "replica does not fit a worker's memory.",
+    )
+    find_unused_parameters: bool = Field(
+        False,
+        description="DDP: let parameters go unused in some steps' forward (DDP's option, at "
+        "some cost per step); without it a parameter unused in forward is an error naming it.",
+    )
+    sync_batchnorm: bool = Field(
+        False,
+        description="GPUs: BatchNorm statistics over the whole global batch "
+        "(SyncBatchNorm); otherwise each worker normalizes with its own share's statistics.",
     )
     fsdp_blocks: list[str] | None = Field(
         None,

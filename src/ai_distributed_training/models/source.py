@@ -54,6 +54,18 @@ class ModelSource:
         for the user's models none (the whole model is one unit) unless ``fsdp_blocks`` says."""
         return FSDP_BLOCKS[self.spec.architecture] if self.spec is not None else []
 
+    def skeleton(self, info: DataInfo) -> nn.Module:
+        """The model's structure for inspection in the caller: the caller's own module as it is
+        (not copied, not moved), else built on the meta device (no memory, no weights) where
+        the code allows, else built for real."""
+        if self.module is not None:
+            return self.module
+        try:
+            with torch.device("meta"):
+                return self.build(info)
+        except Exception:  # factory code that cannot run on the meta device
+            return self.build(info)
+
     def build(self, info: DataInfo) -> nn.Module:
         """The model to train; call after seeding torch so every worker builds the same one."""
         if self.spec is not None:

@@ -259,7 +259,7 @@ def make_plan(
                 threads_per_worker=threads,
                 per_worker_batch=share,
                 per_worker_samples_per_epoch=_epoch_share(n_train, batch, n),
-                steps_per_epoch=num_steps(n_train, batch),
+                steps_per_epoch=num_steps(n_train, batch, settings.drop_last),
                 compute_s=compute,
                 communication_s=comm,
                 step_time_s=step,

@@ -14,9 +14,6 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-import torch
-from torch import nn
-
 from ..config import TrainingSettings
 from ..data import DataSource
 from ..models import ModelSource
@@ -81,17 +78,8 @@ def compatible(fingerprint: Mapping[str, str], meta: Mapping[str, Any]) -> bool:
 
 
 def _structure(model: ModelSource, data: DataSource) -> str:
-    """Names, shapes and dtypes of the model's parameters and buffers (built on the meta
-    device: no memory, no weights; the caller's own module is only read)."""
-    module: nn.Module
-    if model.module is not None:
-        module = model.module
-    else:
-        try:
-            with torch.device("meta"):
-                module = model.build(data.info)
-        except Exception:  # factory code that cannot run on the meta device
-            module = model.build(data.info)
+    """Names, shapes and dtypes of the model's parameters and buffers."""
+    module = model.skeleton(data.info)
     return repr([(k, tuple(v.shape), str(v.dtype)) for k, v in module.state_dict().items()])
 
 

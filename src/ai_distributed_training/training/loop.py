@@ -60,7 +60,8 @@ def train(
     settings, strategy = ctx.settings, ctx.strategy
     wrapped = strategy.wrap(model)
     optimizer = build_optimizer(settings, wrapped)
-    total_steps = num_steps(len(data.train_idx), settings.batch_size) * settings.epochs
+    steps_per_epoch = num_steps(len(data.train_idx), settings.batch_size, settings.drop_last)
+    total_steps = steps_per_epoch * settings.epochs
     scheduler = build_scheduler(settings, optimizer, total_steps)
     # fp16 needs loss scaling; bf16 and fp32 do not (a disabled scaler passes through).
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=ctx.compute_dtype == torch.float16)
@@ -111,7 +112,12 @@ class Loop:
             **({"scaler": scaler} if scaler.is_enabled() else {}),
             "loop": self.pos,
         }
-        self.steps_per_epoch = num_steps(len(data.train_idx), ctx.settings.batch_size)
+        settings = ctx.settings
+        self.steps_per_epoch = num_steps(
+            len(data.train_idx), settings.batch_size, settings.drop_last
+        )
+        #: Training samples per epoch: all of them, or the full global batches' (drop_last).
+        self.epoch_samples = min(len(data.train_idx), self.steps_per_epoch * settings.batch_size)
         self.hooks = CallbackRunner(list(ctx.settings.callbacks), ctx.rank, ctx.world_size)
         self.window = meter.zeros()  # stats since the last step record
         self.window_started = self.epoch_started = time.perf_counter()
@@ -139,7 +145,7 @@ class Loop:
         return LoopResult(
             history=pos.history,
             steps=pos.step,
-            samples_seen=len(self.data.train_idx) * len(pos.history),
+            samples_seen=self.epoch_samples * len(pos.history),
             train_time_s=pos.train_time,
             stopped_early=stopped_early,
             skipped_steps=pos.skipped_steps,

@@ -42,7 +42,15 @@ def run_rank(job: Job, env: RankEnv) -> dict[str, Any]:
     device, backend = join_process_group(settings, env)
     compute_dtype = autocast_dtype(settings.precision, device)
     blocks = settings.fsdp_blocks or job.model.blocks()
-    strategy = make_strategy(settings.strategy, env, device, blocks, compute_dtype)
+    strategy = make_strategy(
+        settings.strategy,
+        env,
+        device,
+        blocks,
+        compute_dtype,
+        find_unused_parameters=settings.find_unused_parameters,
+        sync_batchnorm=settings.sync_batchnorm,
+    )
     # Roles are decided once: global rank 0 logs the job and writes files, others don't.
     run_dir = Path(job.run_dir) if job.run_dir else None
     tracker = (
@@ -104,7 +112,9 @@ def _train_rank(
     )
     loop = train(model, data, ctx, resume)
     state_dict = strategy.full_state_dict(model)  # collective: a sharded model is gathered
-    in_sync = strategy.replicas_identical(state_dict)
+    # Parameters only: buffers such as BatchNorm's running statistics are each rank's own.
+    parameters = {name for name, _ in model.named_parameters()}
+    in_sync = strategy.replicas_identical({k: v for k, v in state_dict.items() if k in parameters})
     # Per-rank facts in one collective: peak memory (what the planner predicts), the CPUs
     # this rank could use, its model-state bytes; one tuple per rank, in rank order.
     facts = strategy.all_gather_object((peak_rss_bytes(), allowed_cpus(), loop.model_state_bytes))

@@ -39,9 +39,19 @@ def epoch_order(n_train: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n_train, generator=_generator(seed, epoch))
 
 
-def num_steps(n_train: int, batch_size: int) -> int:
-    """Optimizer steps per epoch: the last global batch may be partial, never dropped."""
-    return -(-n_train // batch_size)
+def num_steps(n_train: int, batch_size: int, drop_last: bool = False) -> int:
+    """Optimizer steps per epoch: the last global batch may be partial, and is dropped only
+    with ``drop_last``."""
+    return n_train // batch_size if drop_last else -(-n_train // batch_size)
+
+
+def smallest_share(n_train: int, batch_size: int, world_size: int, drop_last: bool) -> int:
+    """The fewest samples any rank gets in any step of an epoch (0: an empty share)."""
+    smallest = batch_size // world_size if n_train >= batch_size else n_train // world_size
+    last = n_train % batch_size
+    if last and not drop_last and n_train > batch_size:
+        smallest = min(smallest, last // world_size)
+    return smallest
 
 
 def global_batch(order: torch.Tensor, step: int, batch_size: int) -> torch.Tensor:

@@ -27,6 +27,9 @@ def make_strategy(
     device: torch.device,
     blocks: Sequence[str],
     compute_dtype: torch.dtype | None,
+    *,
+    find_unused_parameters: bool = False,
+    sync_batchnorm: bool = False,
 ) -> Strategy:
     """The strategy object named by the ``strategy`` setting (``auto`` is resolved by the
     caller before any worker starts); ``blocks``: the module classes FSDP shards one by one."""
@@ -37,4 +40,10 @@ def make_strategy(
         # Mixed precision on GPU: blocks compute in bf16 (fp16), gradients are reduced in fp32.
         param_dtype = compute_dtype if device.type == "cuda" else None
         return FSDPStrategy(env.rank, env.world_size, device, blocks, param_dtype)
-    return DDPStrategy(env.rank, env.world_size, device)
+    return DDPStrategy(
+        env.rank,
+        env.world_size,
+        device,
+        find_unused_parameters=find_unused_parameters,
+        sync_batchnorm=sync_batchnorm,
+    )
