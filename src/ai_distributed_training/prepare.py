@@ -32,6 +32,7 @@ from .training.checkpoint import (
     list_checkpoints,
     written_with,
 )
+from .training.dryrun import dry_run
 from .training.identity import compatible, differences
 from .training.identity import fingerprint as run_fingerprint
 from .training.sharding import smallest_share
@@ -75,6 +76,7 @@ def prepare(
     _check_device(settings, topology)
     _check_workers(settings, topology)
     _check_batchnorm(model_source, data_source.info, settings, topology.world_size, held_out)
+    dry_run(model_source, data_source, settings)
     check_warmup(settings)
     fingerprint = run_fingerprint(model_source, data_source, settings)
     settings, resume_path, resume_dir = _resume_point(settings, fingerprint, model_source.name)

@@ -260,3 +260,31 @@ def test_batchnorm_with_a_one_sample_share_names_drop_last() -> None:
 def test_sync_batchnorm_needs_gpus() -> None:
     with pytest.raises(ConfigError, match=r"sync_batchnorm=True needs GPUs"):
         train(sync_batchnorm=True)
+
+
+class _NeedsRealValues(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x) * float(x.abs().sum().item() >= 0)  # cannot run on meta tensors
+
+
+def test_a_model_that_does_not_fit_the_data_fails_before_any_worker_starts() -> None:
+    """A shape bug used to cost a launch and a traceback per worker."""
+    with pytest.raises(
+        ConfigError,
+        match=r"fails on a batch shaped like the data \(inputs \(2, 4\) "
+        r"float32, targets \(2,\) int64\): RuntimeError: mat1 and mat2",
+    ):
+        train(nn.Linear(5, 2))
+    with pytest.raises(ConfigError, match=r"fails on a batch .*: RuntimeError: .*\[5, 2\]"):
+        train(lambda: nn.Linear(5, 2))  # a factory's model, checked on the meta device
+    module = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.BatchNorm1d(8), nn.Linear(8, 2))
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    prepare(module, DATA, TrainingSettings())  # the caller's module: checked, left as it was
+    assert module.training and all(
+        torch.equal(v, before[k]) for k, v in module.state_dict().items()
+    )
+    prepare(_NeedsRealValues, DATA, TrainingSettings())  # not checkable on meta: left to workers
