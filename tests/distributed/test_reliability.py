@@ -156,7 +156,8 @@ def test_killing_the_caller_at_any_moment_leaves_no_worker_running() -> None:
 
 
 class RaisingAtFirstStep(nn.Module):
-    """A model whose forward always raises (a bug in the user's model); counts its builds."""
+    """A model whose forward raises in training (a bug in the user's training-only code path,
+    which the caller's eval-mode dry run does not reach); counts its builds."""
 
     def __init__(self, builds: str) -> None:
         super().__init__()
@@ -165,7 +166,9 @@ class RaisingAtFirstStep(nn.Module):
             f.write(f"built by rank {os.environ.get('RANK')}\n")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        raise ValueError("a bug in forward")
+        if self.training:
+            raise ValueError("a bug in forward")
+        return self.lin(x)
 
 
 def test_an_error_that_would_repeat_is_not_retried(tmp_path: Path) -> None:
