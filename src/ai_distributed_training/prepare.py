@@ -67,7 +67,7 @@ def prepare(
         ConfigError / ConfigTypeError: naming the bad value and what is accepted.
     """
     model_source = resolve_model(model)
-    data_source = resolve_data(data, settings.task, settings.target)
+    data_source = resolve_data(data, settings.task, settings.target, settings.num_classes)
     check_fits_data(model_source, data_source.info)
     validation = _resolve_validation(settings, data_source.info)
     held_out = 0.0 if validation else settings.validation_split

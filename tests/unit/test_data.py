@@ -123,3 +123,27 @@ def test_a_bad_target_is_named(tmp_path: Path, target: object, data: str, match:
         resolve_data(str(tmp_path / data), target=target)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match=r"target=.* chooses the target column of a .csv"):
         resolve_data((np.zeros((4, 2)), np.zeros(4)), target=target)  # type: ignore[arg-type]
+
+
+class _CountingDataset(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """Labels 0..9; counts the items read."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.reads = n, 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        self.reads += 1
+        return torch.zeros(3), torch.tensor(i % 10)
+
+
+def test_a_dataset_without_targets_is_not_read_whole_to_count_its_classes() -> None:
+    """5000 items at 2 ms each used to cost 10.8 s in the caller before any worker started."""
+    dataset = _CountingDataset(5000)
+    source = resolve_data(dataset)
+    assert source.info.num_outputs == 10 and dataset.reads <= 1 + 256
+    assert "10 classes (from 256 of its labels; set num_classes" in source.info.description
+    stated = resolve_data(_CountingDataset(5000), num_classes=12)
+    assert stated.info.num_outputs == 12 and "12 classes (num_classes)" in stated.info.description

@@ -157,6 +157,12 @@ class TrainingSettings(StrictModel):
         description="A .csv table's target column, by header name or 0-based index (negative "
         "from the end); default: the last column.",
     )
+    num_classes: int | None = Field(
+        None,
+        ge=2,
+        description="Classes of a classification Dataset without a targets attribute; default: "
+        "counted from 256 of its labels, spread over it (never the whole Dataset).",
+    )
     validation_data: Any = Field(
         None, description="Validation set in any form data accepts; replaces validation_split."
     )

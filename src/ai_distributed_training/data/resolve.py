@@ -19,7 +19,10 @@ from .types import DataSource, Task
 
 
 def resolve_data(
-    data: Any, task: Task | None = None, target: str | int | None = None
+    data: Any,
+    task: Task | None = None,
+    target: str | int | None = None,
+    num_classes: int | None = None,
 ) -> DataSource:
     """Turn any accepted data input into a validated :class:`DataSource`.
 
@@ -29,7 +32,9 @@ def resolve_data(
     a directory of ``.npy`` or ``.parquet`` shards.
 
     ``task`` ("classification" or "regression") overrides the task inferred from the targets;
-    ``target`` picks a ``.csv`` table's target column (header name or index; default: the last).
+    ``target`` picks a ``.csv`` table's target column (header name or index; default: the last);
+    ``num_classes`` states a classification Dataset's number of classes (else it is counted from
+    its ``targets``, or from a spread sample of its labels).
 
     Raises:
         ConfigError: a bad value (naming it); ConfigTypeError: an input of a type not accepted.
@@ -54,7 +59,7 @@ def resolve_data(
     elif isinstance(data, Mapping):
         source = SyntheticSource.from_spec(validate(SyntheticDataSpec, data, "data key"))
     elif isinstance(data, Dataset):
-        source = DatasetSource.from_dataset(data)
+        source = DatasetSource.from_dataset(data, num_classes)
     else:
         raise ConfigTypeError(
             f"data of type {type(data).__name__} is not accepted; pass a synthetic spec dict "
