@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import TensorDataset
 
 from ai_distributed_training import DistributedTraining, WorkerFailedError
 
@@ -51,3 +52,25 @@ def test_a_parameter_unused_in_forward_is_named_and_not_retried() -> None:
     assert "find_unused_parameters=True" in text and "not restarted" in text
     result = TRAINER.train_distributed(WithUnusedLayer, DATA, nodes=2, find_unused_parameters=True)
     assert result["weights_in_sync"]
+
+
+class Embedder(nn.Module):
+    """Integer ids in, an embedding first: what integer inputs are for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(50, 8)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(ids).mean(dim=1))
+
+
+def test_integer_inputs_reach_an_embedding_and_float64_datasets_train() -> None:
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 50, (200, 5), generator=g)
+    labels = (ids[:, 0] < 25).long()
+    result = TRAINER.train_distributed(Embedder, (ids, labels), nodes=2)
+    assert result["weights_in_sync"] and result["epochs"] == 2
+    wide = TensorDataset(torch.randn(100, 6, dtype=torch.float64), torch.randint(0, 2, (100,)))
+    assert TRAINER.train_distributed(batchnorm_mlp, wide, nodes=2)["weights_in_sync"]

@@ -147,3 +147,24 @@ def test_a_dataset_without_targets_is_not_read_whole_to_count_its_classes() -> N
     assert "10 classes (from 256 of its labels; set num_classes" in source.info.description
     stated = resolve_data(_CountingDataset(5000), num_classes=12)
     assert stated.info.num_outputs == 12 and "12 classes (num_classes)" in stated.info.description
+
+
+def test_integer_inputs_stay_integers_and_float64_becomes_float32() -> None:
+    """Integer X used to be cast to float (an embedding model then failed in the workers)."""
+    ids = torch.randint(0, 50, (20, 3))
+    source = resolve_data((ids, torch.zeros(20, dtype=torch.long)))
+    x, _ = source.open().batch(torch.arange(4))
+    assert x.dtype == torch.int64 and torch.equal(x, ids[:4])
+    assert source.info.input_dtype == "int64"
+    wide = resolve_data(TensorDataset(torch.randn(8, 3, dtype=torch.float64), torch.zeros(8)))
+    x, _ = wide.open().batch(torch.arange(8))
+    assert x.dtype == torch.float32 and wide.info.input_dtype == "float32"
+
+
+def test_the_built_in_mlp_takes_integer_features() -> None:
+    from ai_distributed_training.models import resolve_model
+
+    source = resolve_data((torch.randint(0, 5, (10, 4)), torch.zeros(10, dtype=torch.long)))
+    model = resolve_model({"model_name": "m"}).build(source.info)
+    x, _ = source.open().batch(torch.arange(10))
+    assert model(x).shape == (10, 2)

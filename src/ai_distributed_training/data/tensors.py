@@ -17,7 +17,15 @@ from torch.utils.data import Dataset
 
 from ..errors import ConfigError, ConfigTypeError
 from ..host import write_atomically
-from .types import DataInfo, DatasetReader, Task, TensorReader, token_info
+from .types import (
+    DataInfo,
+    DatasetReader,
+    Task,
+    TensorReader,
+    dtype_name,
+    model_inputs,
+    token_info,
+)
 
 
 def tokens_source(tokens: Any, vocab_size: int | None) -> TensorSource:
@@ -91,7 +99,7 @@ def tensors_source(
         raise ConfigError(f"X and y have different lengths: len(X)={len(xt)}, len(y)={len(yt)}")
     if len(xt) == 0:
         raise ConfigError("the data has 0 samples; at least one is needed")
-    xt = as_float_inputs(xt)
+    xt = model_inputs(xt)
     _check_finite(xt, "X")
     if yt.dtype == torch.bool:
         yt = yt.long()
@@ -132,8 +140,13 @@ def tensors_source(
         inferred,
         outputs,
         f"{description}: {len(xt)} x {tuple(xt.shape[1:])}, {inferred}",
+        input_dtype=dtype_name(xt),
     )
     return TensorSource(xt.contiguous(), yt.contiguous(), info)
+
+
+def _input_dtype(x0: torch.Tensor) -> str:
+    return dtype_name(model_inputs(x0))
 
 
 def as_float_inputs(x: torch.Tensor) -> torch.Tensor:
@@ -223,7 +236,8 @@ class DatasetSource:
             task = "classification"
             outputs, how = _classes(dataset, n, num_classes)
             desc += f", classification, {outputs} classes ({how})"
-        return cls(dataset, DataInfo(n, tuple(x0.shape), task, outputs, desc))
+        info = DataInfo(n, tuple(x0.shape), task, outputs, desc, input_dtype=_input_dtype(x0))
+        return cls(dataset, info)
 
     def stage(self, job_dir: Path) -> DatasetSource:
         return self

@@ -30,6 +30,8 @@ class DataInfo:
     description: str
     #: Token sequences: inputs are ids, each position's target is the next token's id.
     tokens: bool = False
+    #: The inputs' dtype (torch's name): integer inputs (ids for an embedding) stay integers.
+    input_dtype: str = "float32"
 
 
 def example_batch(
@@ -39,7 +41,9 @@ def example_batch(
     if info.tokens:
         ids = torch.zeros((batch, *info.input_shape), dtype=torch.long, device=device)
         return ids, ids.clone()
-    x = torch.zeros((batch, *info.input_shape), device=device)
+    x = torch.zeros(
+        (batch, *info.input_shape), dtype=getattr(torch, info.input_dtype), device=device
+    )
     if info.task == "classification":
         return x, torch.zeros(batch, dtype=torch.long, device=device)
     return x, torch.zeros(batch, info.num_outputs, device=device).squeeze(1)
@@ -96,7 +100,19 @@ class DatasetReader:
         getitems = getattr(self.dataset, "__getitems__", None)
         items = getitems(idx) if getitems else [self.dataset[i] for i in idx]
         x, y = default_collate(items)
-        return torch.as_tensor(x), torch.as_tensor(y)
+        return model_inputs(torch.as_tensor(x)), torch.as_tensor(y)
+
+
+def model_inputs(x: torch.Tensor) -> torch.Tensor:
+    """Inputs as a model takes them: float64 and bool become float32 (the weights' dtype);
+    narrower floats stay; integers (ids for an embedding) stay integers."""
+    if x.dtype == torch.float64 or x.dtype == torch.bool:
+        return x.float()
+    return x
+
+
+def dtype_name(t: torch.Tensor) -> str:
+    return str(t.dtype).removeprefix("torch.")
 
 
 def token_info(samples: int, seq_len: int, vocab_size: int, description: str) -> DataInfo:

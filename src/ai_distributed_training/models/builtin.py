@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import nn
 
 from ..config import ModelSpec
@@ -16,8 +17,16 @@ _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 }
 
 
+class Flatten(nn.Flatten):
+    """``nn.Flatten`` that also turns integer inputs into floats (the Linear layers' dtype), so
+    the built-in architectures take integer feature tables as they are."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x if x.is_floating_point() else x.float())
+
+
 def _mlp(spec: ModelSpec, in_features: int, out_features: int) -> nn.Module:
-    layers: list[nn.Module] = [nn.Flatten()]
+    layers: list[nn.Module] = [Flatten()]
     width = in_features
     for hidden in spec.hidden_sizes:
         layers += [nn.Linear(width, hidden), _ACTIVATIONS[spec.activation]()]
@@ -29,7 +38,7 @@ def _mlp(spec: ModelSpec, in_features: int, out_features: int) -> nn.Module:
 
 
 def _linear(spec: ModelSpec, in_features: int, out_features: int) -> nn.Module:
-    return nn.Sequential(nn.Flatten(), nn.Linear(in_features, out_features))
+    return nn.Sequential(Flatten(), nn.Linear(in_features, out_features))
 
 
 #: Built-in architectures by name: ``builder(spec, in_features, out_features) -> nn.Module``
