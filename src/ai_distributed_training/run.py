@@ -21,6 +21,7 @@ import torch.distributed as dist
 from .config import settings_as_plain_data
 from .errors import ConfigError, WorkerFailedError
 from .host import DirectoryLockedError, directory_lock, pid_alive
+from .launch import worker
 from .launch.elastic import launch_local
 from .launch.handover import JobFiles
 from .launch.restarts import RestartPolicy
@@ -104,10 +105,6 @@ def _job(
 
 def _launch(prepared: PreparedJob, started: float, config: dict[str, Any]) -> TrainingResult:
     """Start this host's workers through torch elastic and wait for them."""
-    # Imported here, not at the top: each worker runs this module as __main__, and runpy warns
-    # (and runs it twice) when the package's own imports loaded it first.
-    from .launch import worker
-
     settings, topology = prepared.settings, prepared.topology
     run_dir = create_run_dir(settings, prepared.model.name)
     ckpt_dir = checkpoint_dir(settings, run_dir)
