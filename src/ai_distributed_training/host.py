@@ -202,16 +202,23 @@ def _raise_if_out_of_space(err: Exception, directory: Path, needed: int) -> None
 def remove_stale_temporaries(directory: Path) -> list[Path]:
     """Delete the temporary files (``.NAME.tmp-PID``) that dead processes left in
     ``directory`` (killed mid-save); a live process's are kept. Returns what was removed."""
+    return remove_stale(directory, ".*.tmp-*", lambda path: path.name.rpartition(".tmp-")[2])
+
+
+def remove_stale(directory: Path, pattern: str, pid_of: Callable[[Path], str]) -> list[Path]:
+    """Delete the files and folders matching ``pattern`` in ``directory`` whose owner, the
+    process ``pid_of(path)`` names, no longer runs; a live process's are kept. Returns what was
+    removed."""
     removed = []
-    for tmp in directory.glob(".*.tmp-*"):
-        pid = tmp.name.rpartition(".tmp-")[2]
+    for path in directory.glob(pattern):
+        pid = pid_of(path)
         if pid.isdigit() and not pid_alive(int(pid)):
             with contextlib.suppress(OSError):
-                if tmp.is_dir():
-                    shutil.rmtree(tmp)
+                if path.is_dir():
+                    shutil.rmtree(path)
                 else:
-                    tmp.unlink()
-                removed.append(tmp)
+                    path.unlink()
+                removed.append(path)
     return removed
 
 

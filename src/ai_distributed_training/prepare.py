@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .config import TrainingSettings, check_warmup
@@ -30,7 +31,6 @@ from .training.checkpoint import (
     checkpoint_meta,
     is_checkpoint,
     list_checkpoints,
-    written_with,
 )
 from .training.dryrun import dry_run
 from .training.identity import compatible, differences
@@ -75,10 +75,12 @@ def prepare(
     topology = Topology.of(settings, joined)
     _check_device(settings, topology)
     _check_workers(settings, topology)
-    _check_batchnorm(model_source, data_source.info, settings, topology.world_size, held_out)
-    dry_run(model_source, data_source, settings)
+    skeleton = model_source.skeleton(data_source.info)  # built once for the checks below
+    _check_batchnorm(skeleton, data_source.info, settings, topology.world_size, held_out)
+    if model_source.spec is None:  # the built-in architectures fit the data by construction
+        dry_run(skeleton, data_source, settings)
     check_warmup(settings)
-    fingerprint = run_fingerprint(model_source, data_source, settings)
+    fingerprint = run_fingerprint(skeleton, data_source, settings)
     settings, resume_path, resume_dir = _resume_point(settings, fingerprint, model_source.name)
     if settings.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise ConfigError(
@@ -167,12 +169,12 @@ def _check_device(settings: TrainingSettings, topology: Topology) -> None:
 
 
 def _check_batchnorm(
-    model: ModelSource, info: DataInfo, settings: TrainingSettings, world_size: int, held_out: float
+    model: nn.Module, info: DataInfo, settings: TrainingSettings, world_size: int, held_out: float
 ) -> None:
     """BatchNorm in training needs samples in every worker's micro-batch, BatchNorm1d on feature
     vectors 2 or more (with 1 it fails in every worker, after the launch). Said before any
     worker starts, with the way out."""
-    layers = {type(m).__name__ for m in model.skeleton(info).modules() if isinstance(m, _BatchNorm)}
+    layers = {type(m).__name__ for m in model.modules() if isinstance(m, _BatchNorm)}
     if not layers:
         return
     n_train = info.samples - int(info.samples * held_out)
@@ -234,7 +236,7 @@ def _resume_point(
         return settings, None, None
     path: Path | None = None
     directory: Path | None = None
-    newest: Path | None
+    newest: tuple[Path, dict[str, Any]] | None
     if settings.resume != "auto":
         path = Path(settings.resume)
         if not is_checkpoint(path):
@@ -242,7 +244,7 @@ def _resume_point(
                 f"resume={settings.resume!r}: no such checkpoint; pass 'auto' or the path of a "
                 "step-*.pt checkpoint file or a committed step-*.dcp directory"
             )
-        newest = path
+        newest = path, checkpoint_meta(path)
     elif settings.checkpoint_dir is not None:
         directory = Path(settings.checkpoint_dir)
         newest = _newest_readable(directory)
@@ -251,24 +253,24 @@ def _resume_point(
         newest = _newest_readable(directory) if directory else None
     if newest is None:
         return settings, None, None
-    settings = _strategy_of(newest, settings)
-    _check_compatible(newest, fingerprint, only_model=path is not None)
+    settings = _strategy_of(*newest, settings)
+    _check_compatible(*newest, fingerprint, only_model=path is not None)
     return settings, path, directory
 
 
-def _newest_readable(directory: Path) -> Path | None:
-    """The newest checkpoint in ``directory`` whose facts can be read (the workers verify it)."""
+def _newest_readable(directory: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint in ``directory`` whose facts can be read, with those facts (the
+    workers verify the whole of it)."""
     for path in list_checkpoints(directory):
         try:
-            checkpoint_meta(path)
-            return path
+            return path, checkpoint_meta(path)
         except Exception:  # truncated or corrupt: the workers skip it, with a warning
             continue
     return None
 
 
-def _strategy_of(path: Path, settings: TrainingSettings) -> TrainingSettings:
-    written = written_with(path)
+def _strategy_of(path: Path, meta: dict[str, Any], settings: TrainingSettings) -> TrainingSettings:
+    written = str(meta.get("strategy", "ddp"))
     if settings.strategy == "auto":
         return settings.model_copy(update={"strategy": written})
     if settings.strategy != written:
@@ -279,11 +281,13 @@ def _strategy_of(path: Path, settings: TrainingSettings) -> TrainingSettings:
     return settings
 
 
-def _check_compatible(path: Path, fingerprint: dict[str, str], only_model: bool) -> None:
+def _check_compatible(
+    path: Path, meta: dict[str, Any], fingerprint: dict[str, str], only_model: bool
+) -> None:
     """Refuse a checkpoint whose run differs from this one in what changes the math (a
     checkpoint given by its path: in the model only); checkpoints from before fingerprints are
     taken as they are."""
-    theirs = checkpoint_meta(path).get("fingerprint")
+    theirs = meta.get("fingerprint")
     if not theirs:
         return
     mine = {"model": fingerprint["model"]} if only_model else fingerprint

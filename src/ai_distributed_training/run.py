@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 from .config import settings_as_plain_data
 from .errors import ConfigError, WorkerFailedError
-from .host import DirectoryLockedError, directory_lock, pid_alive
+from .host import DirectoryLockedError, directory_lock, remove_stale
 from .launch import worker
 from .launch.elastic import launch_local
 from .launch.handover import JobFiles
@@ -30,7 +30,7 @@ from .report import write_report
 from .result import TrainingResult
 from .rundir import SUMMARY_FILE, announce, checkpoint_dir, create_run_dir, write_config
 from .topology import RankEnv
-from .training.checkpoint import list_checkpoints, load_newest_valid, run_of, step_of
+from .training.checkpoint import load_newest_valid, of_run, run_checkpoints, step_of
 from .training.identity import new_run_id
 from .training.job import Job
 from .training.rank import join_process_group, run_rank
@@ -133,8 +133,7 @@ def _launch(prepared: PreparedJob, started: float, config: dict[str, Any]) -> Tr
         )
         out = files.read_result()
     except WorkerFailedError as err:
-        mine = partial(_own, job.run_id)
-        newest = load_newest_valid(ckpt_dir, mine) if ckpt_dir else None
+        newest = load_newest_valid(ckpt_dir, of_run(job.run_id)) if ckpt_dir else None
         err.note_checkpoint(str(newest[0]) if newest else None)
         first_line = str(err).splitlines()[0]
         announce(run_dir, logging.ERROR, f"Distributed training failed: {first_line}")
@@ -173,31 +172,22 @@ def _join(
     return _finish(prepared, out, run_dir, ckpt_dir, started)
 
 
-def _own(run_id: str, meta: dict[str, Any]) -> bool:
-    return bool(meta.get("run_id") == run_id)
-
-
 def _progress(ckpt_dir: Path | None, job: Job) -> int:
     """The newest checkpoint step this run has written (-1: none): how far a restart resumes."""
-    mine = [p for p in list_checkpoints(ckpt_dir) if run_of(p) == job.run_id] if ckpt_dir else []
+    mine = run_checkpoints(ckpt_dir, job.run_id) if ckpt_dir else []
     return step_of(mine[0]) if mine else -1
 
 
-def _job_dir_prefix(pid: int | None = None) -> str:
-    """Job directories are named after the caller's process, so a later call can tell the
-    ones a killed caller left behind."""
-    return f"adt-job-{os.getpid() if pid is None else pid}-"
+def _job_dir_prefix() -> str:
+    """Job directories are named after the caller's process (``adt-job-PID-...``), so a later
+    call can tell the ones a killed caller left behind."""
+    return f"adt-job-{os.getpid()}-"
 
 
 def remove_stale_job_dirs() -> list[Path]:
     """Delete the job directories (staged data included) of callers that no longer run."""
-    removed = []
-    for path in Path(tempfile.gettempdir()).glob("adt-job-*-*"):
-        pid = path.name.split("-")[2]
-        if pid.isdigit() and not pid_alive(int(pid)) and path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
-    return removed
+    temp = Path(tempfile.gettempdir())
+    return remove_stale(temp, "adt-job-*-*", lambda path: path.name.split("-")[2])
 
 
 def _finish(

@@ -47,7 +47,8 @@ def write_checkpoint(
 ) -> Path:
     """A checkpoint as a run of ``model`` on DATA with ``settings`` writes it."""
     resolved = TrainingSettings(**settings)
-    parts = fingerprint(resolve_model(model), resolve_data(DATA), resolved)
+    data = resolve_data(DATA)
+    parts = fingerprint(resolve_model(model).skeleton(data.info), data, resolved)
     state = {
         "model": {"w": torch.zeros(2)},
         "loop": {"step": step, "epoch": 1},

@@ -83,6 +83,16 @@ def run_of(path: Path) -> str | None:
         return None
 
 
+def of_run(run_id: str) -> Callable[[dict[str, Any]], bool]:
+    """A test of a checkpoint's facts (:func:`checkpoint_meta`): written by run ``run_id``."""
+    return lambda meta: meta.get("run_id") == run_id
+
+
+def run_checkpoints(directory: Path, run_id: str) -> list[Path]:
+    """The checkpoints run ``run_id`` wrote in ``directory``, newest first."""
+    return [p for p in list_checkpoints(directory) if run_of(p) == run_id]
+
+
 def list_checkpoints(directory: Path) -> list[Path]:
     """Checkpoints in ``directory`` (files, and sharded directories with their commit marker),
     newest (highest step) first."""
@@ -213,9 +223,7 @@ def prune(directory: Path, keep: int, run_id: str | None = None) -> None:
     """Delete all but the newest ``keep`` checkpoints of run ``run_id`` (another run's are never
     touched; None: every checkpoint counts), and what dead processes left half-saved."""
     remove_stale_temporaries(directory)
-    found = list_checkpoints(directory)
-    if run_id is not None:
-        found = [p for p in found if run_of(p) == run_id]
+    found = list_checkpoints(directory) if run_id is None else run_checkpoints(directory, run_id)
     for old in found[keep:]:
         if old.is_dir():
             shutil.rmtree(old, ignore_errors=True)

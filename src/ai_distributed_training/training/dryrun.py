@@ -7,27 +7,24 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import nn
 from torch.utils.data import default_collate
 
 from ..config import TrainingSettings
 from ..data import DataSource, example_batch
 from ..data.tensors import DatasetSource
 from ..errors import ConfigError
-from ..models import ModelSource
 from .optim import as_targets, loss_sum_fn
 
 
-def dry_run(model: ModelSource, data: DataSource, settings: TrainingSettings) -> None:
-    """Run the user's model and the loss on 2 samples (the caller's own module in eval mode on
-    its device, without gradients, its mode restored; a factory's model on the meta device).
-    Built-in architectures are checked against the data by :func:`~..models.check_fits_data`.
+def dry_run(module: nn.Module, data: DataSource, settings: TrainingSettings) -> None:
+    """Run ``module`` (a model's :meth:`~..models.ModelSource.skeleton`: the caller's own module,
+    or a factory's model on the meta device) and the loss on 2 samples: in eval mode, without
+    gradients, its mode restored, on its device.
 
     Raises:
         ConfigError: the model or the loss fails on a batch of the data's shape and dtype.
     """
-    if model.spec is not None:
-        return
-    module = model.skeleton(data.info)
     device = next((p.device for p in module.parameters()), torch.device("cpu"))
     x, y = _two_samples(data, device)
     task = data.info.task
@@ -42,7 +39,7 @@ def dry_run(model: ModelSource, data: DataSource, settings: TrainingSettings) ->
         if "meta" in str(err):
             return  # code that needs real values (e.g. .item()): the workers will tell
         raise ConfigError(
-            f"the model {model.name} fails on a batch shaped like the data (inputs "
+            f"the model {type(module).__name__} fails on a batch shaped like the data (inputs "
             f"{_describe(x)}, targets {_describe(y)}): {type(err).__name__}: {err}"
         ) from None
     finally:

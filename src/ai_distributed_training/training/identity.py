@@ -14,9 +14,10 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from torch import nn
+
 from ..config import TrainingSettings
 from ..data import DataSource
-from ..models import ModelSource
 
 #: Settings that change what training computes (so a checkpoint only continues under the same).
 #: ``epochs`` is not one of them: continuing a run for more epochs is what resuming is for.
@@ -45,13 +46,14 @@ def new_run_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
-def fingerprint(model: ModelSource, data: DataSource, settings: TrainingSettings) -> dict[str, str]:
-    """What must match for a run to continue from another's checkpoint, as named parts."""
+def fingerprint(model: nn.Module, data: DataSource, settings: TrainingSettings) -> dict[str, str]:
+    """What must match for a run to continue from another's checkpoint, as named parts;
+    ``model``: the model's structure (its :meth:`~..models.ModelSource.skeleton` will do)."""
     info = data.info
     spec = getattr(data, "spec", None)  # a synthetic spec states its seed and sizes
     described = (info.samples, info.input_shape, info.task, info.num_outputs, info.description)
     parts = {
-        "model": _short_hash(_structure(model, data)),
+        "model": _short_hash(_structure(model)),
         "data": _short_hash(repr((described, spec.model_dump() if spec is not None else None))),
     }
     for name in MATH_SETTINGS:
@@ -77,9 +79,8 @@ def compatible(fingerprint: Mapping[str, str], meta: Mapping[str, Any]) -> bool:
     return not theirs or not differences(fingerprint, theirs)
 
 
-def _structure(model: ModelSource, data: DataSource) -> str:
+def _structure(module: nn.Module) -> str:
     """Names, shapes and dtypes of the model's parameters and buffers."""
-    module = model.skeleton(data.info)
     return repr([(k, tuple(v.shape), str(v.dtype)) for k, v in module.state_dict().items()])
 
 

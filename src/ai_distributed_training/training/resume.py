@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import torch
 
-from .checkpoint import capture_rng, load_checkpoint, load_newest_valid, restore_rng
+from .checkpoint import capture_rng, load_checkpoint, load_newest_valid, of_run, restore_rng
 from .identity import compatible
 from .job import Job
 from .strategies.base import Strategy
@@ -165,7 +165,7 @@ def find_resume_point(
     ``resume_path``, else the newest valid compatible checkpoint in its ``resume_dir``, else
     none."""
     if attempt > 0 and ckpt_dir is not None:
-        found = load_newest_valid(ckpt_dir, lambda meta: meta.get("run_id") == run_id)
+        found = load_newest_valid(ckpt_dir, of_run(run_id))
         if found is not None:
             log.info("resuming from %s", found[0])
             return found[0], found[1], found[1].get("resumed_from")
