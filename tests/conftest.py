@@ -20,6 +20,8 @@ _SET_BY_OTHERS = {"PYTEST_CURRENT_TEST", "TORCHINDUCTOR_CACHE_DIR"}
 # sees exactly this session's workers (not another job's on the same machine).
 SESSION_TAG = f"ADT_TEST_SESSION={uuid.uuid4().hex}"
 os.environ["ADT_TEST_SESSION"] = SESSION_TAG.split("=", 1)[1]
+# Hugging Face models are built from configs here: nothing may be downloaded.
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 def worker_pids() -> list[int]:

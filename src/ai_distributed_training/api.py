@@ -117,7 +117,9 @@ class DistributedTraining:
             raise ConfigError(f"threshold={threshold!r} must be in (0, 1]")
         resolved = self.resolve_settings(**settings)
         model_source = resolve_model(model)
-        data_source = resolve_data(data, resolved.task, resolved.target, resolved.num_classes)
+        data_source = resolve_data(
+            data, resolved.task, resolved.target, resolved.num_classes, resolved.collate_fn
+        )
         profile = resolve_profile(hardware, calibrate)
         return make_plan(model_source, data_source, resolved, profile, counts, threshold)
 

@@ -17,9 +17,11 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.data import DataLoader, Dataset
 
 from .config import TrainingSettings, check_warmup
 from .data import DataInfo, DataSource, resolve_data
+from .data.tensors import DatasetSource
 from .errors import ConfigError, ConfigTypeError
 from .host import available_cores, host_memory_bytes
 from .models import ModelSource, check_fits_data, resolve_model
@@ -67,7 +69,10 @@ def prepare(
         ConfigError / ConfigTypeError: naming the bad value and what is accepted.
     """
     model_source = resolve_model(model)
-    data_source = resolve_data(data, settings.task, settings.target, settings.num_classes)
+    data_source = resolve_data(
+        data, settings.task, settings.target, settings.num_classes, settings.collate_fn
+    )
+    settings = _adopt_loader_batch(settings, data_source)
     check_fits_data(model_source, data_source.info)
     validation = _resolve_validation(settings, data_source.info)
     held_out = 0.0 if validation else settings.validation_split
@@ -103,6 +108,26 @@ def prepare(
         resume_path=resume_path,
         resume_dir=resume_dir,
     )
+
+
+def _adopt_loader_batch(settings: TrainingSettings, data: DataSource) -> TrainingSettings:
+    """A user DataLoader's ``batch_size`` (and ``drop_last``) become the settings' where those
+    are not set; a different ``batch_size`` setting is a ConfigError: both would claim to be
+    the batch."""
+    if not isinstance(data, DatasetSource) or data.loader_batch_size is None:
+        return settings
+    given, theirs = settings.model_fields_set, data.loader_batch_size
+    if "batch_size" in given and settings.batch_size != theirs:
+        raise ConfigError(
+            f"the DataLoader's batch_size={theirs} differs from batch_size="
+            f"{settings.batch_size}: batch_size is the GLOBAL batch, split over the nodes (each "
+            "rank reads its share); a DataLoader's batch_size is taken as the global batch when "
+            "the batch_size setting is not given. Make them equal, or set only one"
+        )
+    update: dict[str, Any] = {"batch_size": theirs}
+    if data.loader_drop_last and "drop_last" not in given:
+        update["drop_last"] = True
+    return settings.model_copy(update=update)
 
 
 def _check_sizes(settings: TrainingSettings, info: DataInfo, held_out: float) -> None:
@@ -329,7 +354,8 @@ def _resolve_validation(settings: TrainingSettings, info: DataInfo) -> DataSourc
         return None
     given = settings.validation_data
     target = settings.target if isinstance(given, (str, os.PathLike)) else None
-    source = resolve_data(given, settings.task or info.task, target)
+    collate = settings.collate_fn if isinstance(given, (Dataset, DataLoader)) else None
+    source = resolve_data(given, settings.task or info.task, target, None, collate)
     if source.info.input_shape != info.input_shape:
         raise ConfigError(
             f"validation_data inputs have shape {source.info.input_shape}, the "

@@ -25,6 +25,7 @@ from .launch import worker
 from .launch.elastic import launch_local
 from .launch.handover import JobFiles
 from .launch.restarts import RestartPolicy
+from .models.keras import load_weights
 from .prepare import PreparedJob
 from .report import write_report
 from .result import TrainingResult
@@ -200,7 +201,7 @@ def _finish(
     """The result of a finished job from a rank's output (weights included), written to the
     run directory when there is one."""
     model = prepared.model.build(prepared.data.info)
-    model.load_state_dict(out["state_dict"])
+    load_weights(model, out["state_dict"])
     result = TrainingResult(
         model,
         **_facts(prepared, out),
@@ -226,7 +227,8 @@ def _facts(prepared: PreparedJob, out: dict[str, Any]) -> dict[str, Any]:
     settings, info = prepared.settings, prepared.data.info
     history: list[dict[str, float]] = out["history"]
     last = history[-1]
-    names = ["loss", *(["accuracy"] if info.task == "classification" else []), *settings.metrics]
+    scored = "train_accuracy" in last  # classification, unless the model's own loss is used
+    names = ["loss", *(["accuracy"] if scored else []), *settings.metrics]
     metric_names = [f"{split}_{name}" for name in names for split in ("train", "val")]
     gpus = settings.use_gpus
     return {

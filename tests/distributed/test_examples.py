@@ -92,3 +92,39 @@ def test_many_nodes_on_two_cores_finish_and_warn_once() -> None:
     assert result["threads_per_worker"] == max(1, cores // nodes)
     messages = [str(w.message) for w in caught if "exceeds the" in str(w.message)]
     assert len(messages) == (1 if nodes > cores else 0), messages
+
+
+def _number(line_start: str, stdout: str) -> float:
+    line = next(ln for ln in stdout.splitlines() if ln.startswith(line_start))
+    return float(line.removeprefix(line_start).split()[0])
+
+
+def test_gpt2_byte_language_model_example_learns_text() -> None:
+    """A Hugging Face model from a config, dict batches, its own loss, a padding collate."""
+    proc = _run(ROOT / "examples" / "gpt2_bytes.py")
+    assert proc.returncode == 0, proc.stderr
+    assert _number("train loss", proc.stdout) < 3.5  # uniform guessing: log(256) = 5.55
+    assert _number("validation loss", proc.stdout) < 3.5
+
+
+def test_two_input_model_example_learns_from_both_inputs() -> None:
+    """The label depends on the store id too: a model ignoring it stays near 80%."""
+    proc = _run(ROOT / "examples" / "two_inputs.py")
+    assert proc.returncode == 0, proc.stderr
+    assert _number("validation accuracy", proc.stdout) > 0.93
+
+
+def test_digits_cnn_example_trains_through_a_dataloader_with_loader_processes() -> None:
+    proc = _run(ROOT / "examples" / "digits_cnn.py")
+    assert proc.returncode == 0, proc.stderr
+    assert _number("validation accuracy", proc.stdout) > 0.8
+    assert "from a DataLoader (num_workers=2)" in proc.stdout
+    assert "UserWarning" not in proc.stderr  # no loader-process warning per rank
+
+
+def test_keras_example_returns_the_trained_keras_model() -> None:
+    """Keras names layers from a per-process counter: the weights come back by position."""
+    proc = _run(ROOT / "examples" / "keras_digits.py")
+    assert proc.returncode == 0, proc.stderr
+    assert _number("validation accuracy", proc.stdout) > 0.9
+    assert _number("accuracy of the returned model on 200 images:", proc.stdout) > 0.9

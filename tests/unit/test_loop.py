@@ -6,14 +6,19 @@ exact resume from its own checkpoints, a replaceable step) is tested here in mil
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from torch import nn
+from torch.utils.data import Dataset
 
 from ai_distributed_training.config import TrainingSettings
+from ai_distributed_training.data.loading import DatasetReader, LoaderOptions, Micro
 from ai_distributed_training.training.checkpoint import list_checkpoints, load_checkpoint
-from ai_distributed_training.training.context import RankContext
+from ai_distributed_training.training.context import RankContext, RankData
 from ai_distributed_training.training.loop import LoopResult, train
 from ai_distributed_training.training.resume import Checkpointer
 from ai_distributed_training.training.step import TrainStep
@@ -67,11 +72,62 @@ def test_the_step_is_a_replaceable_part() -> None:
 
     class CountingStep(TrainStep):
         def forward_backward(
-            self, indices: torch.Tensor, global_count: int, step: int
+            self, micros: Sequence[Micro], global_count: int, step: int
         ) -> torch.Tensor:
             seen.append((step, global_count))
-            return super().forward_backward(indices, global_count, step)
+            return super().forward_backward(micros, global_count, step)
 
     train(build_model(), rank_data(), one_rank(settings(epochs=1)), make_step=CountingStep)
     n_train = SAMPLES - int(SAMPLES * 0.1)
     assert seen == [(1, 64), (2, 64), (3, 64), (4, n_train - 3 * 64)]
+
+
+class Augmenting(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """Each read adds noise from torch's, NumPy's and Python's global generators."""
+
+    def __init__(self) -> None:
+        g = torch.Generator().manual_seed(1)
+        self.x, self.y = torch.randn(96, 8, generator=g), torch.randint(0, 2, (96,), generator=g)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        import random
+
+        noise = torch.randn(8) + float(np.random.rand()) + random.random()
+        return self.x[i] + 0.1 * noise, self.y[i]
+
+
+def augmenting_data(num_workers: int) -> RankData:
+    reader = DatasetReader(Augmenting(), LoaderOptions(num_workers=num_workers))
+    idx = torch.arange(96)
+    return RankData(
+        reader=reader,
+        task="classification",
+        train_idx=idx[:80],
+        val_reader=reader,
+        val_idx=idx[80:],
+    )
+
+
+def test_augmentation_repeats_exactly_with_loader_processes_and_after_a_resume(
+    tmp_path: Path,
+) -> None:
+    """Each sample is read under a seed of (seed, epoch, index): two loader processes give the
+    weights this process gives, and a mid-epoch resume through them ends bitwise where the
+    uninterrupted run did (dropout's stream is the training process's own, untouched by reads)."""
+    s = settings(checkpoint_every=2, batch_size=16, epochs=2)
+
+    def run(num_workers: int, ckpt: Path | None, resume: dict[str, Any] | None) -> nn.Module:
+        model = build_model()
+        train(model, augmenting_data(num_workers), one_rank(s, ckpt), resume)
+        return model
+
+    in_process = run(0, tmp_path, None)
+    in_loaders = run(2, None, None)
+    mid = [p for p in list_checkpoints(tmp_path) if load_checkpoint(p)["loop"]["step_in_epoch"]]
+    resumed = run(2, None, load_checkpoint(mid[0]))
+    for name, a in in_process.state_dict().items():
+        assert torch.equal(a, in_loaders.state_dict()[name]), name
+        assert torch.equal(a, resumed.state_dict()[name]), name

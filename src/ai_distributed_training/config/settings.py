@@ -177,7 +177,8 @@ class TrainingSettings(StrictModel):
     metrics: dict[str, Callable[..., Any]] = Field(
         default_factory=dict,
         description="{name: fn(outputs, targets) -> per-sample tensor "
-        "[batch]}, reported as train_<name> and val_<name> (means over every sample).",
+        "[batch]}, reported as train_<name> and val_<name> (means over every sample); "
+        "targets as loss_fn gets them.",
     )
     deterministic: bool = Field(
         False,
@@ -189,8 +190,28 @@ class TrainingSettings(StrictModel):
     )
     loss_fn: Callable[..., Any] | None = Field(
         None,
-        description="loss_fn(outputs, targets) -> mean loss over the batch; default: "
-        "cross-entropy for classification, MSE for regression.",
+        description="loss_fn(outputs, targets) -> the batch's mean loss, or a (sum, count) "
+        "pair; targets: a tuple batch's last element, or the whole batch for a dict batch. "
+        "Default: the model's own outputs.loss, else cross-entropy (classification; targets "
+        "of -100 ignored) or MSE (regression).",
+    )
+    forward: Callable[..., Any] | None = Field(
+        None,
+        description="forward(model, batch) -> outputs; default: model(**batch) for a dict "
+        "batch (less the keys the model's forward does not take, e.g. the target), "
+        "model(*batch[:-1]) for a tuple batch, model(batch) for a tensor.",
+    )
+    count_fn: Callable[..., Any] | None = Field(
+        None,
+        description="count_fn(batch) -> the number of items the batch's mean loss is over "
+        "(e.g. valid tokens); the step weights each rank by the global count. Default: valid "
+        "labels (not -100) of per-position targets, else samples.",
+    )
+    collate_fn: Callable[..., Any] | None = Field(
+        None,
+        description="collate_fn(list of samples) -> batch, for a Dataset (e.g. padding "
+        "sequences; a Hugging Face data collator works); default: default_collate, or the "
+        "DataLoader's own.",
     )
     strategy: Literal["ddp", "fsdp", "auto"] = Field(
         "ddp",

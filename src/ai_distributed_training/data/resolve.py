@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from ..config import SyntheticDataSpec, TokenDataSpec, validate
 from ..errors import ConfigError, ConfigTypeError
 from .files import FILE_SUFFIXES, file_source
+from .loading import LoaderOptions
 from .synthetic import SyntheticSource, SyntheticTokenSource
-from .tensors import DatasetSource, tensors_source, tokens_source
+from .tensors import DatasetSource, loader_source, tensors_source, tokens_source
 from .types import DataSource, Task
 
 # --- entry point ---------------------------------------------------------------------------------
@@ -23,6 +24,7 @@ def resolve_data(
     task: Task | None = None,
     target: str | int | None = None,
     num_classes: int | None = None,
+    collate_fn: Callable[..., Any] | None = None,
 ) -> DataSource:
     """Turn any accepted data input into a validated :class:`DataSource`.
 
@@ -34,7 +36,9 @@ def resolve_data(
     ``task`` ("classification" or "regression") overrides the task inferred from the targets;
     ``target`` picks a ``.csv`` table's target column (header name or index; default: the last);
     ``num_classes`` states a classification Dataset's number of classes (else it is counted from
-    its ``targets``, or from a spread sample of its labels).
+    its ``targets``, or from a spread sample of its labels); ``collate_fn`` makes a Dataset's
+    samples a batch (default ``default_collate``). A ``DataLoader`` gives its dataset and its
+    loading options (see :func:`~.tensors.loader_source`).
 
     Raises:
         ConfigError: a bad value (naming it); ConfigTypeError: an input of a type not accepted.
@@ -45,6 +49,11 @@ def resolve_data(
         raise ConfigError(
             f"target={target!r} chooses the target column of a .csv table file; the data here "
             f"is a {type(data).__name__}, whose targets are already separate"
+        )
+    if collate_fn is not None and not isinstance(data, (Dataset, DataLoader)):
+        raise ConfigError(
+            f"collate_fn makes batches of a Dataset's samples; the data here is a "
+            f"{type(data).__name__}, which is batched by slicing"
         )
     if isinstance(data, (tuple, list)) and len(data) == 2:
         return tensors_source(data[0], data[1], description="arrays", task=task)
@@ -58,14 +67,17 @@ def resolve_data(
         source = SyntheticTokenSource.from_spec(validate(TokenDataSpec, data, "data key"))
     elif isinstance(data, Mapping):
         source = SyntheticSource.from_spec(validate(SyntheticDataSpec, data, "data key"))
+    elif isinstance(data, DataLoader):
+        source = loader_source(data, num_classes, collate_fn)
     elif isinstance(data, Dataset):
-        source = DatasetSource.from_dataset(data, num_classes)
+        options = LoaderOptions(collate_fn=collate_fn)
+        source = DatasetSource.from_dataset(data, num_classes, options)
     else:
         raise ConfigTypeError(
             f"data of type {type(data).__name__} is not accepted; pass a synthetic spec dict "
             "{'samples': N, 'features': F}, a pair (X, y) of tensors or arrays, a map-style "
-            f"torch Dataset, or a path to a {'/'.join(FILE_SUFFIXES)} file or a directory of "
-            ".npy/.parquet shards"
+            "torch Dataset or a DataLoader over one, or a path to a "
+            f"{'/'.join(FILE_SUFFIXES)} file or a directory of .npy/.parquet shards"
         )
     # A spec or a dataset states its own targets: a different task setting is a contradiction.
     if task is not None and task != source.info.task:

@@ -6,26 +6,28 @@ shared through the page cache instead of copied once per worker.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
+from torch.utils.data._utils.collate import default_convert
 
 from ..errors import ConfigError, ConfigTypeError
 from ..host import write_atomically
-from .types import (
-    DataInfo,
-    DatasetReader,
-    Task,
-    TensorReader,
-    dtype_name,
+from .loading import DatasetReader, LoaderOptions
+from .structure import (
+    IGNORE_INDEX,
+    batch_inputs,
+    describe_structure,
     model_inputs,
-    token_info,
+    num_samples,
+    target_of,
 )
+from .types import DataInfo, Task, TensorReader, dtype_name, token_info
 
 
 def tokens_source(tokens: Any, vocab_size: int | None) -> TensorSource:
@@ -124,16 +126,15 @@ def tensors_source(
         yt = yt.float()
         outputs = int(np.prod(yt.shape[1:], dtype=np.int64)) if yt.ndim > 1 else 1
     else:
+        # Class labels: one per sample (N,), or one per position (N, T, ...) for token-level
+        # classification, where -100 marks a position without a target.
         inferred = "classification"
-        if yt.ndim != 1:
-            raise ConfigError(
-                f"integer targets are class labels and must be 1-D; got y shape "
-                f"{tuple(yt.shape)} (use float targets for regression)"
-            )
-        if int(yt.min()) < 0:
-            raise ConfigError(f"class labels must be >= 0; found {int(yt.min())}")
+        valid = yt[yt != IGNORE_INDEX] if yt.ndim > 1 else yt
+        if valid.numel() and int(valid.min()) < 0:
+            ignored = " (-100 marks a position without a target)" if yt.ndim > 1 else ""
+            raise ConfigError(f"class labels must be >= 0{ignored}; found {int(valid.min())}")
         yt = yt.long()
-        outputs = max(2, int(yt.max()) + 1)
+        outputs = max(2, _largest_label(yt) + 1)
     info = DataInfo(
         len(xt),
         tuple(xt.shape[1:]),
@@ -185,18 +186,24 @@ CLASS_SAMPLE = 256
 
 
 def _classes(dataset: Dataset[Any], n: int, num_classes: int | None) -> tuple[int, str]:
-    """How many classes a Dataset's labels have, and how that was found."""
+    """How many classes a Dataset's labels have (the largest label + 1; -100 means "no
+    target"), and how that was found."""
     if num_classes is not None:
         return num_classes, "num_classes"
     targets = getattr(dataset, "targets", None)
     if targets is not None:
-        return max(2, int(torch.as_tensor(targets).max()) + 1), "from its targets"
+        return max(2, _largest_label(torch.as_tensor(targets)) + 1), "from its targets"
     spread = torch.linspace(0, n - 1, min(n, CLASS_SAMPLE)).round().long().unique().tolist()
-    seen = [int(dataset[i][1]) for i in spread]
+    largest = max(_largest_label(torch.as_tensor(dataset[i][1])) for i in spread)
     how = "from its labels"
-    if len(seen) < n:
-        how = f"from {len(seen)} of its labels; set num_classes if some class is rarer"
-    return max(2, max(seen) + 1), how
+    if len(spread) < n:
+        how = f"from {len(spread)} of its labels; set num_classes if some class is rarer"
+    return max(2, largest + 1), how
+
+
+def _largest_label(labels: torch.Tensor) -> int:
+    valid = labels[labels != IGNORE_INDEX]
+    return int(valid.max()) if valid.numel() else 0
 
 
 # --- map-style datasets --------------------------------------------------------------------------
@@ -204,43 +211,138 @@ def _classes(dataset: Dataset[Any], n: int, num_classes: int | None) -> tuple[in
 
 @dataclass(frozen=True)
 class DatasetSource:
-    """A user ``Dataset`` of ``(input, target)`` pairs, cloudpickled to the workers."""
+    """A user ``Dataset`` (samples of any structure), cloudpickled to the workers, read with
+    the user's ``collate_fn`` and loader options."""
 
     dataset: Dataset[Any]
     info: DataInfo
+    options: LoaderOptions = field(default_factory=LoaderOptions)
+    #: The user's DataLoader's ``batch_size`` and ``drop_last`` (see :func:`loader_source`).
+    loader_batch_size: int | None = None
+    loader_drop_last: bool = False
 
     @classmethod
-    def from_dataset(cls, dataset: Dataset[Any], num_classes: int | None = None) -> DatasetSource:
-        try:
-            n = len(dataset)  # type: ignore[arg-type]
-        except TypeError:
-            raise ConfigTypeError(
-                f"the Dataset {type(dataset).__name__} has no len(); only "
-                "map-style datasets (with __len__ and __getitem__) are "
-                "accepted"
-            ) from None
-        if n == 0:
-            raise ConfigError(f"the Dataset {type(dataset).__name__} is empty")
-        first = dataset[0]
-        if not (isinstance(first, Sequence) and len(first) == 2):
-            raise ConfigTypeError(
-                f"dataset[0] must be an (input, target) pair; got {type(first).__name__}"
-            )
-        x0, y0 = torch.as_tensor(first[0]), torch.as_tensor(first[1])
-        desc = f"{type(dataset).__name__}: {n} samples of shape {tuple(x0.shape)}"
-        if y0.is_floating_point():
-            task: Task = "regression"
-            outputs = max(1, y0.numel())
+    def from_dataset(
+        cls,
+        dataset: Dataset[Any],
+        num_classes: int | None = None,
+        options: LoaderOptions | None = None,
+    ) -> DatasetSource:
+        """Validate ``dataset`` on a batch of its first two samples, collated as the workers
+        will (a collate or shape mistake is a ConfigError here, before any worker starts)."""
+        options = options or LoaderOptions()
+        n = _dataset_len(dataset)
+        example = example_of(dataset, options)
+        name = type(dataset).__name__
+        if not _is_pair(example):
+            desc = f"{name}: {n} samples, batches of {describe_structure(example)}"
+            task = _task_of(target_of(example))
+            info = DataInfo(n, (), task, num_classes or 0, desc, structured=True)
+            return cls(dataset, info, options)
+        x0, y0 = example
+        desc = f"{name}: {n} samples of shape {tuple(x0.shape[1:])}"
+        task = _task_of(y0)
+        if task == "regression":
+            outputs = max(1, y0[0].numel())
             desc += ", regression"
         else:
-            task = "classification"
             outputs, how = _classes(dataset, n, num_classes)
             desc += f", classification, {outputs} classes ({how})"
-        info = DataInfo(n, tuple(x0.shape), task, outputs, desc, input_dtype=_input_dtype(x0))
-        return cls(dataset, info)
+        info = DataInfo(
+            n, tuple(x0.shape[1:]), task, outputs, desc, input_dtype=_input_dtype(x0[0])
+        )
+        return cls(dataset, info, options)
 
     def stage(self, job_dir: Path) -> DatasetSource:
         return self
 
     def open(self) -> DatasetReader:
-        return DatasetReader(self.dataset)
+        return DatasetReader(self.dataset, self.options)
+
+
+def loader_source(
+    loader: DataLoader[Any], num_classes: int | None, collate_fn: Callable[..., Any] | None
+) -> DatasetSource:
+    """A user's ``DataLoader``: its dataset, ``collate_fn`` (unless the ``collate_fn`` setting
+    replaces it), ``num_workers``, ``pin_memory``, ``persistent_workers``, ``prefetch_factor``
+    and ``worker_init_fn``. Its sampler is replaced by the global-batch sampler (every sample
+    once per epoch across ranks); its ``batch_size`` is checked against the global batch by
+    the caller."""
+    own = loader.collate_fn if loader.collate_fn not in (default_collate, default_convert) else None
+    options = LoaderOptions(
+        collate_fn=collate_fn or own,
+        num_workers=loader.num_workers,
+        pin_memory=loader.pin_memory,
+        persistent_workers=loader.persistent_workers,
+        prefetch_factor=loader.prefetch_factor if loader.num_workers else None,
+        worker_init_fn=loader.worker_init_fn,
+    )
+    source = DatasetSource.from_dataset(loader.dataset, num_classes, options)
+    sampler = type(loader.sampler).__name__
+    shown = "its batches" if loader.batch_size is None else f"its {sampler}"
+    description = (
+        f"{source.info.description}; from a DataLoader (num_workers={loader.num_workers}), "
+        f"{shown} replaced by the global-batch sampler"
+    )
+    info = replace(source.info, description=description)
+    return replace(
+        source, info=info, loader_batch_size=loader.batch_size, loader_drop_last=loader.drop_last
+    )
+
+
+def example_of(dataset: Dataset[Any], options: LoaderOptions) -> Any:
+    """The dataset's first two samples collated as the workers will (one if it has one)."""
+    n = _dataset_len(dataset)
+    collate = options.collate_fn or default_collate
+    items = [dataset[0], dataset[min(1, n - 1)]]
+    try:
+        example = batch_inputs(collate(items))
+    except Exception as err:
+        how = (
+            getattr(options.collate_fn, "__name__", "collate_fn")
+            if options.collate_fn
+            else ("default_collate (set collate_fn, e.g. to pad sequences of different lengths)")
+        )
+        raise ConfigError(
+            f"collating the {type(dataset).__name__}'s first samples with {how} fails: "
+            f"{type(err).__name__}: {err}"
+        ) from None  # fmt: skip
+    try:
+        num_samples(example)
+    except ValueError as err:
+        raise ConfigError(f"a batch of the {type(dataset).__name__}: {err}") from None
+    return example
+
+
+def _dataset_len(dataset: Dataset[Any]) -> int:
+    if isinstance(dataset, IterableDataset):
+        raise ConfigTypeError(
+            f"the IterableDataset {type(dataset).__name__} is not accepted yet: samples are "
+            "shared out by index (every sample once per epoch, exact resume); pass a map-style "
+            "Dataset (__len__ and __getitem__), tensors, or a .npy/.parquet directory, which "
+            "is read row by row without loading it whole"
+        )
+    try:
+        n = len(dataset)  # type: ignore[arg-type]
+    except TypeError:
+        raise ConfigTypeError(
+            f"the Dataset {type(dataset).__name__} has no len(); only map-style datasets "
+            "(with __len__ and __getitem__) are accepted"
+        ) from None
+    if n == 0:
+        raise ConfigError(f"the Dataset {type(dataset).__name__} is empty")
+    return n
+
+
+def _is_pair(batch: Any) -> bool:
+    return (
+        type(batch) in (tuple, list)
+        and len(batch) == 2
+        and all(isinstance(t, torch.Tensor) and t.ndim >= 1 for t in batch)
+    )
+
+
+def _task_of(target: Any) -> Task:
+    if not isinstance(target, torch.Tensor):
+        return "custom"
+    return "regression" if target.is_floating_point() else "classification"

@@ -13,9 +13,13 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import torch
-from torch.utils.data import Dataset, default_collate
 
-Task = Literal["classification", "regression"]
+from .structure import model_inputs
+
+__all__ = ["model_inputs"]  # re-exported: the readers' dtype rule
+
+#: "custom": the model's own loss or the ``loss_fn`` setting defines what is learned.
+Task = Literal["classification", "regression", "custom"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,9 @@ class DataInfo:
     tokens: bool = False
     #: The inputs' dtype (torch's name): integer inputs (ids for an embedding) stay integers.
     input_dtype: str = "float32"
+    #: Batches are not ``(inputs, targets)`` tensor pairs (dicts, several inputs, nesting):
+    #: only the user's own models take them.
+    structured: bool = False
 
 
 def example_batch(
@@ -54,7 +61,10 @@ class BatchReader(Protocol):
 
     def __len__(self) -> int: ...
 
-    def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def batch(self, indices: torch.Tensor) -> Any:
+        """The samples at ``indices`` as one batch: an ``(inputs, targets)`` pair of tensors,
+        or any structure of tensors (see :mod:`.structure`)."""
+        ...
 
 
 class DataSource(Protocol):
@@ -81,34 +91,6 @@ class TensorReader:
 
     def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.x[indices], self.y[indices]
-
-
-class DatasetReader:
-    """Batches from a map-style ``Dataset`` of ``(input, target)`` pairs."""
-
-    def __init__(self, dataset: Dataset[Any]) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if len(indices) == 0:  # an empty share: a zero-row batch of the right shapes
-            x, y = self.batch(torch.zeros(1, dtype=torch.long))
-            return x[:0], y[:0]
-        idx = indices.tolist()
-        getitems = getattr(self.dataset, "__getitems__", None)
-        items = getitems(idx) if getitems else [self.dataset[i] for i in idx]
-        x, y = default_collate(items)
-        return model_inputs(torch.as_tensor(x)), torch.as_tensor(y)
-
-
-def model_inputs(x: torch.Tensor) -> torch.Tensor:
-    """Inputs as a model takes them: float64 and bool become float32 (the weights' dtype);
-    narrower floats stay; integers (ids for an embedding) stay integers."""
-    if x.dtype == torch.float64 or x.dtype == torch.bool:
-        return x.float()
-    return x
 
 
 def dtype_name(t: torch.Tensor) -> str:

@@ -30,6 +30,12 @@ def check_fits_data(model: ModelSource, info: DataInfo) -> None:
     the others for feature vectors. Raises ConfigError naming both."""
     if model.spec is None:
         return  # the user's model: theirs to match to the data
+    if info.structured:
+        raise ConfigError(
+            f"the built-in {model.spec.architecture!r} model takes (inputs, targets) tensor "
+            f"data; this data's batches are structured ({info.description}): pass your own "
+            "model (an nn.Module, a factory, a Hugging Face or Keras model)"
+        )
     transformer = model.spec.architecture == "transformer"
     if transformer != info.tokens:
         wanted = "token data ({'samples', 'seq_len', 'vocab_size'} or {'tokens': ids})"

@@ -1,6 +1,6 @@
-"""One forward pass and loss on a tiny batch shaped like the data, in the caller, before any
-worker starts: a shape or dtype mistake becomes one clear ``ConfigError`` instead of a launch
-and a traceback per worker."""
+"""One forward pass and loss on a tiny batch like the data's, in the caller, before any worker
+starts: a shape, dtype or structure mistake becomes one clear ``ConfigError`` instead of a
+launch and a traceback per worker."""
 
 from __future__ import annotations
 
@@ -8,52 +8,76 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import default_collate
 
 from ..config import TrainingSettings
 from ..data import DataSource, example_batch
-from ..data.tensors import DatasetSource
+from ..data.structure import describe_structure, num_samples, to_device
+from ..data.tensors import DatasetSource, example_of
 from ..errors import ConfigError
-from .optim import as_targets, loss_sum_fn
+from .metrics import Meter
+from .objective import NoTargetError, Objective
 
 
 def dry_run(module: nn.Module, data: DataSource, settings: TrainingSettings) -> None:
     """Run ``module`` (a model's :meth:`~..models.ModelSource.skeleton`: the caller's own module,
-    or a factory's model on the meta device) and the loss on 2 samples: in eval mode, without
-    gradients, its mode restored, on its device.
+    or a factory's model on the meta device), the loss and the metrics on 2 samples: in eval
+    mode, without gradients, its mode restored, on its device.
 
     Raises:
-        ConfigError: the model or the loss fails on a batch of the data's shape and dtype.
+        ConfigError: the model, the loss or a metric fails on a batch like the data's.
     """
     device = next((p.device for p in module.parameters()), torch.device("cpu"))
-    x, y = _two_samples(data, device)
-    task = data.info.task
+    batch = to_device(_two_samples(data), device)
+    objective = Objective.of(module, data.info.task, settings)
     was_training = module.training
     module.eval()  # no dropout, no BatchNorm statistics: the caller's module stays as it is
     try:
         with torch.no_grad():
-            loss_sum_fn(task, settings.loss_fn)(module(x), as_targets(y, task))
+            _loss_and_metrics(module, batch, objective, settings, device)
+    except NoTargetError as err:
+        raise ConfigError(str(err)) from None
     except NotImplementedError:
         return  # an operation without a meta kernel: the workers will run it for real
     except Exception as err:
         if "meta" in str(err):
             return  # code that needs real values (e.g. .item()): the workers will tell
         raise ConfigError(
-            f"the model {type(module).__name__} fails on a batch shaped like the data (inputs "
-            f"{_describe(x)}, targets {_describe(y)}): {type(err).__name__}: {err}"
+            f"the model {type(module).__name__} fails on a batch shaped like the data "
+            f"({_describe(batch)}): {type(err).__name__}: {err}"
         ) from None
     finally:
         module.train(was_training)
 
 
-def _two_samples(data: DataSource, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two real samples of a Dataset (its own shapes and dtypes), else zeros like the data's."""
+def _loss_and_metrics(
+    module: nn.Module,
+    batch: Any,
+    objective: Objective,
+    settings: TrainingSettings,
+    device: torch.device,
+) -> None:
+    count = objective.count(batch)
+    num_items = 1.0 if count is not None else None
+    out = objective.call(module, batch, num_items)
+    loss_sum, got = objective.loss(out, batch, count, num_items)
+    if device.type == "meta":
+        return  # no values to check
+    meter = Meter(objective.task, settings.metrics, device)
+    samples = num_samples(batch)
+    items = got if got is not None else count if count is not None else samples
+    scored, args = objective.scored(out, batch), objective.metric_args(out, batch)
+    meter.batch(loss_sum, items, samples, scored, args)
+
+
+def _two_samples(data: DataSource) -> Any:
+    """Two real samples of a Dataset, collated as the workers will, else zeros like the
+    data's."""
     if isinstance(data, DatasetSource):
-        item: Any = data.dataset[0]
-        x, y = default_collate([item, item])
-        return torch.as_tensor(x).to(device), torch.as_tensor(y).to(device)
-    return example_batch(data.info, 2, device)
+        return example_of(data.dataset, data.options)
+    return example_batch(data.info, 2)
 
 
-def _describe(t: torch.Tensor) -> str:
-    return f"{tuple(t.shape)} {str(t.dtype).removeprefix('torch.')}"
+def _describe(batch: Any) -> str:
+    if type(batch) is tuple and len(batch) == 2:
+        return f"inputs {describe_structure(batch[0])}, targets {describe_structure(batch[1])}"
+    return describe_structure(batch)

@@ -18,6 +18,7 @@ from torch import nn
 
 from ..config import TrainingSettings
 from ..data import DataSource
+from ..models.keras import structure_keys
 
 #: Settings that change what training computes (so a checkpoint only continues under the same).
 #: ``epochs`` is not one of them: continuing a run for more epochs is what resuming is for.
@@ -36,6 +37,9 @@ MATH_SETTINGS = (
     "warmup_ratio",
     "validation_split",
     "loss_fn",
+    "forward",
+    "count_fn",
+    "collate_fn",
     "precision",
     "task",
 )
@@ -66,6 +70,8 @@ def differences(mine: Mapping[str, str], theirs: Mapping[str, str]) -> list[str]
     out = []
     for name in sorted(set(mine) | set(theirs)):
         a, b = theirs.get(name), mine.get(name)
+        if a is None and b == repr(None):
+            continue  # a setting newer than their checkpoint, left at its default
         if a != b:
             hashed = name in ("model", "data")
             out.append(f"{name} (different)" if hashed else f"{name} ({a} -> {b})")
@@ -81,7 +87,8 @@ def compatible(fingerprint: Mapping[str, str], meta: Mapping[str, Any]) -> bool:
 
 def _structure(module: nn.Module) -> str:
     """Names, shapes and dtypes of the model's parameters and buffers."""
-    return repr([(k, tuple(v.shape), str(v.dtype)) for k, v in module.state_dict().items()])
+    keys, values = structure_keys(module), module.state_dict().values()
+    return repr([(k, tuple(v.shape), str(v.dtype)) for k, v in zip(keys, values, strict=True)])
 
 
 def _describe(value: Any) -> str:

@@ -9,6 +9,7 @@ replaceable part (:mod:`.step`).
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -19,11 +20,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..data.loading import read, sample_seed
 from .callbacks import CallbackRunner
 from .context import RankContext, RankData
 from .evaluate import evaluate
-from .metrics import BUSY, CLIPPED, COUNT, STEPS, Meter, per_worker
-from .optim import build_optimizer, build_scheduler, loss_sum_fn
+from .metrics import BUSY, CLIPPED, COUNT, ITEMS, LOSS, STEPS, Meter, per_worker
+from .objective import Objective
+from .optim import build_optimizer, build_scheduler
 from .resume import Checkpointer, LoopPosition, Stateful, restore
 from .sharding import epoch_order, global_batch, num_steps, rank_share
 from .step import Step, TrainStep
@@ -55,7 +58,7 @@ def train(
     validating on ``data``'s validation positions. Collective: call on every rank.
 
     ``make_step``: builds the step from keyword arguments ``ctx``, ``data``, ``model`` (the
-    wrapped one), ``optimizer``, ``scheduler``, ``scaler``, ``loss_sum`` and ``meter``
+    wrapped one), ``optimizer``, ``scheduler``, ``scaler``, ``objective`` and ``meter``
     (default: :class:`~.step.TrainStep`)."""
     settings, strategy = ctx.settings, ctx.strategy
     wrapped = strategy.wrap(model)
@@ -66,16 +69,16 @@ def train(
     # fp16 needs loss scaling; bf16 and fp32 do not (a disabled scaler passes through).
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=ctx.compute_dtype == torch.float16)
     meter = Meter(data.task, settings.metrics, ctx.device)
-    loss_sum = loss_sum_fn(data.task, settings.loss_fn)
+    objective = Objective.of(model, data.task, settings)
     parts: dict[str, Any] = {
         "optimizer": optimizer,
         "scheduler": scheduler,
         "scaler": scaler,
         "meter": meter,
     }
-    step = make_step(ctx=ctx, data=data, model=wrapped, loss_sum=loss_sum, **parts)
+    step = make_step(ctx=ctx, data=data, model=wrapped, objective=objective, **parts)
     validate = partial(
-        evaluate, strategy.unwrap(wrapped), data, ctx, loss_sum=loss_sum, meter=meter
+        evaluate, strategy.unwrap(wrapped), data, ctx, objective=objective, meter=meter
     )
     loop = Loop(ctx=ctx, data=data, model=wrapped, step=step, validate=validate, **parts)
     if resume is not None:
@@ -126,7 +129,7 @@ class Loop:
         """Continue from checkpoint ``resume``: weights, optimizer, position, RNG, sums."""
         ctx = self.ctx
         self.epoch_stats = restore(resume, ctx.strategy, self.stateful, ctx.settings.seed)
-        self.epoch_stats = self.epoch_stats.to(ctx.device)
+        self.epoch_stats = self.meter.upgrade(self.epoch_stats).to(ctx.device)
         ctx.job_log.info("resuming at epoch %d, step %d", self.pos.epoch, self.pos.step)
 
     def run(self) -> LoopResult:
@@ -154,17 +157,28 @@ class Loop:
         )
 
     def train_epoch(self, epoch: int) -> None:
-        """The epoch's remaining global batches, each rank taking its share of each."""
+        """The epoch's remaining global batches, each rank taking its share of each, read as
+        ``gradient_accumulation_steps`` micro-batches (prefetched where the reader can)."""
         ctx, pos, settings = self.ctx, self.pos, self.ctx.settings
         self.model.train()
         order = epoch_order(len(self.data.train_idx), settings.seed, epoch - 1)
         self.window = self.meter.zeros()
         self.epoch_started = self.window_started = time.perf_counter()
-        for step_in_epoch in range(pos.step_in_epoch, self.steps_per_epoch):
+        steps = range(pos.step_in_epoch, self.steps_per_epoch)
+        batches = [global_batch(order, s, settings.batch_size) for s in steps]
+        accumulation = settings.gradient_accumulation_steps
+        plan = [
+            micro
+            for batch in batches
+            for micro in self.data.train_idx[
+                rank_share(batch, ctx.rank, ctx.world_size)
+            ].tensor_split(accumulation)
+        ]
+        micros = read(self.data.reader, plan, sample_seed(settings.seed, epoch))
+        for step_in_epoch, batch in zip(steps, batches, strict=True):
             ctx.faults.before_step(pos.step + 1)
             started = time.perf_counter()
-            batch = global_batch(order, step_in_epoch, settings.batch_size)
-            share = self.data.train_idx[rank_share(batch, ctx.rank, ctx.world_size)]
+            share = list(itertools.islice(micros, accumulation))
             stats = self.step.forward_backward(share, len(batch), pos.step + 1)
             pos.step, pos.step_in_epoch = pos.step + 1, step_in_epoch + 1
             ctx.tracker.step(epoch, pos.step_in_epoch)
@@ -173,14 +187,14 @@ class Loop:
             stats[BUSY], stats[STEPS] = time.perf_counter() - started, 1
             self.window += stats
             self.epoch_stats += stats
-            self.after_step(epoch, stats, len(batch))
+            self.after_step(epoch, stats)
 
-    def after_step(self, epoch: int, stats: torch.Tensor, global_count: int) -> None:
+    def after_step(self, epoch: int, stats: torch.Tensor) -> None:
         """Per-step callbacks, then (mid-epoch only) step records, evaluation, checkpoints."""
         ctx, pos, settings = self.ctx, self.pos, self.ctx.settings
         if self.hooks.wants_step_metrics:
-            step_loss = ctx.strategy.all_reduce(stats[:1].clone(), dist.ReduceOp.SUM)
-            loss = {"train_loss": float(step_loss) / global_count}
+            summed = ctx.strategy.all_reduce(stats[[LOSS, ITEMS]].clone(), dist.ReduceOp.SUM)
+            loss = {"train_loss": float(summed[0]) / max(float(summed[1]), 1.0)}
             self.hooks("on_step_end", epoch, pos.step, loss)
         if pos.step_in_epoch == self.steps_per_epoch:
             return  # the end of the epoch does all of it

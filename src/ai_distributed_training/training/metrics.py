@@ -2,7 +2,8 @@
 
 Everything is a SUM with a COUNT (never an average of averages), so reductions across batches
 and ranks are exact. One vector per rank holds, in order: loss sum, correct predictions, samples,
-busy seconds, steps, clipped steps, then one sum per user metric.
+busy seconds, steps, clipped steps, the items the loss is summed over, the items accuracy is
+scored on, then one sum per user metric.
 """
 
 from __future__ import annotations
@@ -13,9 +14,14 @@ from typing import Any
 import torch
 
 from ..data import Task
+from ..data.structure import IGNORE_INDEX
 
-LOSS, CORRECT, COUNT, BUSY, STEPS, CLIPPED = range(6)
-BASE_SLOTS = 6
+LOSS, CORRECT, COUNT, BUSY, STEPS, CLIPPED, ITEMS, SCORED = range(8)
+#: ITEMS: what the loss is a mean over (samples, or counted items such as valid tokens);
+#: SCORED: the items accuracy was scored on. Checkpoints from before these two existed hold
+#: the first six slots (then the user metrics); :meth:`Meter.upgrade` reads them.
+BASE_SLOTS = 8
+_OLD_BASE_SLOTS = 6
 
 
 class Meter:
@@ -30,37 +36,64 @@ class Meter:
     def zeros(self) -> torch.Tensor:
         return torch.zeros(self.size, dtype=torch.float64, device=self.device)
 
-    def batch(self, loss_sum: torch.Tensor, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The stat vector of one batch (loss sum, correct, count, user metric sums)."""
+    def batch(
+        self,
+        loss_sum: torch.Tensor,
+        items: torch.Tensor | int,
+        samples: int,
+        scored: tuple[torch.Tensor, Any] | None,
+        metric_args: tuple[Any, Any],
+    ) -> torch.Tensor:
+        """The stat vector of one batch: its loss sum over ``items``, ``samples``, accuracy
+        on ``scored`` (prediction, target; None: not scored) and the user metrics' sums on
+        ``metric_args`` (outputs, target)."""
         stats = self.zeros()
         stats[LOSS] = loss_sum.detach().double()
-        stats[COUNT] = len(y)
-        if len(y) == 0:
+        stats[ITEMS] = items
+        stats[COUNT] = samples
+        if samples == 0:
             return stats
-        out = out.detach()
-        if self.task == "classification" and out.ndim == 3:  # tokens: per-sequence accuracy
-            stats[CORRECT] = (out.argmax(dim=2) == y).double().mean(dim=1).sum()
-        elif self.task == "classification":
-            stats[CORRECT] = (out.argmax(dim=1) == y).sum()
+        if scored is not None and self.task == "classification":
+            stats[CORRECT], stats[SCORED] = _correct(*scored)
         for i, (name, fn) in enumerate(self.user_metrics.items()):
-            values = torch.as_tensor(fn(out.float(), y))
-            if values.shape != (len(y),):
+            values = torch.as_tensor(fn(*metric_args))
+            if values.shape != (samples,):
                 raise ValueError(
                     f"metric {name!r} must return one value per sample (shape "
-                    f"[{len(y)}]); it returned shape {list(values.shape)}"
+                    f"[{samples}]); it returned shape {list(values.shape)}"
                 )
             stats[BASE_SLOTS + i] = values.double().sum()
         return stats
 
     def summarize(self, prefix: str, totals: torch.Tensor) -> dict[str, float]:
-        """Means over every sample: ``<prefix>_loss``, ``<prefix>_accuracy``, user metrics."""
+        """Means: ``<prefix>_loss`` over its items, ``<prefix>_accuracy`` over the scored
+        items (classification with the built-in loss or ``loss_fn``), user metrics over the
+        samples."""
         count = max(float(totals[COUNT]), 1.0)
-        out = {f"{prefix}_loss": float(totals[LOSS]) / count}
-        if self.task == "classification":
-            out[f"{prefix}_accuracy"] = float(totals[CORRECT]) / count
+        out = {f"{prefix}_loss": float(totals[LOSS]) / max(float(totals[ITEMS]), 1.0)}
+        if self.task == "classification" and float(totals[SCORED]) > 0:
+            out[f"{prefix}_accuracy"] = float(totals[CORRECT]) / float(totals[SCORED])
         for i, name in enumerate(self.user_metrics):
             out[f"{prefix}_{name}"] = float(totals[BASE_SLOTS + i]) / count
         return out
+
+    def upgrade(self, stats: torch.Tensor) -> torch.Tensor:
+        """A stat vector from an older checkpoint (no ITEMS, SCORED slots) in today's layout:
+        its losses and accuracies were per sample."""
+        if len(stats) != self.size - (BASE_SLOTS - _OLD_BASE_SLOTS):
+            return stats
+        old = stats[:_OLD_BASE_SLOTS]
+        return torch.cat([old, old[COUNT : COUNT + 1].repeat(2), stats[_OLD_BASE_SLOTS:]])
+
+
+def _correct(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(correct, scored) counts: classes in the last dimension of outputs shaped
+    ``(*target.shape, classes)``, else in dimension 1; targets of -100 are not scored."""
+    pred = pred.detach()
+    dim = -1 if pred.shape[:-1] == target.shape else 1
+    valid = target != IGNORE_INDEX
+    correct = (pred.argmax(dim=dim) == target) & valid
+    return correct.sum(), valid.sum()
 
 
 def per_worker(gathered: torch.Tensor) -> dict[str, list[float]]:

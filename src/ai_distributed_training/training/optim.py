@@ -7,12 +7,12 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.torch_version import TorchVersion
 
 from ..config import TrainingSettings
 from ..data import Task
+from .objective import default_loss
 
 LossSum = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -91,34 +91,16 @@ def build_scheduler(
 
 
 def loss_sum_fn(task: Task, user_loss: Callable[..., Any] | None) -> LossSum:
-    """A function giving the SUM of per-sample losses of a (possibly empty) local batch.
-
-    Sums, not means: the loop scales them so that unequal shares weigh correctly (see
-    :func:`~.sharding.loss_scale`). A user ``loss_fn`` returns a batch mean, so it is multiplied
-    by the batch length.
+    """The SUM of per-sample losses of an ``(inputs, targets)`` batch (possibly empty), for
+    the planner's timing runs; training uses :class:`~.objective.Objective`, which handles
+    batches of any structure. A user ``loss_fn`` returns a batch mean, times the batch length.
     """
 
     def summed(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if len(y) == 0:  # keep the graph connected so DDP still reduces every gradient
+        if len(y) == 0:  # keep the graph connected
             return out.sum() * 0.0
-        out = out.float()
         if user_loss is not None:
-            return torch.as_tensor(user_loss(out, y)) * len(y)
-        if task == "classification" and out.ndim == 3:  # tokens: each sequence's mean loss
-            per_token = F.cross_entropy(out.transpose(1, 2), y, reduction="none")
-            return per_token.mean(dim=1).sum()
-        if task == "classification":
-            return F.cross_entropy(out, y, reduction="sum")
-        flat_out, flat_y = out.reshape(len(y), -1), y.reshape(len(y), -1)
-        return F.mse_loss(flat_out, flat_y, reduction="sum") / flat_y.shape[1]
+            return torch.as_tensor(user_loss(out.float(), y)) * len(y)
+        return default_loss(task, out, y)
 
     return summed
-
-
-def as_targets(y: torch.Tensor, task: Task) -> torch.Tensor:
-    """Targets in the dtype the loss wants: floats for regression, class ids for classification."""
-    if task == "regression" and not y.is_floating_point():
-        return y.float()
-    if task == "classification" and y.is_floating_point():
-        return y.long()
-    return y

@@ -1,0 +1,190 @@
+"""Reading a map-style ``Dataset`` in a worker: the user's ``collate_fn``, optional background
+loader processes (``num_workers``), and random augmentation that repeats exactly.
+
+Each sample is fetched with torch's, Python's and NumPy's global generators seeded from
+``(seed, epoch, index)``, in the training process (its own generator state saved and restored
+around the fetch) or in a loader process alike. So a ``__getitem__`` that augments with random
+numbers gives sample ``i`` of epoch ``e`` the same augmentation whatever the number of ranks,
+whatever ``num_workers``, and after a resume mid-epoch; and reading data never shifts the
+training process's own random stream (dropout). torch's ``DataLoader`` seeds per loader process
+instead, so the same sample gets another augmentation when the work is split differently.
+A Dataset with ``__getitems__`` (a batched read) is called once per batch, seeded per batch: its
+augmentation then depends on how samples are grouped into batches.
+"""
+
+from __future__ import annotations
+
+import random
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from .structure import batch_inputs, first_rows
+
+_MASK = (1 << 63) - 1
+
+
+@dataclass(frozen=True)
+class LoaderOptions:
+    """How a rank loads a Dataset's batches (from the user's ``DataLoader``, if they passed one)."""
+
+    collate_fn: Callable[[list[Any]], Any] | None = None
+    num_workers: int = 0
+    pin_memory: bool = False
+    persistent_workers: bool = False
+    prefetch_factor: int | None = None
+    worker_init_fn: Callable[[int], None] | None = None
+
+
+@dataclass(frozen=True)
+class Micro:
+    """One micro-batch as read: ``samples`` 0 marks a stand-in for an empty share (one real
+    sample, so every model runs and DDP reduces every gradient; its loss is weighted 0)."""
+
+    batch: Any
+    samples: int
+
+
+class Plan:
+    """The index lists a rank reads next, in order; a ``DataLoader`` batch sampler whose
+    contents change each epoch (so persistent loader processes live across epochs)."""
+
+    def __init__(self) -> None:
+        self.lists: list[SeededIndices] = []
+
+    def __iter__(self) -> Iterator[SeededIndices]:
+        return iter(self.lists)
+
+    def __len__(self) -> int:
+        return len(self.lists)
+
+
+class SeededIndices(list):  # type: ignore[type-arg]
+    """Sample indices with the seed their augmentation draws from (pickles to loader processes)."""
+
+    def __init__(self, indices: Iterable[int], key: int) -> None:
+        super().__init__(indices)
+        self.key = key
+
+
+def sample_seed(key: int, index: int) -> int:
+    """A seed per ``(key, index)``: splitmix64 of their combination (fast, well mixed)."""
+    z = (key * 0x9E3779B97F4A7C15 + index + 1) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return (z ^ (z >> 31)) & _MASK
+
+
+class SeededDataset(Dataset[Any]):
+    """The user's Dataset, each sample fetched under its own seed (see the module docstring)."""
+
+    def __init__(self, dataset: Dataset[Any]) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitems__(self, indices: SeededIndices) -> list[Any]:
+        batched = getattr(self.dataset, "__getitems__", None)
+        if batched is not None:  # the user's batched read: one seed for the batch
+            _seed_everything(sample_seed(indices.key, -1 - indices[0]))
+            return list(batched(list(indices)))
+        items = []
+        for i in indices:
+            _seed_everything(sample_seed(indices.key, i))
+            items.append(self.dataset[i])
+        return items
+
+
+def _seed_everything(seed: int) -> None:
+    """torch's, Python's and NumPy's global generators (what augmentation code draws from)."""
+    torch.default_generator.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed & 0xFFFFFFFF)
+
+
+class DatasetReader:
+    """Batches from a map-style ``Dataset``: collated by the user's ``collate_fn`` (default
+    ``default_collate``), in this process or in ``num_workers`` loader processes."""
+
+    def __init__(self, dataset: Dataset[Any], options: LoaderOptions | None = None) -> None:
+        self.dataset = SeededDataset(dataset)
+        self.options = options or LoaderOptions()
+        self.collate = self.options.collate_fn or default_collate
+        self.plan = Plan()
+        self.loader: DataLoader[Any] | None = None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def batch(self, indices: torch.Tensor, key: int = 0) -> Any:
+        """The samples at ``indices`` as one batch (zero rows: an empty batch of the right
+        shapes), read in this process."""
+        if len(indices) == 0:
+            return first_rows(self.batch(torch.zeros(1, dtype=torch.long), key), 0)
+        with _rng_kept():
+            items = self.dataset.__getitems__(SeededIndices(indices.tolist(), key))
+        return batch_inputs(self.collate(items))
+
+    def batches(self, plan: Sequence[torch.Tensor], key: int) -> Iterator[Any]:
+        """The batches of ``plan`` in order (none empty), prefetched by the loader processes
+        when ``num_workers > 0``."""
+        if self.options.num_workers == 0:
+            return (self.batch(indices, key) for indices in plan)
+        self.plan.lists = [SeededIndices(indices.tolist(), key) for indices in plan]
+        with warnings.catch_warnings():
+            # Loader processes share their rank's CPUs (see cpu_affinity) by design; torch's
+            # "suggested max number of worker" warning counts just those CPUs.
+            warnings.filterwarnings("ignore", message="This DataLoader will create")
+            if self.loader is None:
+                self.loader = self._loader()
+            return iter(self.loader)
+
+    def _loader(self) -> DataLoader[Any]:
+        o = self.options
+        collate = self.collate
+        return DataLoader(
+            self.dataset,
+            batch_sampler=self.plan,
+            collate_fn=lambda items: batch_inputs(collate(items)),
+            num_workers=o.num_workers,
+            pin_memory=o.pin_memory and torch.cuda.is_available(),
+            persistent_workers=o.persistent_workers,
+            prefetch_factor=o.prefetch_factor,
+            worker_init_fn=o.worker_init_fn,
+            # Loader processes take their base seed from here, not from the training
+            # process's generator (its stream must not depend on when a loader starts).
+            generator=torch.Generator().manual_seed(0),
+        )
+
+
+class _rng_kept:
+    """Keep the training process's torch, Python and NumPy generator states across a fetch."""
+
+    def __enter__(self) -> None:
+        self.states = (torch.get_rng_state(), random.getstate(), np.random.get_state())
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_rng_state(self.states[0])
+        random.setstate(self.states[1])
+        np.random.set_state(self.states[2])
+
+
+def read(reader: Any, plan: Sequence[torch.Tensor], key: int) -> Iterator[Micro]:
+    """The micro-batches of ``plan`` from any reader, in order; an empty index list becomes a
+    stand-in of one sample (see :class:`Micro`), read as the first sample of ``reader``."""
+    stand_in = torch.zeros(1, dtype=torch.long)
+    sizes = [len(indices) for indices in plan]
+    full = [indices if len(indices) else stand_in for indices in plan]
+    batches = getattr(reader, "batches", None)
+    if batches is not None:
+        stream: Iterable[Any] = batches(full, key)
+    else:
+        stream = (reader.batch(indices) for indices in full)
+    for size, batch in zip(sizes, stream, strict=True):
+        yield Micro(batch, size)
