@@ -177,3 +177,88 @@ class RecordsNet(nn.Module):
 
     def forward(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         return self.net(torch.cat([x, self.embed(ids)], dim=1))
+
+
+# --- custom training steps ------------------------------------------------------------------------
+
+
+def distill_step(ctx: Any, batch: Any) -> dict[str, Any]:
+    """A batch-additive step: a frozen teacher's predictions, a student learning them."""
+    x, y = batch
+    with torch.no_grad():
+        target = ctx.models["teacher"](x)
+    out = ctx.models["student"](x)
+    loss = F.mse_loss(out, target) + F.cross_entropy(out, y)
+    ctx.backward(loss)
+    ctx.step("student")
+    return {"loss": loss}
+
+
+def teacher_and_student() -> nn.Module:
+    from ai_distributed_training.models import Models
+
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 2)).requires_grad_(False)
+    return Models({"teacher": teacher, "student": nn.Linear(8, 2)})
+
+
+def custom_weights(world: int, step: Callable[..., Any] = distill_step) -> dict[str, torch.Tensor]:
+    """The student's weights after ``train()`` with a train_step on this rank of ``world``."""
+    from tests.helpers import rank_data
+
+    rank = torch.distributed.get_rank() if world > 1 else 0
+    strategy = DDPStrategy(rank, world, torch.device("cpu"))
+    settings = TrainingSettings(epochs=2, batch_size=50, learning_rate=0.05, train_step=step)
+    model = teacher_and_student()
+    train(model, rank_data(), RankContext(settings=settings, strategy=strategy))
+    weights = strategy.full_state_dict(model)
+    strategy.close()
+    return weights
+
+
+def on_this_rank() -> dict[str, torch.Tensor]:
+    return custom_weights(torch.distributed.get_world_size())
+
+
+def uneven_step(ctx: Any, batch: Any) -> dict[str, Any]:
+    """Steps the student on rank 0 only: the others' models would silently drift apart."""
+    x, y = batch
+    out = ctx.models["student"](x)
+    loss = F.cross_entropy(out, y)
+    ctx.backward(loss)
+    if ctx.rank == 0:
+        ctx.step("student")
+    return {"loss": loss}
+
+
+def mismatch_message() -> str:
+    """On each rank: train with :func:`uneven_step`; the error's message (or 'no error')."""
+    try:
+        custom_weights(torch.distributed.get_world_size(), uneven_step)
+    except Exception as err:  # the error every rank raises
+        return f"{type(err).__name__}: {err}"
+    return "no error"
+
+
+def gan_generator() -> nn.Module:
+    return nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(0.1), nn.Linear(16, 8))
+
+
+def gan_discriminator() -> nn.Module:
+    return nn.Sequential(nn.Linear(8, 16), nn.LeakyReLU(0.2), nn.Linear(16, 1))
+
+
+def gan_step(ctx: Any, batch: Any) -> dict[str, Any]:
+    """Alternating updates of two models with two optimizers; noise from ctx.generator."""
+    real = batch[0]
+    G, D = ctx.models["G"], ctx.models["D"]
+    fake = G(torch.randn(len(real), 4, generator=ctx.generator))
+    scores = D(torch.cat([real, fake.detach()]))
+    truth = torch.cat([torch.ones(len(real), 1), torch.zeros(len(real), 1)])
+    d_loss = F.binary_cross_entropy_with_logits(scores, truth)
+    ctx.backward(d_loss)
+    ctx.step("D")
+    g_loss = F.binary_cross_entropy_with_logits(D(fake), torch.ones(len(real), 1))
+    ctx.backward(g_loss)
+    ctx.step("G")
+    return {"d_loss": d_loss, "g_loss": g_loss}

@@ -73,6 +73,7 @@ def prepare(
         data, settings.task, settings.target, settings.num_classes, settings.collate_fn
     )
     settings = _adopt_loader_batch(settings, data_source)
+    settings = _check_custom_step(settings, model_source)
     check_fits_data(model_source, data_source.info)
     validation = _resolve_validation(settings, data_source.info)
     held_out = 0.0 if validation else settings.validation_split
@@ -82,7 +83,9 @@ def prepare(
     _check_workers(settings, topology)
     skeleton = model_source.skeleton(data_source.info)  # built once for the checks below
     _check_batchnorm(skeleton, data_source.info, settings, topology.world_size, held_out)
-    if model_source.spec is None:  # the built-in architectures fit the data by construction
+    # The built-in architectures fit the data by construction; a train_step is the user's own
+    # code with optimizers in it, not run here.
+    if model_source.spec is None and settings.train_step is None:
         dry_run(skeleton, data_source, settings)
     check_warmup(settings)
     fingerprint = run_fingerprint(skeleton, data_source, settings)
@@ -128,6 +131,41 @@ def _adopt_loader_batch(settings: TrainingSettings, data: DataSource) -> Trainin
     if data.loader_drop_last and "drop_last" not in given:
         update["drop_last"] = True
     return settings.model_copy(update=update)
+
+
+def _check_custom_step(settings: TrainingSettings, model: ModelSource) -> TrainingSettings:
+    """Several models train through a ``train_step``; a dict of optimizers matches the models'
+    names; a custom step does its own micro-batching. Several models have no built-in
+    validation: their held-out split is 0."""
+    names = sorted(model.parts) if model.parts is not None else ["model"]
+    if settings.train_step is None:
+        if model.parts is not None:
+            raise ConfigError(
+                f"a dict of models ({', '.join(names)}) trains through your train_step(ctx, "
+                "batch) setting, which says what each model learns; pass train_step=..."
+            )
+        if isinstance(settings.optimizer, dict):
+            raise ConfigError("a dict of optimizers goes with a dict of models and a train_step")
+        return settings
+    if isinstance(settings.optimizer, dict) and sorted(settings.optimizer) != names:
+        raise ConfigError(
+            f"the optimizer dict's keys {sorted(settings.optimizer)} must be the models' names "
+            f"{names}"
+        )
+    if settings.gradient_accumulation_steps != 1:
+        raise ConfigError(
+            f"gradient_accumulation_steps={settings.gradient_accumulation_steps} does not apply "
+            "to a train_step: it gets this worker's whole share of the global batch; split it "
+            "yourself, backward each part inside ctx.no_sync(name) but the last"
+        )
+    if model.parts is not None:
+        if settings.validation_data is not None:
+            raise ConfigError(
+                "validation_data needs one model to evaluate; a dict of models is not "
+                "validated (report your own metrics from train_step)"
+            )
+        return settings.model_copy(update={"validation_split": 0.0})
+    return settings
 
 
 def _check_sizes(settings: TrainingSettings, info: DataInfo, held_out: float) -> None:

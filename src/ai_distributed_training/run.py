@@ -229,6 +229,9 @@ def _facts(prepared: PreparedJob, out: dict[str, Any]) -> dict[str, Any]:
     last = history[-1]
     scored = "train_accuracy" in last  # classification, unless the model's own loss is used
     names = ["loss", *(["accuracy"] if scored else []), *settings.metrics]
+    names += [  # a train_step's own named metrics
+        k.removeprefix("train_") for k in last if k.startswith("train_") and k[6:] not in names
+    ]
     metric_names = [f"{split}_{name}" for name in names for split in ("train", "val")]
     gpus = settings.use_gpus
     return {

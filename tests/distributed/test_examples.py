@@ -128,3 +128,16 @@ def test_keras_example_returns_the_trained_keras_model() -> None:
     assert proc.returncode == 0, proc.stderr
     assert _number("validation accuracy", proc.stdout) > 0.9
     assert _number("accuracy of the returned model on 200 images:", proc.stdout) > 0.9
+
+
+def test_gan_example_learns_the_ring() -> None:
+    """An untrained generator's points lie ~1.9 from the circle."""
+    proc = _run(ROOT / "examples" / "gan_2d.py")
+    assert proc.returncode == 0, proc.stderr
+    assert _number("mean distance of generated points from the circle:", proc.stdout) < 1.0
+
+
+def test_distillation_example_trains_only_the_student() -> None:
+    proc = _run(ROOT / "examples" / "distillation.py")
+    assert proc.returncode == 0, proc.stderr
+    assert _number("student accuracy on all digits:", proc.stdout) > 0.85

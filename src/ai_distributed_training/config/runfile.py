@@ -33,7 +33,15 @@ DEMO: dict[str, Any] = {
     "nodes": 3,
 }
 #: Settings that only a Python caller can give (they hold code).
-PYTHON_ONLY = ("loss_fn", "forward", "count_fn", "collate_fn", "callbacks", "metrics")
+PYTHON_ONLY = (
+    "loss_fn",
+    "forward",
+    "count_fn",
+    "collate_fn",
+    "train_step",
+    "callbacks",
+    "metrics",
+)
 
 
 class _Loader(yaml.SafeLoader):

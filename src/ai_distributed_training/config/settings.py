@@ -116,10 +116,15 @@ class TrainingSettings(StrictModel):
         1024, gt=0, description="GLOBAL batch: samples per optimizer step, across all workers."
     )
     learning_rate: float = Field(1e-3, gt=0.0, description="Optimizer learning rate.")
-    optimizer: Literal["adamw", "adam", "sgd"] | Callable[..., Any] = Field(
+    optimizer: (
+        Literal["adamw", "adam", "sgd"]
+        | Callable[..., Any]
+        | dict[str, Literal["adamw", "adam", "sgd"] | Callable[..., Any]]
+    ) = Field(
         "adamw",
         description="'adamw', 'adam', 'sgd' (with momentum), or a factory "
-        "optimizer(params) -> torch.optim.Optimizer.",
+        "optimizer(params) -> torch.optim.Optimizer; with a dict of models, a dict of those "
+        "keyed like the models (one value: the same kind for each model).",
     )
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="Momentum of 'sgd'.")
     weight_decay: float = Field(0.0, ge=0.0, description="Weight decay of the optimizer.")
@@ -194,6 +199,18 @@ class TrainingSettings(StrictModel):
         "pair; targets: a tuple batch's last element, or the whole batch for a dict batch. "
         "Default: the model's own outputs.loss, else cross-entropy (classification; targets "
         "of -100 ignored) or MSE (regression).",
+    )
+    train_step: Callable[..., Any] | None = Field(
+        None,
+        description="train_step(ctx, batch) -> {name: loss or (sum, count)}: your own body of "
+        "one optimizer step (ctx.models, ctx.backward, ctx.step(name), ...); needed for a dict "
+        "of models.",
+    )
+    max_steps: int | None = Field(
+        None,
+        gt=0,
+        description="Stop after this many optimizer steps (all epochs together), even mid-epoch; "
+        "the LR schedule spans them.",
     )
     forward: Callable[..., Any] | None = Field(
         None,
@@ -417,7 +434,16 @@ def settings_as_plain_data(settings: TrainingSettings) -> dict[str, Any]:
             value = f"<{type(value).__name__}>"
         elif name == "fault_injection":
             value = [f.model_dump() for f in value]
-        elif callable(value):
-            value = f"<function {getattr(value, '__qualname__', type(value).__name__)}>"
+        elif name == "optimizer" and isinstance(value, dict):
+            value = {k: _plain_callable(v) for k, v in value.items()}
+        else:
+            value = _plain_callable(value)
         out[name] = value
     return out
+
+
+def _plain_callable(value: Any) -> Any:
+    """A function as a descriptive name; anything else as it is."""
+    if callable(value):
+        return f"<function {getattr(value, '__qualname__', type(value).__name__)}>"
+    return value

@@ -1,7 +1,7 @@
 """The model layer: model inputs -> ``nn.Module``; the built-in architectures."""
 
 from .builtin import ARCHITECTURES, FSDP_BLOCKS
-from .source import ModelSource, check_fits_data, resolve_model
+from .source import Models, ModelSource, check_fits_data, resolve_model
 from .transformer import Decoder
 
 __all__ = [
@@ -9,6 +9,7 @@ __all__ = [
     "FSDP_BLOCKS",
     "Decoder",
     "ModelSource",
+    "Models",
     "check_fits_data",
     "resolve_model",
 ]

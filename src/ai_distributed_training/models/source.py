@@ -6,7 +6,8 @@ A model input is one of:
   :class:`~.config.ModelSpec`); input and output sizes come from the data;
 * an ``nn.Module`` instance (trained starting from its current weights);
 * a zero-argument factory returning an ``nn.Module`` (called in every worker after seeding, so
-  all workers start from the same weights).
+  all workers start from the same weights);
+* a dict of those by name (``{"G": ..., "D": ...}``), trained together by a ``train_step``.
 """
 
 from __future__ import annotations
@@ -46,6 +47,12 @@ def check_fits_data(model: ModelSource, info: DataInfo) -> None:
         )  # fmt: skip
 
 
+class Models(nn.ModuleDict):
+    """Several models trained together by a ``train_step`` (a GAN's generator and
+    discriminator, a teacher and a student), by name. One module, so that checkpoints, the
+    fingerprint and the result treat them as one; the strategy wraps each one on its own."""
+
+
 @dataclass(frozen=True)
 class ModelSource:
     """A validated model input, picklable (with cloudpickle) to the workers."""
@@ -54,16 +61,22 @@ class ModelSource:
     spec: ModelSpec | None = None
     module: nn.Module | None = None
     factory: Callable[[], nn.Module] | None = None
+    #: A dict of models, by name (each one a model input of its own).
+    parts: dict[str, ModelSource] | None = None
 
     def blocks(self) -> list[str]:
         """The module class names FSDP shards one at a time: a built-in architecture's own;
         for the user's models none (the whole model is one unit) unless ``fsdp_blocks`` says."""
+        if self.parts is not None:
+            return sorted({b for part in self.parts.values() for b in part.blocks()})
         return FSDP_BLOCKS[self.spec.architecture] if self.spec is not None else []
 
     def skeleton(self, info: DataInfo) -> nn.Module:
         """The model's structure for inspection in the caller: the caller's own module as it is
         (not copied, not moved), else built on the meta device (no memory, no weights) where
         the code allows, else built for real."""
+        if self.parts is not None:
+            return Models({name: part.skeleton(info) for name, part in self.parts.items()})
         if self.module is not None:
             return self.module
         try:
@@ -74,6 +87,8 @@ class ModelSource:
 
     def build(self, info: DataInfo) -> nn.Module:
         """The model to train; call after seeding torch so every worker builds the same one."""
+        if self.parts is not None:
+            return Models({name: part.build(info) for name, part in self.parts.items()})
         if self.spec is not None:
             in_features = math.prod(info.input_shape)
             return ARCHITECTURES[self.spec.architecture](self.spec, in_features, info.num_outputs)
@@ -81,6 +96,15 @@ class ModelSource:
             return self.module
         assert self.factory is not None
         return _call_factory(self.factory)
+
+
+def _all_models(model: Mapping[Any, Any]) -> bool:
+    """A dict of models: string keys, each value an nn.Module, a factory or a spec dict."""
+    return bool(model) and all(
+        isinstance(k, str) and k.isidentifier()
+        and (isinstance(v, (nn.Module, Mapping)) or callable(v))
+        for k, v in model.items()
+    )  # fmt: skip
 
 
 def _call_factory(factory: Callable[[], nn.Module]) -> nn.Module:
@@ -99,6 +123,9 @@ def resolve_model(model: Any) -> ModelSource:
     A factory is called once on the ``meta`` device (no memory, no weights) to check that it
     returns an ``nn.Module``.
     """
+    if isinstance(model, Mapping) and "model_name" not in model and _all_models(model):
+        parts = {str(name): resolve_model(part) for name, part in model.items()}
+        return ModelSource("+".join(parts), parts=parts)
     if isinstance(model, Mapping):
         if "model_name" not in model:
             raise ConfigError(

@@ -230,7 +230,7 @@ def make_plan(
 ) -> Plan:
     """Predict every node count in ``nodes`` for this model, data, settings and hardware."""
     info = data.info
-    check_plannable(info, "the planner")
+    check_plannable(info, "the planner", model)
     count = count_source(model, info)
     timed = _time_model_here(model, info, settings, count, hardware)
     # This model's own speed on this machine beats the probe's; it rates this plan's compute
@@ -355,13 +355,18 @@ def choose_strategy(
 ) -> str:
     """``strategy="auto"``: ``"fsdp"`` when a full replica would take more than 80% of a
     worker's memory budget (its GPU, or its share of the host's memory), else ``"ddp"``."""
-    check_plannable(info, "strategy='auto'")
+    check_plannable(info, "strategy='auto'", model)
     return "fsdp" if replica_bytes(model, info, settings) > 0.8 * budget_bytes else "ddp"
 
 
-def check_plannable(info: DataInfo, what: str) -> None:
-    """The planner runs models on zero batches shaped like ``(inputs, targets)`` data; other
-    structures are a ConfigError naming ``what`` needed it."""
+def check_plannable(info: DataInfo, what: str, model: ModelSource) -> None:
+    """The planner runs one model on zero batches shaped like ``(inputs, targets)`` data;
+    other structures, and several models, are a ConfigError naming ``what`` needed it."""
+    if model.parts is not None:
+        raise ConfigError(
+            f"{what} sizes one model; this job trains several ({model.name}): choose "
+            "strategy='ddp' or 'fsdp'"
+        )
     if info.structured:
         raise ConfigError(
             f"{what} needs (inputs, targets) tensor data to size the model; this data's "

@@ -40,6 +40,7 @@ MATH_SETTINGS = (
     "forward",
     "count_fn",
     "collate_fn",
+    "train_step",
     "precision",
     "task",
 )
@@ -93,6 +94,8 @@ def _structure(module: nn.Module) -> str:
 
 def _describe(value: Any) -> str:
     """A setting as comparable text: functions by their qualified name, not their address."""
+    if isinstance(value, dict):
+        return repr({k: _describe(v) for k, v in value.items()})
     if callable(value):
         module = getattr(value, "__module__", "")
         return f"{module}.{getattr(value, '__qualname__', type(value).__name__)}"

@@ -20,9 +20,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..config import TrainingSettings
 from ..data.loading import read, sample_seed
 from .callbacks import CallbackRunner
 from .context import RankContext, RankData
+from .custom import CustomStep, OptimizerGroup, SchedulerGroup, StepContext, parts_of
 from .evaluate import evaluate
 from .metrics import BUSY, CLIPPED, COUNT, ITEMS, LOSS, STEPS, Meter, per_worker
 from .objective import Objective
@@ -60,30 +62,80 @@ def train(
     ``make_step``: builds the step from keyword arguments ``ctx``, ``data``, ``model`` (the
     wrapped one), ``optimizer``, ``scheduler``, ``scaler``, ``objective`` and ``meter``
     (default: :class:`~.step.TrainStep`)."""
-    settings, strategy = ctx.settings, ctx.strategy
-    wrapped = strategy.wrap(model)
-    optimizer = build_optimizer(settings, wrapped)
-    steps_per_epoch = num_steps(len(data.train_idx), settings.batch_size, settings.drop_last)
-    total_steps = steps_per_epoch * settings.epochs
-    scheduler = build_scheduler(settings, optimizer, total_steps)
+    settings = ctx.settings
+    total_steps = planned_steps(settings, len(data.train_idx))
     # fp16 needs loss scaling; bf16 and fp32 do not (a disabled scaler passes through).
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=ctx.compute_dtype == torch.float16)
-    meter = Meter(data.task, settings.metrics, ctx.device)
-    objective = Objective.of(model, data.task, settings)
-    parts: dict[str, Any] = {
-        "optimizer": optimizer,
-        "scheduler": scheduler,
-        "scaler": scaler,
-        "meter": meter,
-    }
-    step = make_step(ctx=ctx, data=data, model=wrapped, objective=objective, **parts)
-    validate = partial(
-        evaluate, strategy.unwrap(wrapped), data, ctx, objective=objective, meter=meter
-    )
-    loop = Loop(ctx=ctx, data=data, model=wrapped, step=step, validate=validate, **parts)
+    if settings.train_step is not None:
+        step, parts = _custom_parts(model, ctx, scaler, total_steps)
+        validate: Callable[[], dict[str, float]] | None = None  # the train_step reports its own
+    else:
+        step, parts, validate = _built_in_parts(model, data, ctx, scaler, total_steps, make_step)
+    loop = Loop(ctx=ctx, data=data, step=step, validate=validate, **parts)
     if resume is not None:
         loop.restore(resume)
     return loop.run()
+
+
+def planned_steps(settings: TrainingSettings, n_train: int) -> int:
+    """Optimizer steps the job will take: every epoch's, or ``max_steps`` if fewer."""
+    total = num_steps(n_train, settings.batch_size, settings.drop_last) * settings.epochs
+    return min(total, settings.max_steps) if settings.max_steps is not None else total
+
+
+def _built_in_parts(
+    model: nn.Module,
+    data: RankData,
+    ctx: RankContext,
+    scaler: torch.amp.GradScaler,
+    total_steps: int,
+    make_step: Callable[..., Step],
+) -> tuple[Step, dict[str, Any], Callable[[], dict[str, float]]]:
+    """The built-in step over the wrapped model, what the loop checkpoints, and validation."""
+    settings, strategy = ctx.settings, ctx.strategy
+    wrapped = strategy.wrap(model)
+    optimizer = build_optimizer(settings, wrapped)
+    parts: dict[str, Any] = {
+        "optimizer": optimizer,
+        "scheduler": build_scheduler(settings, optimizer, total_steps),
+        "scaler": scaler,
+        "meter": Meter(data.task, settings.metrics, ctx.device),
+    }
+    objective = Objective.of(model, data.task, settings)
+    step = make_step(ctx=ctx, data=data, model=wrapped, objective=objective, **parts)
+    validate = partial(
+        evaluate, strategy.unwrap(wrapped), data, ctx, objective=objective, meter=parts["meter"]
+    )
+    return step, {"model": wrapped, **parts}, validate
+
+
+def _custom_parts(
+    model: nn.Module, ctx: RankContext, scaler: torch.amp.GradScaler, total_steps: int
+) -> tuple[Step, dict[str, Any]]:
+    """The user's train_step over each model wrapped on its own, with an optimizer and a
+    scheduler per model (by name), and what the loop checkpoints."""
+    settings, strategy = ctx.settings, ctx.strategy
+    models = {name: strategy.wrap(part) for name, part in parts_of(model).items()}
+    choices = settings.optimizer if isinstance(settings.optimizer, dict) else {}
+    optimizers = {
+        name: build_optimizer(settings, m, choices.get(name, settings.optimizer))  # type: ignore[arg-type]
+        for name, m in models.items()
+    }
+    schedulers = {n: build_scheduler(settings, o, total_steps) for n, o in optimizers.items()}
+    meter = Meter("custom", settings.metrics, ctx.device, step_metrics=[])
+    step_ctx = StepContext(
+        rank_ctx=ctx, models=models, optimizers=optimizers, schedulers=schedulers, scaler=scaler
+    )
+    assert settings.train_step is not None
+    step = CustomStep(ctx=ctx, step_ctx=step_ctx, train_step=settings.train_step, meter=meter)
+    parts = {
+        "model": model,  # the unwrapped container: what checkpoints and results hold
+        "optimizer": OptimizerGroup(optimizers) if len(optimizers) > 1 else optimizers["model"],
+        "scheduler": SchedulerGroup(schedulers) if len(schedulers) > 1 else schedulers["model"],
+        "scaler": scaler,
+        "meter": meter,
+    }
+    return step, parts
 
 
 class Loop:
@@ -97,9 +149,9 @@ class Loop:
         data: RankData,
         model: nn.Module,
         step: Step,
-        validate: Callable[[], dict[str, float]],
-        optimizer: torch.optim.Optimizer,
-        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        validate: Callable[[], dict[str, float]] | None,
+        optimizer: torch.optim.Optimizer | OptimizerGroup,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | SchedulerGroup,
         scaler: torch.amp.GradScaler,
         meter: Meter,
     ) -> None:
@@ -130,12 +182,18 @@ class Loop:
         ctx = self.ctx
         self.epoch_stats = restore(resume, ctx.strategy, self.stateful, ctx.settings.seed)
         self.epoch_stats = self.meter.upgrade(self.epoch_stats).to(ctx.device)
+        if "samples" not in resume["loop"]:  # a checkpoint from before the count was kept
+            batch = ctx.settings.batch_size
+            self.pos.samples = self.epoch_samples * (self.pos.epoch - 1)
+            self.pos.samples += min(self.pos.step_in_epoch * batch, self.epoch_samples)
         ctx.job_log.info("resuming at epoch %d, step %d", self.pos.epoch, self.pos.step)
 
     def run(self) -> LoopResult:
         """Train the remaining epochs (collective: every rank)."""
         ctx, pos, epochs = self.ctx, self.pos, self.ctx.settings.epochs
-        ctx.tracker.start(self.steps_per_epoch * epochs, self.steps_per_epoch, epochs)
+        ctx.tracker.start(
+            planned_steps(ctx.settings, len(self.data.train_idx)), self.steps_per_epoch, epochs
+        )
         self.hooks("on_train_start", pos.epoch, pos.step, {})
         stopped_early = False
         for epoch in range(pos.epoch, epochs + 1):
@@ -144,11 +202,14 @@ class Loop:
                 ctx.job_log.info("stopping early after epoch %d (a callback asked)", epoch)
                 stopped_early = True
                 break
+            if self.out_of_steps():
+                ctx.job_log.info("stopping after step %d (max_steps)", pos.step)
+                break
         self.hooks("on_train_end", len(pos.history), pos.step, dict(pos.history[-1]))
         return LoopResult(
             history=pos.history,
             steps=pos.step,
-            samples_seen=self.epoch_samples * len(pos.history),
+            samples_seen=pos.samples,
             train_time_s=pos.train_time,
             stopped_early=stopped_early,
             skipped_steps=pos.skipped_steps,
@@ -176,11 +237,14 @@ class Loop:
         ]
         micros = read(self.data.reader, plan, sample_seed(settings.seed, epoch))
         for step_in_epoch, batch in zip(steps, batches, strict=True):
+            if self.out_of_steps():
+                break  # max_steps: the epoch ends here (its metrics cover the steps taken)
             ctx.faults.before_step(pos.step + 1)
             started = time.perf_counter()
             share = list(itertools.islice(micros, accumulation))
             stats = self.step.forward_backward(share, len(batch), pos.step + 1)
             pos.step, pos.step_in_epoch = pos.step + 1, step_in_epoch + 1
+            pos.samples += len(batch)
             ctx.tracker.step(epoch, pos.step_in_epoch)
             if not self.step.apply_gradients(stats, pos, epoch):
                 continue  # a non-finite step, skipped on every rank together
@@ -196,11 +260,12 @@ class Loop:
             summed = ctx.strategy.all_reduce(stats[[LOSS, ITEMS]].clone(), dist.ReduceOp.SUM)
             loss = {"train_loss": float(summed[0]) / max(float(summed[1]), 1.0)}
             self.hooks("on_step_end", epoch, pos.step, loss)
-        if pos.step_in_epoch == self.steps_per_epoch:
+        if pos.step_in_epoch == self.steps_per_epoch or self.out_of_steps():
             return  # the end of the epoch does all of it
         if pos.step % settings.log_every_steps == 0:
             self.record_window(epoch)
-        if settings.eval_every and pos.step % settings.eval_every == 0 and len(self.data.val_idx):
+        if settings.eval_every and pos.step % settings.eval_every == 0 and self.validates:
+            assert self.validate is not None
             evaluation = self.validate()
             ctx.tracker.record({"type": "eval", "epoch": epoch, "step": pos.step, **evaluation})
             ctx.job_log.info("step %d: %s", pos.step, _fmt(evaluation))
@@ -253,13 +318,23 @@ class Loop:
         """The epoch's training metrics from the summed stat vectors, plus validation."""
         metrics: dict[str, float] = {"epoch": epoch}
         metrics.update(self.meter.summarize("train", totals))
-        if len(self.data.val_idx):
+        if self.validates:
+            assert self.validate is not None
             metrics.update(self.validate())
         metrics["lr"] = self._lr()
         if self.ctx.settings.max_grad_norm is not None:
             metrics["clipped_fraction"] = float(totals[CLIPPED]) / max(float(totals[STEPS]), 1)
         metrics["samples_per_second"] = float(totals[COUNT]) / seconds
         return metrics
+
+    @property
+    def validates(self) -> bool:
+        return self.validate is not None and len(self.data.val_idx) > 0
+
+    def out_of_steps(self) -> bool:
+        """Whether ``max_steps`` optimizer steps are done."""
+        limit = self.ctx.settings.max_steps
+        return limit is not None and self.pos.step >= limit
 
     def _lr(self) -> float:
         return float(self.scheduler.get_last_lr()[0])

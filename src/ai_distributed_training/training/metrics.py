@@ -22,16 +22,26 @@ LOSS, CORRECT, COUNT, BUSY, STEPS, CLIPPED, ITEMS, SCORED = range(8)
 #: the first six slots (then the user metrics); :meth:`Meter.upgrade` reads them.
 BASE_SLOTS = 8
 _OLD_BASE_SLOTS = 6
+#: Named metrics a train_step may return (each takes two slots: sum, count).
+MAX_STEP_METRICS = 16
 
 
 class Meter:
     """Turns batches into stat vectors and stat vectors into named metrics."""
 
     def __init__(
-        self, task: Task, user_metrics: dict[str, Callable[..., Any]], device: torch.device
+        self,
+        task: Task,
+        user_metrics: dict[str, Callable[..., Any]],
+        device: torch.device,
+        step_metrics: list[str] | None = None,
     ) -> None:
         self.task, self.user_metrics, self.device = task, user_metrics, device
-        self.size = BASE_SLOTS + len(user_metrics)
+        #: A train_step's named metrics (filled by its first call), each a (sum, count) pair of
+        #: slots at the end of the vector; None without a train_step.
+        self.step_metrics = step_metrics
+        extra = 2 * MAX_STEP_METRICS if step_metrics is not None else 0
+        self.size = BASE_SLOTS + len(user_metrics) + extra
 
     def zeros(self) -> torch.Tensor:
         return torch.zeros(self.size, dtype=torch.float64, device=self.device)
@@ -75,6 +85,11 @@ class Meter:
             out[f"{prefix}_accuracy"] = float(totals[CORRECT]) / float(totals[SCORED])
         for i, name in enumerate(self.user_metrics):
             out[f"{prefix}_{name}"] = float(totals[BASE_SLOTS + i]) / count
+        base = BASE_SLOTS + len(self.user_metrics)
+        for i, name in enumerate(self.step_metrics or []):
+            if name != "loss":  # <prefix>_loss already
+                total, items = totals[base + 2 * i], totals[base + 2 * i + 1]
+                out[f"{prefix}_{name}"] = float(total) / max(float(items), 1.0)
         return out
 
     def upgrade(self, stats: torch.Tensor) -> torch.Tensor:

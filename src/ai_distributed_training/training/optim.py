@@ -17,10 +17,19 @@ from .objective import default_loss
 LossSum = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def build_optimizer(settings: TrainingSettings, model: nn.Module) -> torch.optim.Optimizer:
-    """The optimizer named by ``settings.optimizer``, or the user's factory's."""
+OptimizerChoice = str | Callable[..., Any]
+
+
+def build_optimizer(
+    settings: TrainingSettings, model: nn.Module, choice: OptimizerChoice | None = None
+) -> torch.optim.Optimizer:
+    """The optimizer ``choice`` names (default: ``settings.optimizer``), or the user's
+    factory's, for ``model``'s parameters."""
     params, lr, wd = list(model.parameters()), settings.learning_rate, settings.weight_decay
-    choice = settings.optimizer
+    if choice is None:
+        if isinstance(settings.optimizer, dict):
+            raise ValueError("a dict of optimizers needs a dict of models (see train_step)")
+        choice = settings.optimizer
     if callable(choice):
         optimizer = choice(params)
         if not isinstance(optimizer, torch.optim.Optimizer):

@@ -42,6 +42,7 @@ class LoopPosition:
     train_time: float = 0.0  # seconds of finished epochs
     skipped_steps: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
+    samples: int = 0  # training samples of the steps taken (checkpoints before it: see restore)
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -118,8 +118,9 @@ def local_part(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if hasattr(t, "to_local") else t
 
 
-def model_state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
-    """Bytes of this rank's parameters, gradients and optimizer state (its shards, if sharded)."""
+def model_state_bytes(model: nn.Module, optimizer: Any) -> int:
+    """Bytes of this rank's parameters, gradients and optimizer state (its shards, if sharded);
+    ``optimizer``: anything with an optimizer's ``state`` (per-parameter dicts)."""
 
     def size(t: Any) -> int:
         if not isinstance(t, torch.Tensor):

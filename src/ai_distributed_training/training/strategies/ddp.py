@@ -44,7 +44,7 @@ class DDPStrategy:
     ) -> None:
         self.rank, self.world_size, self.device = rank, world_size, device
         self.find_unused_parameters, self.sync_batchnorm = find_unused_parameters, sync_batchnorm
-        self._ddp: DistributedDataParallel | None = None
+        self._ddp: list[DistributedDataParallel] = []  # one per wrapped model
 
     def build_model(self, source: ModelSource, info: DataInfo) -> nn.Module:
         return source.build(info)
@@ -52,6 +52,12 @@ class DDPStrategy:
     def wrap(self, model: nn.Module) -> nn.Module:
         model = model.to(self.device)  # DDP broadcasts rank 0's weights as it wraps
         if self.world_size == 1:
+            return model
+        if not any(p.requires_grad for p in model.parameters()):
+            # A frozen model (a distillation's teacher): nothing to synchronize, and DDP
+            # refuses it. Its weights are rank 0's, as DDP's broadcast would make them.
+            for tensor in model.state_dict().values():
+                dist.broadcast(tensor, src=0)
             return model
         if self.sync_batchnorm:  # statistics over the global batch (GPUs only: torch's rule)
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -64,13 +70,14 @@ class DDPStrategy:
             options = {"bucket_cap_mb": DDP_BUCKET_MB}
         # Gradients live inside DDP's buckets: one copy less per step and one gradient-sized
         # buffer less in memory. Together: ~+5% samples/s on the reference workload, 2 workers.
-        self._ddp = DistributedDataParallel(
+        ddp = DistributedDataParallel(
             model,
             gradient_as_bucket_view=True,
             find_unused_parameters=self.find_unused_parameters,
             **options,
         )
-        return self._ddp
+        self._ddp.append(ddp)
+        return ddp
 
     def settle(self, wrapped: nn.Module, backward: Callable[[], None]) -> None:
         # DDP flattens gradients into buckets in parameter order for its first backward pass
@@ -105,7 +112,7 @@ class DDPStrategy:
         # A DDP reducer that outlives its process group can abort the process at exit
         # ("terminate called without an active exception"; seen here in ~1 of 4 runs of 8 gloo
         # ranks on 2 cores). Free it, and the reference cycles around it, while the group lives.
-        self._ddp = None
+        self._ddp.clear()
         gc.collect()
 
     def unwrap(self, wrapped: nn.Module) -> nn.Module:

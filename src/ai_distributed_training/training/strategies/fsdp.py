@@ -137,7 +137,8 @@ class FSDPStrategy(DDPStrategy):
         if writes and path.exists():  # this step saved by an earlier attempt: uncommit it first,
             shutil.rmtree(path)  # so a crash mid-save cannot leave old marker over new shards
         dist.barrier()
-        model_state, optim_state = get_state_dict(stateful["model"], stateful["optimizer"])
+        optimizers = _optimizers(stateful["optimizer"])
+        model_state, optim_state = get_state_dict(stateful["model"], optimizers)
         dcp_save({"model": model_state, "optimizer": optim_state}, checkpoint_id=path)
         dist.barrier()  # every rank's shards are on disk before the commit marker
         if not writes:
@@ -147,7 +148,7 @@ class FSDPStrategy(DDPStrategy):
 
     def load_checkpoint(self, resume: Mapping[str, Any], stateful: Mapping[str, Any]) -> None:
         written_by(resume, "fsdp")
-        model, optimizer = stateful["model"], stateful["optimizer"]
+        model, optimizer = stateful["model"], _optimizers(stateful["optimizer"])
         model_state, optim_state = get_state_dict(model, optimizer)
         # Loaded in place into this job's shards: resharded to however many ranks there are.
         dcp_load({"model": model_state, "optimizer": optim_state}, checkpoint_id=resume["dcp_dir"])
@@ -158,6 +159,12 @@ class FSDPStrategy(DDPStrategy):
 
 
 _SHARDED = ("model", "optimizer")
+
+
+def _optimizers(optimizer: Any) -> Any:
+    """One optimizer, or a train_step's several (an OptimizerGroup) as DCP takes them."""
+    group = getattr(optimizer, "optimizers", None)
+    return list(group.values()) if isinstance(group, dict) else optimizer
 
 
 @contextlib.contextmanager

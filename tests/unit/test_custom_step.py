@@ -1,0 +1,90 @@
+"""The custom-step path on one process: bad input before launch, what train_step must return,
+max_steps."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from ai_distributed_training import ConfigError
+from ai_distributed_training.config import TrainingSettings
+from ai_distributed_training.prepare import prepare
+from ai_distributed_training.training.context import RankContext
+from ai_distributed_training.training.loop import train
+from ai_distributed_training.training.strategies import DDPStrategy
+from tests.batch_helpers import distill_step, gan_discriminator, gan_generator, gan_step
+from tests.helpers import SAMPLES, build_model, rank_data
+
+DATA = {"samples": 200, "features": 8}
+GAN = {"G": gan_generator, "D": gan_discriminator}
+
+
+def one_rank(**settings: Any) -> RankContext:
+    return RankContext(
+        settings=TrainingSettings(**settings), strategy=DDPStrategy(0, 1, torch.device("cpu"))
+    )
+
+
+@pytest.mark.parametrize(
+    ("model", "settings", "message"),
+    [
+        (GAN, {}, r"a dict of models \(G\+D\)|\(D, G\) trains through your train_step"),
+        (GAN, {"train_step": gan_step, "optimizer": {"G": "adam"}}, r"keys \['G'\] must be"),
+        (
+            {"model_name": "m"},
+            {"train_step": gan_step, "gradient_accumulation_steps": 2},
+            r"gradient_accumulation_steps=2 does not apply to a train_step",
+        ),
+        (GAN, {"train_step": gan_step, "validation_data": DATA}, r"a dict of models is not"),
+        ({"model_name": "m"}, {"optimizer": {"model": "sgd"}}, r"dict of optimizers goes with"),
+    ],
+)
+def test_custom_step_settings_are_checked_before_launch(
+    model: Any, settings: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        prepare(model, DATA, TrainingSettings(nodes=2, **settings))
+
+
+def test_a_dict_of_models_trains_without_validation() -> None:
+    prepared = prepare(GAN, DATA, TrainingSettings(nodes=2, train_step=gan_step))
+    assert prepared.settings.validation_split == 0.0 and prepared.model.name == "G+D"
+
+
+def test_train_step_must_return_named_losses() -> None:
+    def nothing(ctx: Any, batch: Any) -> None:
+        x, y = batch
+        ctx.backward(torch.nn.functional.cross_entropy(ctx.models["model"](x), y))
+        ctx.step("model")
+
+    with pytest.raises(TypeError, match=r"must return a dict of named losses .* returned None"):
+        train(build_model(), rank_data(), one_rank(train_step=nothing))
+
+
+def test_a_single_model_custom_step_learns_and_max_steps_ends_training_mid_epoch() -> None:
+    def plain(ctx: Any, batch: Any) -> dict[str, Any]:
+        x, y = batch
+        loss = torch.nn.functional.cross_entropy(ctx.models["model"](x), y)
+        ctx.backward(loss)
+        ctx.step("model")
+        return {"loss": loss}
+
+    result = train(build_model(), rank_data(), one_rank(train_step=plain, epochs=3))
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    limited = train(
+        build_model(), rank_data(), one_rank(train_step=plain, max_steps=5, batch_size=64)
+    )
+    n_train = SAMPLES - int(SAMPLES * 0.1)  # 231: 4 steps per epoch, the last of 39 samples
+    assert limited.steps == 5 and len(limited.history) == 2  # the second epoch cut short
+    assert limited.samples_seen == n_train + 64
+
+
+def test_distillation_helper_step_runs_on_one_rank() -> None:
+    from tests.batch_helpers import custom_weights, teacher_and_student
+
+    before = teacher_and_student()
+    after = custom_weights(1, distill_step)
+    assert torch.equal(after["teacher.0.weight"], before["teacher"][0].weight)  # frozen
+    assert not torch.equal(after["student.weight"], before["student"].weight)
