@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .config import TrainingSettings, check_warmup
 from .data import DataInfo, DataSource, resolve_data
+from .data.streams import StreamSource
 from .data.tensors import DatasetSource
 from .errors import ConfigError, ConfigTypeError
 from .host import available_cores, host_memory_bytes
@@ -74,6 +75,7 @@ def prepare(
     )
     settings = _adopt_loader_batch(settings, data_source)
     settings = _check_custom_step(settings, model_source)
+    settings = _check_stream(settings, data_source)
     check_fits_data(model_source, data_source.info)
     validation = _resolve_validation(settings, data_source.info)
     held_out = 0.0 if validation else settings.validation_split
@@ -117,7 +119,7 @@ def _adopt_loader_batch(settings: TrainingSettings, data: DataSource) -> Trainin
     """A user DataLoader's ``batch_size`` (and ``drop_last``) become the settings' where those
     are not set; a different ``batch_size`` setting is a ConfigError: both would claim to be
     the batch."""
-    if not isinstance(data, DatasetSource) or data.loader_batch_size is None:
+    if not isinstance(data, (DatasetSource, StreamSource)) or data.loader_batch_size is None:
         return settings
     given, theirs = settings.model_fields_set, data.loader_batch_size
     if "batch_size" in given and settings.batch_size != theirs:
@@ -168,12 +170,34 @@ def _check_custom_step(settings: TrainingSettings, model: ModelSource) -> Traini
     return settings
 
 
+def _check_stream(settings: TrainingSettings, data: DataSource) -> TrainingSettings:
+    """A stream of unknown length may be endless: it needs ``max_steps``. It has no held-out
+    split (``validation_data`` can validate it). A stream without a state is re-read on resume
+    (said once, here)."""
+    if not isinstance(data, StreamSource):
+        return settings
+    name = type(data.dataset).__name__
+    if data.info.samples == 0 and settings.max_steps is None:
+        raise ConfigError(
+            f"the stream {name} has no len(): it may never end, so training needs max_steps "
+            "(optimizer steps in all); or give it a __len__"
+        )
+    if not data.stateful:
+        warnings.warn(
+            f"the stream {name} has no state_dict()/load_state_dict(): after a restart it is "
+            "read again from its beginning and the global batches already trained are read "
+            "and skipped (exact only if it yields the same samples again)",
+            stacklevel=5,
+        )
+    return settings.model_copy(update={"validation_split": 0.0})
+
+
 def _check_sizes(settings: TrainingSettings, info: DataInfo, held_out: float) -> None:
     """Every worker needs samples: at least one per node overall, and one per node per step;
     ``held_out``: the fraction of the data held out for validation."""
     nodes = settings.nodes
     n_train = info.samples - int(info.samples * held_out)
-    if nodes > n_train:
+    if nodes > n_train and not info.stream:  # a stream's length may be unknown (0)
         raise ConfigError(
             f"nodes={nodes} is more than the {n_train} training samples "
             f"({info.samples} samples, validation_split="
@@ -238,7 +262,7 @@ def _check_batchnorm(
     vectors 2 or more (with 1 it fails in every worker, after the launch). Said before any
     worker starts, with the way out."""
     layers = {type(m).__name__ for m in model.modules() if isinstance(m, _BatchNorm)}
-    if not layers:
+    if not layers or info.stream:  # a stream's last global batch is not known in advance
         return
     n_train = info.samples - int(info.samples * held_out)
     share = smallest_share(n_train, settings.batch_size, world_size, settings.drop_last)

@@ -141,3 +141,10 @@ def test_distillation_example_trains_only_the_student() -> None:
     proc = _run(ROOT / "examples" / "distillation.py")
     assert proc.returncode == 0, proc.stderr
     assert _number("student accuracy on all digits:", proc.stdout) > 0.85
+
+
+def test_stream_example_reads_its_shards_per_worker() -> None:
+    proc = _run(ROOT / "examples" / "stream_shards.py")
+    assert proc.returncode == 0, proc.stderr
+    assert _number("train accuracy", proc.stdout) > 0.9
+    assert "a stream (3300 samples), sharded by its shard(rank, world_size)" in proc.stdout

@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 import ai_distributed_training.run as api
-from ai_distributed_training import ConfigError, ConfigTypeError, DistributedTraining
+from ai_distributed_training import ConfigError, DistributedTraining
 from ai_distributed_training.config import TrainingSettings
 from ai_distributed_training.data import resolve_data
 from ai_distributed_training.prepare import prepare
@@ -97,12 +97,12 @@ def test_variable_length_samples_need_a_collate_fn() -> None:
         train(TinyLM(), RaggedTokens())
 
 
-def test_an_iterable_dataset_says_what_is_accepted() -> None:
+def test_a_stream_without_len_needs_max_steps() -> None:
     class Stream(IterableDataset[torch.Tensor]):
         def __iter__(self) -> Iterator[torch.Tensor]:
             yield torch.zeros(3)
 
-    with pytest.raises(ConfigTypeError, match=r"IterableDataset Stream is not accepted yet.*map"):
+    with pytest.raises(ConfigError, match=r"the stream Stream has no len\(\).*max_steps"):
         train(RecordsModel(), Stream())
 
 

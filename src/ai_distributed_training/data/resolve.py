@@ -6,12 +6,13 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from ..config import SyntheticDataSpec, TokenDataSpec, validate
 from ..errors import ConfigError, ConfigTypeError
 from .files import FILE_SUFFIXES, file_source
 from .loading import LoaderOptions
+from .streams import StreamSource
 from .synthetic import SyntheticSource, SyntheticTokenSource
 from .tensors import DatasetSource, loader_source, tensors_source, tokens_source
 from .types import DataSource, Task
@@ -50,7 +51,7 @@ def resolve_data(
             f"target={target!r} chooses the target column of a .csv table file; the data here "
             f"is a {type(data).__name__}, whose targets are already separate"
         )
-    if collate_fn is not None and not isinstance(data, (Dataset, DataLoader)):
+    if collate_fn is not None and not isinstance(data, (Dataset, IterableDataset, DataLoader)):
         raise ConfigError(
             f"collate_fn makes batches of a Dataset's samples; the data here is a "
             f"{type(data).__name__}, which is batched by slicing"
@@ -69,14 +70,16 @@ def resolve_data(
         source = SyntheticSource.from_spec(validate(SyntheticDataSpec, data, "data key"))
     elif isinstance(data, DataLoader):
         source = loader_source(data, num_classes, collate_fn)
+    elif isinstance(data, IterableDataset):
+        source = StreamSource.from_stream(data, LoaderOptions(collate_fn=collate_fn))
     elif isinstance(data, Dataset):
         options = LoaderOptions(collate_fn=collate_fn)
         source = DatasetSource.from_dataset(data, num_classes, options)
     else:
         raise ConfigTypeError(
             f"data of type {type(data).__name__} is not accepted; pass a synthetic spec dict "
-            "{'samples': N, 'features': F}, a pair (X, y) of tensors or arrays, a map-style "
-            "torch Dataset or a DataLoader over one, or a path to a "
+            "{'samples': N, 'features': F}, a pair (X, y) of tensors or arrays, a torch "
+            "Dataset or IterableDataset or a DataLoader over one, or a path to a "
             f"{'/'.join(FILE_SUFFIXES)} file or a directory of .npy/.parquet shards"
         )
     # A spec or a dataset states its own targets: a different task setting is a contradiction.

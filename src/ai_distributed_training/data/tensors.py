@@ -19,6 +19,7 @@ from torch.utils.data._utils.collate import default_convert
 from ..errors import ConfigError, ConfigTypeError
 from ..host import write_atomically
 from .loading import DatasetReader, LoaderOptions
+from .streams import StreamSource
 from .structure import (
     IGNORE_INDEX,
     batch_inputs,
@@ -262,7 +263,7 @@ class DatasetSource:
 
 def loader_source(
     loader: DataLoader[Any], num_classes: int | None, collate_fn: Callable[..., Any] | None
-) -> DatasetSource:
+) -> DatasetSource | StreamSource:
     """A user's ``DataLoader``: its dataset, ``collate_fn`` (unless the ``collate_fn`` setting
     replaces it), ``num_workers``, ``pin_memory``, ``persistent_workers``, ``prefetch_factor``
     and ``worker_init_fn``. Its sampler is replaced by the global-batch sampler (every sample
@@ -277,6 +278,9 @@ def loader_source(
         prefetch_factor=loader.prefetch_factor if loader.num_workers else None,
         worker_init_fn=loader.worker_init_fn,
     )
+    if isinstance(loader.dataset, IterableDataset):
+        stream = StreamSource.from_stream(loader.dataset, options)
+        return replace(stream, loader_batch_size=loader.batch_size)
     source = DatasetSource.from_dataset(loader.dataset, num_classes, options)
     sampler = type(loader.sampler).__name__
     shown = "its batches" if loader.batch_size is None else f"its {sampler}"
@@ -315,13 +319,6 @@ def example_of(dataset: Dataset[Any], options: LoaderOptions) -> Any:
 
 
 def _dataset_len(dataset: Dataset[Any]) -> int:
-    if isinstance(dataset, IterableDataset):
-        raise ConfigTypeError(
-            f"the IterableDataset {type(dataset).__name__} is not accepted yet: samples are "
-            "shared out by index (every sample once per epoch, exact resume); pass a map-style "
-            "Dataset (__len__ and __getitem__), tensors, or a .npy/.parquet directory, which "
-            "is read row by row without loading it whole"
-        )
     try:
         n = len(dataset)  # type: ignore[arg-type]
     except TypeError:

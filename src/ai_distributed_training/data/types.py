@@ -39,6 +39,8 @@ class DataInfo:
     #: Batches are not ``(inputs, targets)`` tensor pairs (dicts, several inputs, nesting):
     #: only the user's own models take them.
     structured: bool = False
+    #: A stream (IterableDataset): read in order, ``samples`` its length if it has one, else 0.
+    stream: bool = False
 
 
 def example_batch(

@@ -10,6 +10,7 @@ import torch
 
 from ..config import TrainingSettings
 from ..data import BatchReader, Task
+from ..data.streams import StreamReader
 from .faults import FaultInjector
 from .resume import Checkpointer
 from .strategies import Strategy
@@ -62,3 +63,5 @@ class RankData:
     train_idx: torch.Tensor
     val_reader: BatchReader
     val_idx: torch.Tensor
+    #: A stream read in order instead of by ``train_idx`` (see :mod:`..data.streams`).
+    stream: StreamReader | None = None

@@ -11,6 +11,7 @@ from torch import nn
 
 from ..config import TrainingSettings
 from ..data import DataSource, example_batch
+from ..data.streams import StreamSource
 from ..data.structure import describe_structure, num_samples, to_device
 from ..data.tensors import DatasetSource, example_of
 from ..errors import ConfigError
@@ -74,6 +75,8 @@ def _two_samples(data: DataSource) -> Any:
     data's."""
     if isinstance(data, DatasetSource):
         return example_of(data.dataset, data.options)
+    if isinstance(data, StreamSource):
+        return data.example()
     return example_batch(data.info, 2)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..config import TrainingSettings
-from ..data.loading import read, sample_seed
+from ..data.loading import Micro, read, sample_seed
 from .callbacks import CallbackRunner
 from .context import RankContext, RankData
 from .custom import CustomStep, OptimizerGroup, SchedulerGroup, StepContext, parts_of
@@ -33,6 +33,7 @@ from .resume import Checkpointer, LoopPosition, Stateful, restore
 from .sharding import epoch_order, global_batch, num_steps, rank_share
 from .step import Step, TrainStep
 from .strategies import model_state_bytes
+from .streamfeed import StreamFeed, stream_state
 
 
 @dataclass
@@ -63,7 +64,7 @@ def train(
     wrapped one), ``optimizer``, ``scheduler``, ``scaler``, ``objective`` and ``meter``
     (default: :class:`~.step.TrainStep`)."""
     settings = ctx.settings
-    total_steps = planned_steps(settings, len(data.train_idx))
+    total_steps = planned_steps(settings, training_samples(data))
     # fp16 needs loss scaling; bf16 and fp32 do not (a disabled scaler passes through).
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=ctx.compute_dtype == torch.float16)
     if settings.train_step is not None:
@@ -78,9 +79,19 @@ def train(
 
 
 def planned_steps(settings: TrainingSettings, n_train: int) -> int:
-    """Optimizer steps the job will take: every epoch's, or ``max_steps`` if fewer."""
+    """Optimizer steps the job will take: every epoch's, or ``max_steps`` if fewer (or if the
+    data's length is unknown, ``n_train`` 0: a stream)."""
     total = num_steps(n_train, settings.batch_size, settings.drop_last) * settings.epochs
-    return min(total, settings.max_steps) if settings.max_steps is not None else total
+    if settings.max_steps is not None:
+        return min(total, settings.max_steps) if total else settings.max_steps
+    if not total:
+        raise ValueError("a stream of unknown length needs max_steps (it may never end)")
+    return total
+
+
+def training_samples(data: RankData) -> int:
+    """Training samples per epoch: the training positions, or a stream's length (0: unknown)."""
+    return data.stream.length if data.stream is not None else len(data.train_idx)
 
 
 def _built_in_parts(
@@ -168,11 +179,12 @@ class Loop:
             "loop": self.pos,
         }
         settings = ctx.settings
-        self.steps_per_epoch = num_steps(
-            len(data.train_idx), settings.batch_size, settings.drop_last
-        )
+        n_train = training_samples(data)
+        #: Steps per epoch (a stream of unknown length: 0, its end is found by reading it).
+        self.steps_per_epoch = num_steps(n_train, settings.batch_size, settings.drop_last)
+        self.feed = StreamFeed(data.stream, ctx) if data.stream is not None else None
         #: Training samples per epoch: all of them, or the full global batches' (drop_last).
-        self.epoch_samples = min(len(data.train_idx), self.steps_per_epoch * settings.batch_size)
+        self.epoch_samples = min(n_train, self.steps_per_epoch * settings.batch_size)
         self.hooks = CallbackRunner(list(ctx.settings.callbacks), ctx.rank, ctx.world_size)
         self.window = meter.zeros()  # stats since the last step record
         self.window_started = self.epoch_started = time.perf_counter()
@@ -182,6 +194,8 @@ class Loop:
         ctx = self.ctx
         self.epoch_stats = restore(resume, ctx.strategy, self.stateful, ctx.settings.seed)
         self.epoch_stats = self.meter.upgrade(self.epoch_stats).to(ctx.device)
+        if self.feed is not None and self.pos.step_in_epoch:  # mid-epoch: where it stood
+            self.feed.resume_state = stream_state(resume, ctx.rank, ctx.world_size)
         if "samples" not in resume["loop"]:  # a checkpoint from before the count was kept
             batch = ctx.settings.batch_size
             self.pos.samples = self.epoch_samples * (self.pos.epoch - 1)
@@ -192,7 +206,7 @@ class Loop:
         """Train the remaining epochs (collective: every rank)."""
         ctx, pos, epochs = self.ctx, self.pos, self.ctx.settings.epochs
         ctx.tracker.start(
-            planned_steps(ctx.settings, len(self.data.train_idx)), self.steps_per_epoch, epochs
+            planned_steps(ctx.settings, training_samples(self.data)), self.steps_per_epoch, epochs
         )
         self.hooks("on_train_start", pos.epoch, pos.step, {})
         stopped_early = False
@@ -220,12 +234,34 @@ class Loop:
     def train_epoch(self, epoch: int) -> None:
         """The epoch's remaining global batches, each rank taking its share of each, read as
         ``gradient_accumulation_steps`` micro-batches (prefetched where the reader can)."""
-        ctx, pos, settings = self.ctx, self.pos, self.ctx.settings
+        ctx, pos = self.ctx, self.pos
         self.model.train()
-        order = epoch_order(len(self.data.train_idx), settings.seed, epoch - 1)
         self.window = self.meter.zeros()
         self.epoch_started = self.window_started = time.perf_counter()
-        steps = range(pos.step_in_epoch, self.steps_per_epoch)
+        batches = self.streamed() if self.feed is not None else self.indexed(epoch)
+        while not self.out_of_steps():  # max_steps: the epoch ends early, its metrics cover it
+            started = time.perf_counter()
+            share, global_count = next(batches, ([], 0))
+            if not share:
+                break  # the end of the epoch (a stream's: on every rank together)
+            ctx.faults.before_step(pos.step + 1)
+            stats = self.step.forward_backward(share, global_count, pos.step + 1)
+            pos.step, pos.step_in_epoch = pos.step + 1, pos.step_in_epoch + 1
+            pos.samples += global_count
+            ctx.tracker.step(epoch, pos.step_in_epoch)
+            if not self.step.apply_gradients(stats, pos, epoch):
+                continue  # a non-finite step, skipped on every rank together
+            stats[BUSY], stats[STEPS] = time.perf_counter() - started, 1
+            self.window += stats
+            self.epoch_stats += stats
+            self.after_step(epoch, stats)
+
+    def indexed(self, epoch: int) -> Iterator[tuple[list[Micro], int]]:
+        """The epoch's remaining global batches of indexed data: this rank's micro-batches of
+        each (read ahead in order) and the global batch's size."""
+        ctx, settings = self.ctx, self.ctx.settings
+        order = epoch_order(len(self.data.train_idx), settings.seed, epoch - 1)
+        steps = range(self.pos.step_in_epoch, self.steps_per_epoch)
         batches = [global_batch(order, s, settings.batch_size) for s in steps]
         accumulation = settings.gradient_accumulation_steps
         plan = [
@@ -236,22 +272,13 @@ class Loop:
             ].tensor_split(accumulation)
         ]
         micros = read(self.data.reader, plan, sample_seed(settings.seed, epoch))
-        for step_in_epoch, batch in zip(steps, batches, strict=True):
-            if self.out_of_steps():
-                break  # max_steps: the epoch ends here (its metrics cover the steps taken)
-            ctx.faults.before_step(pos.step + 1)
-            started = time.perf_counter()
-            share = list(itertools.islice(micros, accumulation))
-            stats = self.step.forward_backward(share, len(batch), pos.step + 1)
-            pos.step, pos.step_in_epoch = pos.step + 1, step_in_epoch + 1
-            pos.samples += len(batch)
-            ctx.tracker.step(epoch, pos.step_in_epoch)
-            if not self.step.apply_gradients(stats, pos, epoch):
-                continue  # a non-finite step, skipped on every rank together
-            stats[BUSY], stats[STEPS] = time.perf_counter() - started, 1
-            self.window += stats
-            self.epoch_stats += stats
-            self.after_step(epoch, stats)
+        for batch in batches:
+            yield list(itertools.islice(micros, accumulation)), len(batch)
+
+    def streamed(self) -> Iterator[tuple[list[Micro], int]]:
+        """A stream's next global batches, from where this epoch stands."""
+        assert self.feed is not None
+        yield from self.feed.steps(skip=self.pos.step_in_epoch)
 
     def after_step(self, epoch: int, stats: torch.Tensor) -> None:
         """Per-step callbacks, then (mid-epoch only) step records, evaluation, checkpoints."""
@@ -342,8 +369,13 @@ class Loop:
     def save(self) -> None:
         """A checkpoint of everything stateful at the current position (collective)."""
         checkpointer: Checkpointer = self.ctx.checkpointer
+        stream = {"stream": self.feed.state_dict()} if self.feed is not None else {}
         checkpointer.save(
-            self.ctx.strategy, self.stateful, step=self.pos.step, epoch_stats=self.epoch_stats
+            self.ctx.strategy,
+            self.stateful,
+            step=self.pos.step,
+            epoch_stats=self.epoch_stats,
+            rank_state=stream,
         )
 
 

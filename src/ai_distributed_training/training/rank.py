@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from ..config import TrainingSettings
+from ..data.streams import StreamReader
 from ..host import allowed_cpus, cpu_share, keep_freed_memory, peak_rss_bytes, pin_process
 from ..topology import RankEnv
 from .context import RankContext, RankData
@@ -140,6 +141,17 @@ def open_data(job: Job) -> RankData:
     """Open the job's data in this rank, with the fixed train/validation split."""
     reader = job.data.open()
     val_reader = job.validation.open() if job.validation else None
+    if isinstance(reader, StreamReader):  # read in order; validated by validation_data only
+        no_idx = torch.zeros(0, dtype=torch.long)
+        val_idx = torch.arange(len(val_reader)) if val_reader is not None else no_idx
+        return RankData(
+            reader=reader,
+            task=job.data.info.task,
+            train_idx=no_idx,
+            val_reader=val_reader or reader,
+            val_idx=val_idx,
+            stream=reader,
+        )
     held_out = 0.0 if val_reader is not None else job.settings.validation_split
     train_idx, val_idx = train_val_split(len(reader), held_out, job.settings.seed)
     if val_reader is not None:

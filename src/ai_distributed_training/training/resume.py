@@ -94,12 +94,14 @@ class Checkpointer:
         *,
         step: int,
         epoch_stats: torch.Tensor,
+        rank_state: Mapping[str, Any] | None = None,
     ) -> None:
         """Checkpoint ``stateful`` objects (model, optimizer, loop position, ...) as global step
-        ``step``, with this rank's RNG state and partial epoch sums."""
+        ``step``, with this rank's RNG state, partial epoch sums and ``rank_state`` (e.g. its
+        stream's position)."""
         if self.directory is None:
             return
-        mine = {"rng": capture_rng(), "epoch_stats": epoch_stats.cpu()}
+        mine = {"rng": capture_rng(), "epoch_stats": epoch_stats.cpu(), **(rank_state or {})}
         ranks = strategy.all_gather_object(mine)  # collective: every rank, every time
         meta = {
             "ranks": ranks,
