@@ -68,3 +68,11 @@ def test_a_killed_gan_worker_resumes_bitwise(tmp_path: Path) -> None:
     assert killed["restarts"] == 1 and bitwise_equal(clean, killed)
     assert set(clean.model) == {"G", "D"} and clean["steps"] == 20
     assert {"train_d_loss", "train_g_loss"} <= set(clean["history"][-1])
+
+
+def test_two_models_and_two_optimizers_under_fsdp_resume_bitwise(tmp_path: Path) -> None:
+    """Each model sharded on its own, both optimizers in one sharded checkpoint."""
+    from tests.batch_helpers import gan_fsdp_resume_is_bitwise
+
+    results = debug_launcher(gan_fsdp_resume_is_bitwise, str(tmp_path), num_processes=2)
+    assert results == [True, True]

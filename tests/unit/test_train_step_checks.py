@@ -88,3 +88,39 @@ def test_distillation_helper_step_runs_on_one_rank() -> None:
     after = custom_weights(1, distill_step)
     assert torch.equal(after["teacher.0.weight"], before["teacher"][0].weight)  # frozen
     assert not torch.equal(after["student.weight"], before["student"].weight)
+
+
+def test_a_non_finite_train_step_fails_or_is_skipped() -> None:
+    def nan_step(ctx: Any, batch: Any) -> dict[str, Any]:
+        x, y = batch
+        loss = torch.nn.functional.cross_entropy(ctx.models["model"](x), y)
+        ctx.backward(loss)
+        ctx.step("model")
+        return {"loss": loss * float("nan") if ctx.global_step == 2 else loss}
+
+    from ai_distributed_training.training.custom import NonFiniteStepError
+
+    with pytest.raises(NonFiniteStepError, match=r"non-finite value at step 2 on rank\(s\) \[0\]"):
+        train(build_model(), rank_data(), one_rank(train_step=nan_step, batch_size=64))
+    result = train(
+        build_model(),
+        rank_data(),
+        one_rank(train_step=nan_step, batch_size=64, skip_nonfinite_steps=True),
+    )
+    assert torch.isfinite(torch.tensor(result.history[-1]["train_loss"]))
+
+
+def test_non_finite_gradients_stop_the_step() -> None:
+    def bad_gradients(ctx: Any, batch: Any) -> dict[str, Any]:
+        x, y = batch
+        loss = torch.nn.functional.cross_entropy(ctx.models["model"](x), y) * float("inf")
+        ctx.backward(loss)
+        ctx.step("model")
+        return {"loss": torch.tensor(1.0)}
+
+    from ai_distributed_training.training.custom import NonFiniteStepError
+
+    with pytest.raises(
+        NonFiniteStepError, match=r"non-finite gradients of model 'model' at step 1"
+    ):
+        train(build_model(), rank_data(), one_rank(train_step=bad_gradients, epochs=1))
