@@ -19,6 +19,7 @@ REPORT_FILE = "report.html"
 PLOTS = {
     "loss.png": "Loss per epoch",
     "accuracy.png": "Accuracy per epoch",
+    "metrics.png": "Other metrics per epoch (yours, a train_step's)",
     "throughput.png": "Training throughput over time",
     "workers.png": "Mean step time per worker (stragglers stand out)",
 }
@@ -79,6 +80,20 @@ def write_report(run_dir: str | Path) -> Path:
         ax.legend()
         ax.grid(alpha=0.3)
         save(fig, name)
+
+    others = sorted(
+        k for k in (epochs[0] if epochs else {})
+        if k.startswith(("train_", "val_")) and k.split("_", 1)[1] not in ("loss", "accuracy")
+        and all(isinstance(e.get(k), (int, float)) for e in epochs)
+    )  # fmt: skip
+    if others:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for key in others:
+            ax.plot(xs, [float(e[key]) for e in epochs], marker="o", label=key)
+        ax.set(xlabel="epoch", ylabel="value", title=PLOTS["metrics.png"])
+        ax.legend()
+        ax.grid(alpha=0.3)
+        save(fig, "metrics.png")
 
     points = [(r["step"], r["samples_per_second"]) for r in steps + epochs]
     if points:

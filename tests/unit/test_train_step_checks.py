@@ -124,3 +124,19 @@ def test_non_finite_gradients_stop_the_step() -> None:
         NonFiniteStepError, match=r"non-finite gradients of model 'model' at step 1"
     ):
         train(build_model(), rank_data(), one_rank(train_step=bad_gradients, epochs=1))
+
+
+def test_the_report_plots_a_train_steps_own_metrics(tmp_path: Any) -> None:
+    import json
+
+    from ai_distributed_training.report import write_report
+
+    (tmp_path / "summary.json").write_text(json.dumps({"model_name": "G+D"}))
+    records = [
+        {"type": "epoch", "epoch": e, "step": 10 * e, "train_loss": 1.0 / e, "train_d_loss": 1.0,
+         "train_g_loss": 0.5 * e, "samples_per_second": 100.0, "worker_step_time_s": [0.1, 0.1]}
+        for e in (1, 2)
+    ]  # fmt: skip
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+    write_report(tmp_path)
+    assert (tmp_path / "metrics.png").exists() and (tmp_path / "loss.png").exists()
