@@ -99,3 +99,19 @@ def uneven_shards_on_this_rank() -> tuple[int, int, bool]:
     in_sync = strategy.replicas_identical(strategy.full_state_dict(model))
     strategy.close()
     return result.steps, result.samples_seen, in_sync
+
+
+class WorkerSplitRows(IterableDataset[tuple[torch.Tensor, torch.Tensor]]):
+    """Splits itself among DataLoader workers the usual way: ids ``worker.id::num_workers``."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        worker = torch.utils.data.get_worker_info()
+        start, step = (worker.id, worker.num_workers) if worker is not None else (0, 1)
+        for i in range(start, self.n, step):
+            yield sample(i)

@@ -75,7 +75,7 @@ def prepare(
     )
     settings = _adopt_loader_batch(settings, data_source)
     settings = _check_custom_step(settings, model_source)
-    settings = _check_stream(settings, data_source)
+    settings, data_source = _check_stream(settings, data_source)
     check_fits_data(model_source, data_source.info)
     validation = _resolve_validation(settings, data_source.info)
     held_out = 0.0 if validation else settings.validation_split
@@ -170,12 +170,15 @@ def _check_custom_step(settings: TrainingSettings, model: ModelSource) -> Traini
     return settings
 
 
-def _check_stream(settings: TrainingSettings, data: DataSource) -> TrainingSettings:
-    """A stream of unknown length may be endless: it needs ``max_steps``. It has no held-out
-    split (``validation_data`` can validate it). A stream without a state is re-read on resume
-    (said once, here)."""
+def _check_stream(
+    settings: TrainingSettings, data: DataSource
+) -> tuple[TrainingSettings, DataSource]:
+    """A stream split as ``stream_sharding`` says. One of unknown length may be endless: it
+    needs ``max_steps``. It has no held-out split (``validation_data`` can validate it). One
+    without a state is re-read on resume (said once, here)."""
     if not isinstance(data, StreamSource):
-        return settings
+        return settings, data
+    data = data.split_by(settings.stream_sharding)
     name = type(data.dataset).__name__
     if data.info.samples == 0 and settings.max_steps is None:
         raise ConfigError(
@@ -189,7 +192,7 @@ def _check_stream(settings: TrainingSettings, data: DataSource) -> TrainingSetti
             "and skipped (exact only if it yields the same samples again)",
             stacklevel=5,
         )
-    return settings.model_copy(update={"validation_split": 0.0})
+    return settings.model_copy(update={"validation_split": 0.0}), data
 
 
 def _check_sizes(settings: TrainingSettings, info: DataInfo, held_out: float) -> None:

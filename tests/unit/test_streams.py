@@ -24,6 +24,7 @@ from ai_distributed_training.training.strategies import DDPStrategy
 from tests.stream_helpers import FEATURES, Endless, Rows
 
 IDS = list(range(100))
+PRESET = "cpu-cluster-25g"
 
 
 def model() -> nn.Module:
@@ -89,3 +90,39 @@ def test_stream_checks_before_launch() -> None:
     assert (
         "read whole by every rank, re-read and skipped on resume" in prepared.data.info.description
     )
+
+
+def test_a_stream_that_splits_itself_by_worker_info_is_split_by_rank() -> None:
+    """stream_sharding='worker_info': each rank is presented as loader worker <rank>."""
+    from tests.stream_helpers import WorkerSplitRows, sample
+
+    source = resolve_data(WorkerSplitRows(10))
+    assert isinstance(source, StreamSource)
+    assert "read whole by every rank" in source.info.description
+    source = source.split_by("worker_info")
+    assert "split by the stream itself" in source.info.description
+    reader = source.open()
+    reader.open_for(1, 2)
+    reader.start()
+    taken = reader.take(100)
+    assert [float(x.sum()) for x, _ in taken] == [
+        float(sample(i)[0].sum()) for i in (1, 3, 5, 7, 9)
+    ]
+    assert torch.utils.data.get_worker_info() is None  # only while reading
+    with pytest.raises(
+        ConfigError, match=r"stream_sharding='shard' but the stream WorkerSplitRows"
+    ):
+        source.split_by("shard")
+
+
+def test_a_stream_of_pairs_fits_the_built_in_models_and_the_planner() -> None:
+    """(inputs, label) samples: the MLP is sized from them; the planner counts max_steps
+    global batches for a stream of unknown length."""
+    from ai_distributed_training import DistributedTraining
+
+    info = resolve_data(Endless()).info
+    assert not info.structured and info.input_shape == (FEATURES,) and info.num_outputs == 2
+    plan = DistributedTraining().plan(
+        {"model_name": "m"}, Endless(), nodes=[2], hardware=PRESET, max_steps=50, batch_size=32
+    )
+    assert plan.train_samples == 50 * 32

@@ -212,6 +212,13 @@ class TrainingSettings(StrictModel):
         description="Stop after this many optimizer steps (all epochs together), even mid-epoch; "
         "the LR schedule spans them.",
     )
+    stream_sharding: Literal["auto", "shard", "worker_info", "global"] = Field(
+        "auto",
+        description="How the workers split a stream (IterableDataset): 'shard' (its "
+        "shard(rank, world_size)), 'worker_info' (it splits itself by get_worker_info(), each "
+        "worker seen as loader worker <rank> of <nodes>), 'global' (every worker reads it all "
+        "and keeps its slice); 'auto': shard if it has shard(), else global.",
+    )
     forward: Callable[..., Any] | None = Field(
         None,
         description="forward(model, batch) -> outputs; default: model(**batch) for a dict "

@@ -71,7 +71,7 @@ def resolve_data(
     elif isinstance(data, DataLoader):
         source = loader_source(data, num_classes, collate_fn)
     elif isinstance(data, IterableDataset):
-        source = StreamSource.from_stream(data, LoaderOptions(collate_fn=collate_fn))
+        source = StreamSource.from_stream(data, LoaderOptions(collate_fn=collate_fn), num_classes)
     elif isinstance(data, Dataset):
         options = LoaderOptions(collate_fn=collate_fn)
         source = DatasetSource.from_dataset(data, num_classes, options)

@@ -17,20 +17,55 @@ trained are read and skipped: exact for a deterministic stream, at the cost of r
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import IterableDataset, default_collate
+from torch.utils.data._utils import worker as loader_worker
+from torch.utils.data._utils.worker import WorkerInfo
 
 from ..errors import ConfigError
 from .loading import LoaderOptions
-from .structure import batch_inputs, describe_structure, num_samples, target_of
+from .structure import (
+    IGNORE_INDEX,
+    batch_inputs,
+    describe_structure,
+    is_pair,
+    num_samples,
+    target_of,
+)
 from .types import DataInfo, Task
+
+#: Labels read (from a copy of the stream) to count its classes when num_classes is not given.
+CLASS_SAMPLE = 256
+
+#: How each split mode reads, as the data's description says it.
+HOW = {
+    "shard": "sharded by its shard(rank, world_size)",
+    "worker_info": "split by the stream itself (get_worker_info(): rank as worker id)",
+    "global": "read whole by every rank",
+}
+
+
+def split_mode(dataset: Any, sharding: str) -> str:
+    """``"shard"`` (the stream's ``shard(rank, world_size)``), ``"worker_info"`` (the stream
+    splits itself by ``torch.utils.data.get_worker_info()``, each rank presented as worker
+    ``rank`` of ``world_size``) or ``"global"``; ``"auto"``: shard if it can, else global."""
+    if sharding == "auto":
+        return "shard" if callable(getattr(dataset, "shard", None)) else "global"
+    if sharding == "shard" and not callable(getattr(dataset, "shard", None)):
+        raise ConfigError(
+            f"stream_sharding='shard' but the stream {type(dataset).__name__} has no "
+            "shard(rank, world_size); use 'worker_info' (it splits itself by "
+            "get_worker_info()) or 'global'"
+        )
+    return sharding
 
 
 def is_stateful(dataset: Any) -> bool:
@@ -49,17 +84,24 @@ class StreamSource:
     #: A user DataLoader's ``batch_size`` and ``drop_last`` (see ``tensors.loader_source``).
     loader_batch_size: int | None = None
     loader_drop_last: bool = False
+    #: How the ranks split it (the ``stream_sharding`` setting, see :func:`split_mode`).
+    sharding: str = "auto"
 
     @property
-    def sharded(self) -> bool:
-        return callable(getattr(self.dataset, "shard", None))
+    def mode(self) -> str:
+        return split_mode(self.dataset, self.sharding)
 
     @property
     def stateful(self) -> bool:
         return is_stateful(self.dataset)
 
     @classmethod
-    def from_stream(cls, dataset: IterableDataset[Any], options: LoaderOptions) -> StreamSource:
+    def from_stream(
+        cls,
+        dataset: IterableDataset[Any],
+        options: LoaderOptions,
+        num_classes: int | None = None,
+    ) -> StreamSource:
         """Validate on a batch of the stream's first two samples (read from a copy, so the
         stream the workers get is untouched)."""
         if options.num_workers:
@@ -72,24 +114,46 @@ class StreamSource:
         example = source.example()
         length = getattr(dataset, "__len__", None)
         samples = int(length()) if callable(length) else 0
-        how = (
-            "sharded by its shard(rank, world_size)"
-            if source.sharded
-            else "read whole by every rank"
-        )
-        resume = (
+        desc = f"{name}: a stream ({samples or 'unknown'} samples), {{how}}, " + (
             "resumed from its state_dict" if source.stateful else "re-read and skipped on resume"
         )
-        desc = (
-            f"{name}: a stream ({samples or 'unknown'} samples), {how}, {resume}; batches of "
-            f"{describe_structure(example)}"
-        )
+        desc += f"; batches of {describe_structure(example)}"
         target = target_of(example)
         task: Task = "custom"
         if isinstance(target, torch.Tensor):
             task = "regression" if target.is_floating_point() else "classification"
         info = DataInfo(samples, (), task, 0, desc, structured=True, stream=True)
-        return cls(dataset, info, options)
+        if is_pair(example):  # (inputs, targets): the built-in models and the planner take it
+            x, y = example
+            outputs = y[0].numel() if task == "regression" else source.classes(num_classes)
+            info = replace(
+                info,
+                input_shape=tuple(x.shape[1:]),
+                num_outputs=max(1, outputs),
+                input_dtype=str(x.dtype).removeprefix("torch."),
+                structured=False,
+            )
+        return cls(dataset, info, options).split_by("auto")
+
+    def classes(self, num_classes: int | None) -> int:
+        """Classes of a stream of (input, label) pairs: ``num_classes``, else the largest label
+        among its first :data:`CLASS_SAMPLE` samples (read from a copy) + 1."""
+        if num_classes is not None:
+            return num_classes
+        first = itertools.islice(iter(copy.deepcopy(self.dataset)), CLASS_SAMPLE)
+        labels = [torch.as_tensor(item[1]).reshape(-1) for item in first]
+        valid = torch.cat(labels)
+        valid = valid[valid != IGNORE_INDEX]
+        return max(2, int(valid.max()) + 1 if valid.numel() else 2)
+
+    def split_by(self, sharding: str) -> StreamSource:
+        """This stream split as ``sharding`` says (see :func:`split_mode`), described so."""
+        template = self.info.description.replace(
+            HOW[split_mode(self.dataset, self.sharding)], "{how}"
+        )
+        mode = split_mode(self.dataset, sharding)
+        info = replace(self.info, description=template.replace("{how}", HOW[mode]))
+        return replace(self, info=info, sharding=sharding)
 
     def example(self) -> Any:
         """A batch of the stream's first two samples, read from a copy of the stream (the one
@@ -112,15 +176,20 @@ class StreamSource:
         return self
 
     def open(self) -> StreamReader:
-        return StreamReader(self.dataset, self.options.collate_fn or default_collate)
+        collate = self.options.collate_fn or default_collate
+        return StreamReader(self.dataset, collate, self.mode)
 
 
 class StreamReader:
     """A rank's view of a stream: takes samples in order, collates them, keeps its state."""
 
-    def __init__(self, dataset: IterableDataset[Any], collate: Callable[[list[Any]], Any]) -> None:
-        self.dataset, self.collate = dataset, collate
-        self.sharded = callable(getattr(dataset, "shard", None))
+    def __init__(
+        self, dataset: IterableDataset[Any], collate: Callable[[list[Any]], Any], mode: str
+    ) -> None:
+        self.dataset, self.collate, self.mode = dataset, collate, mode
+        #: Each rank reads its own part (else every rank reads all and keeps its slice).
+        self.sharded = mode != "global"
+        self.worker: WorkerInfo | None = None
         self.stateful = is_stateful(dataset)
         self.rank_stream: Any = dataset
         self.iterator: Iterator[Any] | None = None
@@ -137,7 +206,10 @@ class StreamReader:
 
     def open_for(self, rank: int, world_size: int) -> None:
         """This rank's stream: its shard, or the whole stream."""
-        self.rank_stream = self.dataset.shard(rank, world_size) if self.sharded else self.dataset  # type: ignore[attr-defined]
+        if self.mode == "shard":
+            self.rank_stream = self.dataset.shard(rank, world_size)  # type: ignore[attr-defined]
+        if self.mode == "worker_info":
+            self.worker = WorkerInfo(id=rank, num_workers=world_size, seed=0, dataset=self.dataset)
 
     def start(self, state: Any = None) -> None:
         """A pass from the beginning, or from ``state`` (a ``state_dict()`` of this stream)."""
@@ -148,7 +220,8 @@ class StreamReader:
     def take(self, n: int) -> list[Any]:
         """Up to ``n`` next samples (fewer at the end of the stream)."""
         assert self.iterator is not None, "start() first"
-        items = list(itertools.islice(self.iterator, n))
+        with _as_loader_worker(self.worker):
+            items = list(itertools.islice(self.iterator, n))
         if items and self.stand_in is None:
             self.stand_in = items[0]
         return items
@@ -164,3 +237,18 @@ class StreamReader:
 
     def state_dict(self) -> Any:
         return self.rank_stream.state_dict() if self.stateful else None
+
+
+@contextlib.contextmanager
+def _as_loader_worker(worker: WorkerInfo | None) -> Iterator[None]:
+    """While reading: ``torch.utils.data.get_worker_info()`` says ``worker`` (this rank as a
+    loader worker), so a stream written to split itself among loader workers splits by rank."""
+    if worker is None:
+        yield
+        return
+    saved = loader_worker._worker_info
+    loader_worker._worker_info = worker
+    try:
+        yield
+    finally:
+        loader_worker._worker_info = saved

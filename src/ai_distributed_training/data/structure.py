@@ -123,3 +123,13 @@ def describe_structure(batch: Any) -> str:
         inner = ", ".join(describe_structure(v) for v in batch)
         return f"({inner})" if isinstance(batch, tuple) else f"[{inner}]"
     return type(batch).__name__
+
+
+def is_pair(batch: Any) -> bool:
+    """An ``(inputs, targets)`` pair of tensors (a tuple or list of two, each with a sample
+    dimension): the batch the built-in models and the planner take."""
+    return (
+        type(batch) in (tuple, list)
+        and len(batch) == 2
+        and all(isinstance(t, torch.Tensor) and t.ndim >= 1 for t in batch)
+    )

@@ -24,6 +24,7 @@ from .structure import (
     IGNORE_INDEX,
     batch_inputs,
     describe_structure,
+    is_pair,
     model_inputs,
     num_samples,
     target_of,
@@ -235,7 +236,7 @@ class DatasetSource:
         n = _dataset_len(dataset)
         example = example_of(dataset, options)
         name = type(dataset).__name__
-        if not _is_pair(example):
+        if not is_pair(example):
             desc = f"{name}: {n} samples, batches of {describe_structure(example)}"
             task = _task_of(target_of(example))
             info = DataInfo(n, (), task, num_classes or 0, desc, structured=True)
@@ -279,7 +280,7 @@ def loader_source(
         worker_init_fn=loader.worker_init_fn,
     )
     if isinstance(loader.dataset, IterableDataset):
-        stream = StreamSource.from_stream(loader.dataset, options)
+        stream = StreamSource.from_stream(loader.dataset, options, num_classes)
         return replace(stream, loader_batch_size=loader.batch_size)
     source = DatasetSource.from_dataset(loader.dataset, num_classes, options)
     sampler = type(loader.sampler).__name__
@@ -329,14 +330,6 @@ def _dataset_len(dataset: Dataset[Any]) -> int:
     if n == 0:
         raise ConfigError(f"the Dataset {type(dataset).__name__} is empty")
     return n
-
-
-def _is_pair(batch: Any) -> bool:
-    return (
-        type(batch) in (tuple, list)
-        and len(batch) == 2
-        and all(isinstance(t, torch.Tensor) and t.ndim >= 1 for t in batch)
-    )
 
 
 def _task_of(target: Any) -> Task:
