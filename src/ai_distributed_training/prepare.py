@@ -146,14 +146,16 @@ def _check_custom_step(settings: TrainingSettings, model: ModelSource) -> Traini
                 f"a dict of models ({', '.join(names)}) trains through your train_step(ctx, "
                 "batch) setting, which says what each model learns; pass train_step=..."
             )
-        if isinstance(settings.optimizer, dict):
-            raise ConfigError("a dict of optimizers goes with a dict of models and a train_step")
+        for what in ("optimizer", "scheduler"):
+            if isinstance(getattr(settings, what), dict):
+                raise ConfigError(f"a dict of {what}s goes with a dict of models and a train_step")
         return settings
-    if isinstance(settings.optimizer, dict) and sorted(settings.optimizer) != names:
-        raise ConfigError(
-            f"the optimizer dict's keys {sorted(settings.optimizer)} must be the models' names "
-            f"{names}"
-        )
+    for what in ("optimizer", "scheduler"):
+        given = getattr(settings, what)
+        if isinstance(given, dict) and sorted(given) != names:
+            raise ConfigError(
+                f"the {what} dict's keys {sorted(given)} must be the models' names {names}"
+            )
     if settings.gradient_accumulation_steps != 1:
         raise ConfigError(
             f"gradient_accumulation_steps={settings.gradient_accumulation_steps} does not apply "

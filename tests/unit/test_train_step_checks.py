@@ -39,6 +39,7 @@ def one_rank(**settings: Any) -> RankContext:
         ),
         (GAN, {"train_step": gan_step, "validation_data": DATA}, r"a dict of models is not"),
         ({"model_name": "m"}, {"optimizer": {"model": "sgd"}}, r"dict of optimizers goes with"),
+        (GAN, {"train_step": gan_step, "scheduler": {"D": print}}, r"scheduler dict's keys"),
     ],
 )
 def test_custom_step_settings_are_checked_before_launch(
@@ -140,3 +141,16 @@ def test_the_report_plots_a_train_steps_own_metrics(tmp_path: Any) -> None:
     (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records))
     write_report(tmp_path)
     assert (tmp_path / "metrics.png").exists() and (tmp_path / "loss.png").exists()
+
+
+def test_a_scheduler_factory_replaces_the_lr_schedule() -> None:
+    """Stepped once per optimizer step, checkpointed like the built-in one."""
+
+    def halving(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+
+    result = train(build_model(), rank_data(), one_rank(scheduler=halving, batch_size=64))
+    steps_per_epoch = 4  # 231 training samples
+    assert result.history[0]["lr"] == pytest.approx(1e-3 * 0.5**steps_per_epoch)
+    with pytest.raises(TypeError, match=r"the scheduler factory returned int"):
+        train(build_model(), rank_data(), one_rank(scheduler=lambda optimizer: 3))

@@ -39,6 +39,7 @@ PYTHON_ONLY = (
     "count_fn",
     "collate_fn",
     "train_step",
+    "scheduler",
     "callbacks",
     "metrics",
 )

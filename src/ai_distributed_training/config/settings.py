@@ -146,6 +146,12 @@ class TrainingSettings(StrictModel):
     max_grad_norm: float | None = Field(
         None, gt=0.0, description="Clip the global (synchronized) gradient norm to this value."
     )
+    scheduler: Callable[..., Any] | dict[str, Callable[..., Any]] | None = Field(
+        None,
+        description="scheduler(optimizer) -> torch.optim.lr_scheduler.LRScheduler, stepped once "
+        "per optimizer step, in place of lr_schedule; with a dict of models, a dict of those "
+        "keyed like the models.",
+    )
     lr_schedule: Literal["constant", "linear", "cosine"] = Field(
         "constant",
         description="Learning-rate schedule over all optimizer steps, after warmup: "
@@ -441,7 +447,7 @@ def settings_as_plain_data(settings: TrainingSettings) -> dict[str, Any]:
             value = f"<{type(value).__name__}>"
         elif name == "fault_injection":
             value = [f.model_dump() for f in value]
-        elif name == "optimizer" and isinstance(value, dict):
+        elif name in ("optimizer", "scheduler") and isinstance(value, dict):
             value = {k: _plain_callable(v) for k, v in value.items()}
         else:
             value = _plain_callable(value)

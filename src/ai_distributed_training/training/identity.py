@@ -33,6 +33,7 @@ MATH_SETTINGS = (
     "gradient_accumulation_steps",
     "max_grad_norm",
     "lr_schedule",
+    "scheduler",
     "warmup_steps",
     "warmup_ratio",
     "validation_split",

@@ -132,7 +132,11 @@ def _custom_parts(
         name: build_optimizer(settings, m, choices.get(name, settings.optimizer))  # type: ignore[arg-type]
         for name, m in models.items()
     }
-    schedulers = {n: build_scheduler(settings, o, total_steps) for n, o in optimizers.items()}
+    factories = settings.scheduler if isinstance(settings.scheduler, dict) else {}
+    schedulers = {
+        n: build_scheduler(settings, o, total_steps, factories.get(n))
+        for n, o in optimizers.items()
+    }
     meter = Meter("custom", settings.metrics, ctx.device, step_metrics=[])
     step_ctx = StepContext(
         rank_ctx=ctx, models=models, optimizers=optimizers, schedulers=schedulers, scaler=scaler

@@ -93,9 +93,23 @@ def lr_factor(settings: TrainingSettings, total_steps: int) -> Callable[[int], f
 
 
 def build_scheduler(
-    settings: TrainingSettings, optimizer: torch.optim.Optimizer, total_steps: int
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """A scheduler stepped once per optimizer step (its state goes into checkpoints)."""
+    settings: TrainingSettings,
+    optimizer: torch.optim.Optimizer,
+    total_steps: int,
+    factory: Callable[..., Any] | None = None,
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """A scheduler stepped once per optimizer step (its state goes into checkpoints): the
+    user's ``factory(optimizer)`` (the ``scheduler`` setting), else ``lr_schedule``'s."""
+    if factory is None and not isinstance(settings.scheduler, dict):
+        factory = settings.scheduler
+    if factory is not None:
+        scheduler = factory(optimizer)
+        if not isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler):
+            raise TypeError(
+                f"the scheduler factory returned {type(scheduler).__name__}, not a "
+                "torch.optim.lr_scheduler.LRScheduler"
+            )
+        return scheduler
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(settings, total_steps))
 
 
