@@ -24,7 +24,7 @@ def student_net():
     return nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
 
 
-teacher = trainer.train_distributed(teacher_net, (X, y), epochs=10).model
+teacher = trainer.train_distributed(teacher_net, (X, y), epochs=6).model
 teacher.requires_grad_(False)  # frozen: the strategy leaves it unwrapped, nothing is synced
 
 
@@ -46,7 +46,7 @@ result = trainer.train_distributed(
     {"teacher": teacher, "student": student_net},
     (X, y),
     train_step=distill,
-    epochs=15,
+    epochs=10,
 )
 student = result.model["student"]
 accuracy = np.mean((student(X).argmax(1) == y).numpy())

@@ -136,14 +136,24 @@ class DatasetReader:
         when ``num_workers > 0``."""
         if self.options.num_workers == 0:
             return (self.batch(indices, key) for indices in plan)
+        self.start_loader_processes()
         self.plan.lists = [SeededIndices(indices.tolist(), key) for indices in plan]
+        assert self.loader is not None
+        return iter(self.loader)  # the persistent processes, reset to this plan
+
+    def start_loader_processes(self) -> None:
+        """Fork the ``num_workers`` loader processes now, once for the whole attempt (they
+        persist across epochs). Call it before the process starts other threads (gloo's,
+        OpenMP's): a fork while another thread holds a lock can leave the child stuck in its
+        first instruction; seen here in ~1 of 8 runs when every epoch forked afresh."""
+        if self.options.num_workers == 0 or self.loader is not None:
+            return
         with warnings.catch_warnings():
             # Loader processes share their rank's CPUs (see cpu_affinity) by design; torch's
             # "suggested max number of worker" warning counts just those CPUs.
             warnings.filterwarnings("ignore", message="This DataLoader will create")
-            if self.loader is None:
-                self.loader = self._loader()
-            return iter(self.loader)
+            self.loader = self._loader()
+            iter(self.loader)  # an empty plan: starts the processes, reads nothing
 
     def _loader(self) -> DataLoader[Any]:
         o = self.options
@@ -154,7 +164,7 @@ class DatasetReader:
             collate_fn=lambda items: batch_inputs(collate(items)),
             num_workers=o.num_workers,
             pin_memory=o.pin_memory and torch.cuda.is_available(),
-            persistent_workers=o.persistent_workers,
+            persistent_workers=True,  # forked once (see start_loader_processes)
             prefetch_factor=o.prefetch_factor,
             worker_init_fn=o.worker_init_fn,
             # Loader processes take their base seed from here, not from the training

@@ -39,6 +39,8 @@ def run_rank(job: Job, env: RankEnv) -> dict[str, Any]:
     """Train this rank's part of ``job``; returns the result (the same on every rank)."""
     settings = job.settings
     set_up_process(job, env)
+    # Opened before the process group starts its threads: loader processes fork now.
+    data = open_data(job)
     owns_group = not dist.is_initialized()  # joined in the caller's process: theirs stays
     device, backend = join_process_group(settings, env)
     compute_dtype = autocast_dtype(settings.precision, device)
@@ -61,7 +63,7 @@ def run_rank(job: Job, env: RankEnv) -> dict[str, Any]:
     )
     try:
         log.debug("joined the process group (%s, world size %d)", backend, env.world_size)
-        return _train_rank(job, strategy, tracker, compute_dtype)
+        return _train_rank(job, data, strategy, tracker, compute_dtype)
     finally:
         tracker.close()
         strategy.close()
@@ -84,14 +86,17 @@ def set_up_process(job: Job, env: RankEnv) -> None:
 
 
 def _train_rank(
-    job: Job, strategy: Strategy, tracker: Tracker, compute_dtype: torch.dtype | None
+    job: Job,
+    data: RankData,
+    strategy: Strategy,
+    tracker: Tracker,
+    compute_dtype: torch.dtype | None,
 ) -> dict[str, Any]:
     """Build, resume, train and gather the result (collective: every rank)."""
     settings, rank = job.settings, strategy.rank
     torch.manual_seed(settings.seed)  # identical initial weights on every rank
     model = strategy.build_model(job.model, job.data.info)
     torch.manual_seed(settings.seed + 1 + rank)  # per-rank stream (e.g. dropout)
-    data = open_data(job)
     ckpt_dir = Path(job.checkpoint_dir) if job.checkpoint_dir else None
     attempt, run_id, resume, resumed_from = agreed_resume_point(strategy, job, ckpt_dir)
     ctx = RankContext(
@@ -156,6 +161,12 @@ def open_data(job: Job) -> RankData:
     train_idx, val_idx = train_val_split(len(reader), held_out, job.settings.seed)
     if val_reader is not None:
         val_idx = torch.arange(len(val_reader))
+    elif len(val_idx):  # the held-out split: its own reader (loader processes of its own)
+        val_reader = job.data.open()
+    for opened in (reader, val_reader):
+        start = getattr(opened, "start_loader_processes", None)
+        if start is not None:
+            start()
     return RankData(
         reader=reader,
         task=job.data.info.task,
