@@ -62,3 +62,15 @@ def _no_leaks() -> Iterator[None]:
     changed = {k for k in os.environ.keys() | env.keys() if os.environ.get(k) != env.get(k)}
     leaked = changed - _SET_BY_OTHERS
     assert not leaked, f"environment variables leaked: {leaked}"
+
+
+@pytest.fixture
+def no_launch(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Any launch is a failure: for tests of errors that must come before a worker starts."""
+    import ai_distributed_training.run as api
+
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a worker was launched for invalid input")
+
+    monkeypatch.setattr(api, "launch_local", forbidden)
+    yield

@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
-import ai_distributed_training.run as api
 from ai_distributed_training import ConfigError, DistributedTraining
 from ai_distributed_training.config import TrainingSettings
 from ai_distributed_training.data import resolve_data
@@ -48,13 +47,8 @@ class RecordsModel(nn.Module):
         return self.head(x) * scale[:, None]
 
 
-@pytest.fixture(autouse=True)
-def _no_launch(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    def forbidden(*args: Any, **kwargs: Any) -> None:
-        raise AssertionError("a worker was launched for invalid input")
-
-    monkeypatch.setattr(api, "launch_local", forbidden)
-    yield
+#: Every error here must come before a worker starts.
+pytestmark = pytest.mark.usefixtures("no_launch")
 
 
 def train(model: Any, data: Any, **settings: Any) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -11,7 +10,6 @@ import pytest
 import torch
 from torch import nn
 
-import ai_distributed_training.run as api
 from ai_distributed_training import (
     ConfigError,
     ConfigTypeError,
@@ -25,15 +23,8 @@ MODEL = {"model_name": "m", "hidden_sizes": [8]}
 DATA = {"samples": 100, "features": 4}
 
 
-@pytest.fixture(autouse=True)
-def _no_launch(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Any launch here is a failure: every error must come before a worker starts."""
-
-    def forbidden(*args: Any, **kwargs: Any) -> None:
-        raise AssertionError("a worker was launched for invalid input")
-
-    monkeypatch.setattr(api, "launch_local", forbidden)
-    yield
+#: Every error here must come before a worker starts.
+pytestmark = pytest.mark.usefixtures("no_launch")
 
 
 def train(model: Any = MODEL, data: Any = DATA, **settings: Any) -> None:

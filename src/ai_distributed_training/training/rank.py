@@ -143,26 +143,20 @@ def _train_rank(
 
 
 def open_data(job: Job) -> RankData:
-    """Open the job's data in this rank, with the fixed train/validation split."""
+    """Open the job's data in this rank, with the fixed train/validation split, and start
+    its loader processes (if any)."""
     reader = job.data.open()
-    val_reader = job.validation.open() if job.validation else None
-    if isinstance(reader, StreamReader):  # read in order; validated by validation_data only
-        no_idx = torch.zeros(0, dtype=torch.long)
-        val_idx = torch.arange(len(val_reader)) if val_reader is not None else no_idx
-        return RankData(
-            reader=reader,
-            task=job.data.info.task,
-            train_idx=no_idx,
-            val_reader=val_reader or reader,
-            val_idx=val_idx,
-            stream=reader,
-        )
-    held_out = 0.0 if val_reader is not None else job.settings.validation_split
-    train_idx, val_idx = train_val_split(len(reader), held_out, job.settings.seed)
-    if val_reader is not None:
-        val_idx = torch.arange(len(val_reader))
-    elif len(val_idx):  # the held-out split: its own reader (loader processes of its own)
-        val_reader = job.data.open()
+    stream = reader if isinstance(reader, StreamReader) else None
+    no_idx = torch.zeros(0, dtype=torch.long)
+    if job.validation is not None:  # a separate validation set, all of it
+        val_reader = job.validation.open()
+        train_idx, val_idx = torch.arange(len(reader)), torch.arange(len(val_reader))
+    elif stream is not None:  # read in order: no held-out split
+        val_reader, train_idx, val_idx = reader, no_idx, no_idx
+    else:  # the held-out split, read through a reader of its own (own loader processes)
+        split = train_val_split(len(reader), job.settings.validation_split, job.settings.seed)
+        train_idx, val_idx = split
+        val_reader = job.data.open() if len(val_idx) else reader
     for opened in (reader, val_reader):
         start = getattr(opened, "start_loader_processes", None)
         if start is not None:
@@ -170,9 +164,10 @@ def open_data(job: Job) -> RankData:
     return RankData(
         reader=reader,
         task=job.data.info.task,
-        train_idx=train_idx,
-        val_reader=val_reader or reader,
+        train_idx=no_idx if stream is not None else train_idx,
+        val_reader=val_reader,
         val_idx=val_idx,
+        stream=stream,
     )
 
 
