@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 from torch.utils.data import Dataset
@@ -131,3 +132,24 @@ def test_augmentation_repeats_exactly_with_loader_processes_and_after_a_resume(
     for name, a in in_process.state_dict().items():
         assert torch.equal(a, in_loaders.state_dict()[name]), name
         assert torch.equal(a, resumed.state_dict()[name]), name
+
+
+def test_a_checkpoint_from_before_token_counts_resumes(tmp_path: Path) -> None:
+    """Older checkpoints hold 6 base slots in the stat vector (no ITEMS, SCORED) and no sample
+    count: they resume to the same weights and the same epoch metrics."""
+    s = settings(checkpoint_every=2)
+    full = build_model()
+    expected = train(full, rank_data(), one_rank(s, tmp_path))
+    mid = [p for p in list_checkpoints(tmp_path) if load_checkpoint(p)["loop"]["step_in_epoch"]]
+    old = load_checkpoint(mid[0])  # the newest mid-epoch one
+    del old["loop"]["samples"]
+    for rank in old["ranks"]:
+        rank["epoch_stats"] = rank["epoch_stats"][:6]  # the layout before ITEMS and SCORED
+    resumed = build_model(seed=99)
+    result = train(resumed, rank_data(), one_rank(s), old)
+    assert result.samples_seen == expected.samples_seen
+    last, expected_last = result.history[-1], expected.history[-1]
+    assert last["train_loss"] == pytest.approx(expected_last["train_loss"], rel=1e-6)
+    assert last["train_accuracy"] == pytest.approx(expected_last["train_accuracy"], rel=1e-6)
+    for name, value in full.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[name]), name
