@@ -61,3 +61,15 @@ def test_fused_adamw_matches_the_default_implementation() -> None:
             opt.step()
     for p, q in zip(a.parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+def test_the_non_finite_check_is_exact_where_the_fast_norm_overflows() -> None:
+    """The 2-norm overflows for elements beyond ~1e19: a finite gradient is confirmed by the
+    max-abs norm, not mistaken for a non-finite one."""
+    from ai_distributed_training.training.strategies.base import local_gradients_finite
+
+    finite = [torch.full((3,), 1e30), torch.zeros(2)]
+    assert local_gradients_finite(finite)
+    assert not local_gradients_finite([torch.ones(3), torch.tensor([float("inf")])])
+    assert not local_gradients_finite([torch.tensor([1.0, float("nan")])])
+    assert local_gradients_finite([torch.zeros(0)])
