@@ -157,3 +157,54 @@ def test_a_hugging_face_causal_lm_uses_its_own_loss_and_shifted_token_counts() -
     plain = model(input_ids=ids, labels=labels).loss  # the model's own mean over those tokens
     assert torch.allclose(loss_sum, plain * count.float(), rtol=1e-5)
     assert objective.scored(out, batch) is None  # its own loss shifts: accuracy is not scored
+
+
+def test_user_metrics_and_accuracy_on_dict_batches() -> None:
+    """A metric gets (outputs, batch) for a dict batch, as loss_fn does, and returns one value
+    per sample; accuracy pairs the logits with the labels key."""
+    model = DictModel()
+
+    def confident(outputs: dict[str, Any], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return outputs["logits"].softmax(1).max(1).values * (batch["labels"] >= 0)
+
+    settings = TrainingSettings(metrics={"confident": confident})
+    objective = Objective.of(model, "classification", settings)
+    batch = {"x": torch.randn(4, 4), "scale": torch.ones(4), "labels": torch.tensor([0, 1, 2, 0])}
+    out = objective.call(model, batch)
+    loss_sum, _ = objective.loss(out, batch, None, None)
+    meter = Meter("classification", settings.metrics, torch.device("cpu"))
+    stats = meter.batch(
+        loss_sum, 4, 4, objective.scored(out, batch), objective.metric_args(out, batch)
+    )
+    summary = meter.summarize("train", stats)
+    assert set(summary) == {"train_loss", "train_accuracy", "train_confident"}
+    assert 1 / 3 <= summary["train_confident"] <= 1.0
+
+
+def test_a_hugging_face_data_collator_is_a_collate_fn() -> None:
+    from transformers import default_data_collator
+
+    from ai_distributed_training.data import resolve_data
+
+    class Encoded(torch.utils.data.Dataset[dict[str, Any]]):
+        def __len__(self) -> int:
+            return 8
+
+        def __getitem__(self, i: int) -> dict[str, Any]:
+            return {"input_ids": [i, i + 1, i + 2], "attention_mask": [1, 1, 1], "label": i % 2}
+
+    info = resolve_data(Encoded(), collate_fn=default_data_collator).info
+    assert info.structured and info.task == "classification"
+    assert (
+        "'input_ids': (2, 3) int64" in info.description
+        and "'labels': (2,) int64" in info.description
+    )
+
+
+def test_metric_sums_keep_no_autograd_graph() -> None:
+    """A metric computed from outputs that carry a graph must not chain the epoch's sums
+    into one growing graph."""
+    meter = Meter("classification", {"m": lambda out, y: out["logits"].sum(1)}, torch.device("cpu"))
+    logits = torch.randn(3, 2, requires_grad=True)
+    stats = meter.batch(logits.sum(), 3, 3, None, ({"logits": logits}, None))
+    assert not stats.requires_grad

@@ -59,14 +59,14 @@ class Meter:
         ``metric_args`` (outputs, target)."""
         stats = self.zeros()
         stats[LOSS] = loss_sum.detach().double()
-        stats[ITEMS] = items
+        stats[ITEMS] = items.detach() if isinstance(items, torch.Tensor) else items
         stats[COUNT] = samples
         if samples == 0:
             return stats
         if scored is not None and self.task == "classification":
             stats[CORRECT], stats[SCORED] = _correct(*scored)
         for i, (name, fn) in enumerate(self.user_metrics.items()):
-            values = torch.as_tensor(fn(*metric_args))
+            values = torch.as_tensor(fn(*metric_args)).detach()  # no graph kept in the sums
             if values.shape != (samples,):
                 raise ValueError(
                     f"metric {name!r} must return one value per sample (shape "
