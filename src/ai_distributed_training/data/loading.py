@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from .structure import batch_inputs, first_rows
+from ..errors import ConfigError
+from .structure import batch_inputs, first_rows, num_samples
 
 _MASK = (1 << 63) - 1
 
@@ -36,7 +37,6 @@ class LoaderOptions:
     collate_fn: Callable[[list[Any]], Any] | None = None
     num_workers: int = 0
     pin_memory: bool = False
-    persistent_workers: bool = False
     prefetch_factor: int | None = None
     worker_init_fn: Callable[[int], None] | None = None
 
@@ -183,6 +183,29 @@ class _rng_kept:
         torch.set_rng_state(self.states[0])
         random.setstate(self.states[1])
         np.random.set_state(self.states[2])
+
+
+def collated_example(items: list[Any], options: LoaderOptions, what: str) -> Any:
+    """A data input's first samples collated as the workers will, checked in the caller: a
+    failing ``collate_fn`` or tensors that disagree on the sample count is a ConfigError
+    naming ``what`` (e.g. the Dataset's class name)."""
+    collate = options.collate_fn or default_collate
+    try:
+        example = batch_inputs(collate(items))
+    except Exception as err:
+        how = (
+            getattr(options.collate_fn, "__name__", "collate_fn")
+            if options.collate_fn
+            else "default_collate (set collate_fn, e.g. to pad sequences of different lengths)"
+        )
+        raise ConfigError(
+            f"collating the {what}'s first samples with {how} fails: {type(err).__name__}: {err}"
+        ) from None
+    try:
+        num_samples(example)
+    except ValueError as err:
+        raise ConfigError(f"a batch of the {what}: {err}") from None
+    return example
 
 
 def read(reader: Any, plan: Sequence[torch.Tensor], key: int) -> Iterator[Micro]:

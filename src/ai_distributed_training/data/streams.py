@@ -31,16 +31,15 @@ from torch.utils.data._utils import worker as loader_worker
 from torch.utils.data._utils.worker import WorkerInfo
 
 from ..errors import ConfigError
-from .loading import LoaderOptions
+from .loading import LoaderOptions, collated_example
 from .structure import (
-    IGNORE_INDEX,
     batch_inputs,
     describe_structure,
     is_pair,
-    num_samples,
+    largest_label,
     target_of,
 )
-from .types import DataInfo, Task
+from .types import DataInfo, task_of
 
 #: Labels read (from a copy of the stream) to count its classes when num_classes is not given.
 CLASS_SAMPLE = 256
@@ -86,6 +85,8 @@ class StreamSource:
     loader_drop_last: bool = False
     #: How the ranks split it (the ``stream_sharding`` setting, see :func:`split_mode`).
     sharding: str = "auto"
+    #: The batch of its first two samples it was validated on (the dry run's batch).
+    example: Any = field(default=None, repr=False, compare=False)
 
     @property
     def mode(self) -> str:
@@ -102,75 +103,45 @@ class StreamSource:
         options: LoaderOptions,
         num_classes: int | None = None,
     ) -> StreamSource:
-        """Validate on a batch of the stream's first two samples (read from a copy, so the
-        stream the workers get is untouched)."""
+        """Validate on a batch of the stream's first two samples, read from a copy (the
+        stream the workers get is untouched); the copy reads on for the classes of a stream of
+        ``(input, label)`` pairs when ``num_classes`` is not given."""
         if options.num_workers:
             raise ConfigError(
                 f"num_workers={options.num_workers}: a stream is read in each training process "
                 "(its position is checkpointed there); use num_workers=0 for an IterableDataset"
             )
         name = type(dataset).__name__
-        source = cls(dataset, DataInfo(0, (), "custom", 0, ""), options)
-        example = source.example()
+        copied = iter(copy.deepcopy(dataset))
+        head = list(itertools.islice(copied, 2))
+        if not head:
+            raise ConfigError(f"the stream {name} yields no sample")
+        example = collated_example(head, options, f"stream {name}")
         length = getattr(dataset, "__len__", None)
-        samples = int(length()) if callable(length) else 0
-        desc = f"{name}: a stream ({samples or 'unknown'} samples), {{how}}, " + (
-            "resumed from its state_dict" if source.stateful else "re-read and skipped on resume"
-        )
-        desc += f"; batches of {describe_structure(example)}"
-        target = target_of(example)
-        task: Task = "custom"
-        if isinstance(target, torch.Tensor):
-            task = "regression" if target.is_floating_point() else "classification"
-        info = DataInfo(samples, (), task, 0, desc, structured=True, stream=True)
+        task = task_of(target_of(example))
+        info = DataInfo(int(length()) if callable(length) else 0, (), task, 0, "", stream=True)
         if is_pair(example):  # (inputs, targets): the built-in models and the planner take it
             x, y = example
-            outputs = y[0].numel() if task == "regression" else source.classes(num_classes)
-            info = replace(
-                info,
-                input_shape=tuple(x.shape[1:]),
-                num_outputs=max(1, outputs),
-                input_dtype=str(x.dtype).removeprefix("torch."),
-                structured=False,
-            )
-        return cls(dataset, info, options).split_by("auto")
-
-    def classes(self, num_classes: int | None) -> int:
-        """Classes of a stream of (input, label) pairs: ``num_classes``, else the largest label
-        among its first :data:`CLASS_SAMPLE` samples (read from a copy) + 1."""
-        if num_classes is not None:
-            return num_classes
-        first = itertools.islice(iter(copy.deepcopy(self.dataset)), CLASS_SAMPLE)
-        labels = [torch.as_tensor(item[1]).reshape(-1) for item in first]
-        valid = torch.cat(labels)
-        valid = valid[valid != IGNORE_INDEX]
-        return max(2, int(valid.max()) + 1 if valid.numel() else 2)
+            outputs = y[0].numel() if task == "regression" else num_classes
+            if outputs is None:  # the largest of the first CLASS_SAMPLE labels + 1
+                labels = [item[1] for item in [*head, *itertools.islice(copied, CLASS_SAMPLE - 2)]]
+                outputs = max(2, max(largest_label(torch.as_tensor(t)) for t in labels) + 1)
+            shape, dtype = tuple(x.shape[1:]), str(x.dtype).removeprefix("torch.")
+            info = replace(info, input_shape=shape, num_outputs=max(1, outputs), input_dtype=dtype)
+        else:
+            info = replace(info, structured=True)
+        return cls(dataset, info, options, example=example).split_by("auto")
 
     def split_by(self, sharding: str) -> StreamSource:
         """This stream split as ``sharding`` says (see :func:`split_mode`), described so."""
-        template = self.info.description.replace(
-            HOW[split_mode(self.dataset, self.sharding)], "{how}"
+        name, samples = type(self.dataset).__name__, self.info.samples
+        resume = "resumed from its state_dict" if self.stateful else "re-read and skipped on resume"
+        description = (
+            f"{name}: a stream ({samples or 'unknown'} samples), "
+            f"{HOW[split_mode(self.dataset, sharding)]}, {resume}; batches of "
+            f"{describe_structure(self.example)}"
         )
-        mode = split_mode(self.dataset, sharding)
-        info = replace(self.info, description=template.replace("{how}", HOW[mode]))
-        return replace(self, info=info, sharding=sharding)
-
-    def example(self) -> Any:
-        """A batch of the stream's first two samples, read from a copy of the stream (the one
-        the workers get is untouched), collated as the workers will."""
-        name = type(self.dataset).__name__
-        items = list(itertools.islice(iter(copy.deepcopy(self.dataset)), 2))
-        if not items:
-            raise ConfigError(f"the stream {name} yields no sample")
-        collate = self.options.collate_fn or default_collate
-        try:
-            example = batch_inputs(collate(items))
-            num_samples(example)
-        except Exception as err:
-            raise ConfigError(
-                f"a batch of the stream {name}: {type(err).__name__}: {err}"
-            ) from None
-        return example
+        return replace(self, info=replace(self.info, description=description), sharding=sharding)
 
     def stage(self, job_dir: Path) -> StreamSource:
         return self

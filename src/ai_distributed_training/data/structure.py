@@ -133,3 +133,9 @@ def is_pair(batch: Any) -> bool:
         and len(batch) == 2
         and all(isinstance(t, torch.Tensor) and t.ndim >= 1 for t in batch)
     )
+
+
+def largest_label(labels: torch.Tensor) -> int:
+    """The largest class label (-100, "no target", left out); 0 when there is none."""
+    valid = labels[labels != IGNORE_INDEX]
+    return int(valid.max()) if valid.numel() else 0

@@ -18,18 +18,17 @@ from torch.utils.data._utils.collate import default_convert
 
 from ..errors import ConfigError, ConfigTypeError
 from ..host import write_atomically
-from .loading import DatasetReader, LoaderOptions
+from .loading import DatasetReader, LoaderOptions, collated_example
 from .streams import StreamSource
 from .structure import (
     IGNORE_INDEX,
-    batch_inputs,
     describe_structure,
     is_pair,
+    largest_label,
     model_inputs,
-    num_samples,
     target_of,
 )
-from .types import DataInfo, Task, TensorReader, dtype_name, token_info
+from .types import DataInfo, Task, TensorReader, dtype_name, task_of, token_info
 
 
 def tokens_source(tokens: Any, vocab_size: int | None) -> TensorSource:
@@ -136,7 +135,7 @@ def tensors_source(
             ignored = " (-100 marks a position without a target)" if yt.ndim > 1 else ""
             raise ConfigError(f"class labels must be >= 0{ignored}; found {int(valid.min())}")
         yt = yt.long()
-        outputs = max(2, _largest_label(yt) + 1)
+        outputs = max(2, largest_label(yt) + 1)
     info = DataInfo(
         len(xt),
         tuple(xt.shape[1:]),
@@ -194,18 +193,13 @@ def _classes(dataset: Dataset[Any], n: int, num_classes: int | None) -> tuple[in
         return num_classes, "num_classes"
     targets = getattr(dataset, "targets", None)
     if targets is not None:
-        return max(2, _largest_label(torch.as_tensor(targets)) + 1), "from its targets"
+        return max(2, largest_label(torch.as_tensor(targets)) + 1), "from its targets"
     spread = torch.linspace(0, n - 1, min(n, CLASS_SAMPLE)).round().long().unique().tolist()
-    largest = max(_largest_label(torch.as_tensor(dataset[i][1])) for i in spread)
+    largest = max(largest_label(torch.as_tensor(dataset[i][1])) for i in spread)
     how = "from its labels"
     if len(spread) < n:
         how = f"from {len(spread)} of its labels; set num_classes if some class is rarer"
     return max(2, largest + 1), how
-
-
-def _largest_label(labels: torch.Tensor) -> int:
-    valid = labels[labels != IGNORE_INDEX]
-    return int(valid.max()) if valid.numel() else 0
 
 
 # --- map-style datasets --------------------------------------------------------------------------
@@ -222,6 +216,8 @@ class DatasetSource:
     #: The user's DataLoader's ``batch_size`` and ``drop_last`` (see :func:`loader_source`).
     loader_batch_size: int | None = None
     loader_drop_last: bool = False
+    #: The batch of its first two samples it was validated on (the dry run's batch).
+    example: Any = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_dataset(
@@ -238,12 +234,12 @@ class DatasetSource:
         name = type(dataset).__name__
         if not is_pair(example):
             desc = f"{name}: {n} samples, batches of {describe_structure(example)}"
-            task = _task_of(target_of(example))
+            task = task_of(target_of(example))
             info = DataInfo(n, (), task, num_classes or 0, desc, structured=True)
-            return cls(dataset, info, options)
+            return cls(dataset, info, options, example=example)
         x0, y0 = example
         desc = f"{name}: {n} samples of shape {tuple(x0.shape[1:])}"
-        task = _task_of(y0)
+        task = task_of(y0)
         if task == "regression":
             outputs = max(1, y0[0].numel())
             desc += ", regression"
@@ -253,7 +249,7 @@ class DatasetSource:
         info = DataInfo(
             n, tuple(x0.shape[1:]), task, outputs, desc, input_dtype=_input_dtype(x0[0])
         )
-        return cls(dataset, info, options)
+        return cls(dataset, info, options, example=example)
 
     def stage(self, job_dir: Path) -> DatasetSource:
         return self
@@ -266,16 +262,15 @@ def loader_source(
     loader: DataLoader[Any], num_classes: int | None, collate_fn: Callable[..., Any] | None
 ) -> DatasetSource | StreamSource:
     """A user's ``DataLoader``: its dataset, ``collate_fn`` (unless the ``collate_fn`` setting
-    replaces it), ``num_workers``, ``pin_memory``, ``persistent_workers``, ``prefetch_factor``
-    and ``worker_init_fn``. Its sampler is replaced by the global-batch sampler (every sample
-    once per epoch across ranks); its ``batch_size`` is checked against the global batch by
-    the caller."""
+    replaces it), ``num_workers``, ``pin_memory``, ``prefetch_factor`` and ``worker_init_fn``
+    (loader processes always persist: see ``DatasetReader.start_loader_processes``). Its
+    sampler is replaced by the global-batch sampler (every sample once per epoch across
+    ranks); its ``batch_size`` is checked against the global batch by the caller."""
     own = loader.collate_fn if loader.collate_fn not in (default_collate, default_convert) else None
     options = LoaderOptions(
         collate_fn=collate_fn or own,
         num_workers=loader.num_workers,
         pin_memory=loader.pin_memory,
-        persistent_workers=loader.persistent_workers,
         prefetch_factor=loader.prefetch_factor if loader.num_workers else None,
         worker_init_fn=loader.worker_init_fn,
     )
@@ -298,25 +293,8 @@ def loader_source(
 def example_of(dataset: Dataset[Any], options: LoaderOptions) -> Any:
     """The dataset's first two samples collated as the workers will (one if it has one)."""
     n = _dataset_len(dataset)
-    collate = options.collate_fn or default_collate
     items = [dataset[0], dataset[min(1, n - 1)]]
-    try:
-        example = batch_inputs(collate(items))
-    except Exception as err:
-        how = (
-            getattr(options.collate_fn, "__name__", "collate_fn")
-            if options.collate_fn
-            else ("default_collate (set collate_fn, e.g. to pad sequences of different lengths)")
-        )
-        raise ConfigError(
-            f"collating the {type(dataset).__name__}'s first samples with {how} fails: "
-            f"{type(err).__name__}: {err}"
-        ) from None  # fmt: skip
-    try:
-        num_samples(example)
-    except ValueError as err:
-        raise ConfigError(f"a batch of the {type(dataset).__name__}: {err}") from None
-    return example
+    return collated_example(items, options, type(dataset).__name__)
 
 
 def _dataset_len(dataset: Dataset[Any]) -> int:
@@ -330,9 +308,3 @@ def _dataset_len(dataset: Dataset[Any]) -> int:
     if n == 0:
         raise ConfigError(f"the Dataset {type(dataset).__name__} is empty")
     return n
-
-
-def _task_of(target: Any) -> Task:
-    if not isinstance(target, torch.Tensor):
-        return "custom"
-    return "regression" if target.is_floating_point() else "classification"

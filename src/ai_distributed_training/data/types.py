@@ -95,6 +95,14 @@ class TensorReader:
         return self.x[indices], self.y[indices]
 
 
+def task_of(target: Any) -> Task:
+    """The task a batch's target implies: integer labels classify, floats regress; no target
+    tensor: the model's own loss or a loss_fn decides ("custom")."""
+    if not isinstance(target, torch.Tensor):
+        return "custom"
+    return "regression" if target.is_floating_point() else "classification"
+
+
 def dtype_name(t: torch.Tensor) -> str:
     return str(t.dtype).removeprefix("torch.")
 

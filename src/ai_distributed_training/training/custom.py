@@ -28,6 +28,8 @@ from .checkpoint import capture_rng, restore_rng
 from .context import RankContext
 from .metrics import CLIPPED, COUNT, ITEMS, LOSS, MAX_STEP_METRICS, Meter
 from .resume import LoopPosition
+from .sharding import loss_scale
+from .step import clip_and_step
 
 
 class StepMismatchError(RuntimeError):
@@ -82,10 +84,10 @@ class StepContext:
             global_count = torch.as_tensor(count, dtype=torch.float64, device=self.device)
             global_count = global_count * float(self.samples > 0)  # a stand-in counts 0
             self._ctx.strategy.all_reduce(global_count.reshape(1), dist.ReduceOp.SUM)
-            weight = self.world_size / max(float(global_count), 1e-12)
+            weight = loss_scale(max(float(global_count), 1e-12), self.world_size)
             weighted = total * weight * float(self.samples > 0)
-        else:
-            weighted = loss * (self.world_size * self.samples / self.global_samples)
+        else:  # a mean over this rank's samples: back to their sum, then weighted
+            weighted = loss * self.samples * loss_scale(self.global_samples, self.world_size)
         self.scaler.scale(weighted).backward()
 
     def step(self, name: str) -> bool:
@@ -106,11 +108,7 @@ class StepContext:
             self.skipped.append(name)
             optimizer.zero_grad(set_to_none=True)
             return False
-        if settings.max_grad_norm is not None:
-            self.scaler.unscale_(optimizer)
-            norm = ctx.strategy.clip_grad_norm(model, settings.max_grad_norm)
-            self.clipped |= norm > settings.max_grad_norm
-        self.scaler.step(optimizer)
+        self.clipped |= clip_and_step(ctx, model, optimizer, self.scaler)
         self.schedulers[name].step()
         optimizer.zero_grad(set_to_none=True)
         return True

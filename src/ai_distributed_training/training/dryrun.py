@@ -13,7 +13,7 @@ from ..config import TrainingSettings
 from ..data import DataSource, example_batch
 from ..data.streams import StreamSource
 from ..data.structure import describe_structure, num_samples, to_device
-from ..data.tensors import DatasetSource, example_of
+from ..data.tensors import DatasetSource
 from ..errors import ConfigError
 from .metrics import Meter
 from .objective import NoTargetError, Objective
@@ -73,10 +73,8 @@ def _loss_and_metrics(
 def _two_samples(data: DataSource) -> Any:
     """Two real samples of a Dataset, collated as the workers will, else zeros like the
     data's."""
-    if isinstance(data, DatasetSource):
-        return example_of(data.dataset, data.options)
-    if isinstance(data, StreamSource):
-        return data.example()
+    if isinstance(data, (DatasetSource, StreamSource)):
+        return data.example  # validated on it already: no second read
     return example_batch(data.info, 2)
 
 

@@ -75,11 +75,12 @@ def rank_share(items: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
     return items[start:stop]
 
 
-def loss_scale(global_count: int, world_size: int) -> float:
-    """Factor turning a rank's SUM of per-sample losses into its part of the global mean.
+def loss_scale(global_count: float, world_size: int) -> float:
+    """Factor turning a rank's SUM of per-item losses into its part of the global mean.
 
     DDP averages gradients over ``world_size`` ranks, so each rank back-propagates
     ``sum_of_its_losses * world_size / global_count``; the average over ranks is then exactly
     ``sum_of_all_losses / global_count``, the global-batch mean, even for unequal shares.
+    ``global_count``: the global batch's samples, or its counted items (e.g. valid tokens).
     """
     return world_size / global_count

@@ -23,6 +23,25 @@ from .context import RankContext, RankData
 from .metrics import CLIPPED, Meter
 from .objective import Objective
 from .resume import LoopPosition
+from .sharding import loss_scale
+
+
+def clip_and_step(
+    ctx: RankContext,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+) -> bool:
+    """Clip ``model``'s synchronized gradient norm to ``max_grad_norm`` (if set), then step
+    ``optimizer`` through ``scaler`` (a disabled scaler just steps it); returns whether the
+    norm was clipped. The non-finite check comes first, at the caller."""
+    clipped = False
+    if ctx.settings.max_grad_norm is not None:
+        scaler.unscale_(optimizer)
+        norm = ctx.strategy.clip_grad_norm(model, ctx.settings.max_grad_norm)
+        clipped = norm > ctx.settings.max_grad_norm
+    scaler.step(optimizer)
+    return clipped
 
 
 class NonFiniteLossError(RuntimeError):
@@ -83,7 +102,7 @@ class TrainStep:
         batches = [to_device(micro.batch, ctx.device) for micro in micros]
         counts = self._counts(micros, batches)
         total = self._global(torch.stack(counts).sum(), step) if counts is not None else None
-        weight = ctx.world_size / (float(total) if total is not None else global_count)
+        weight = loss_scale(float(total) if total is not None else global_count, ctx.world_size)
         num_items = self.objective.num_items(total, ctx.world_size)
         stats, returned = self.meter.zeros(), []
         for i, (micro, batch) in enumerate(zip(micros, batches, strict=True)):
@@ -162,17 +181,14 @@ class TrainStep:
         self.objective.loss(out, batch, count, num_items)[0].backward()
 
     def apply_gradients(self, stats: torch.Tensor, pos: LoopPosition, epoch: int) -> bool:
-        ctx, settings = self.ctx, self.ctx.settings
+        ctx = self.ctx
         # With fp16 loss scaling the scaler finds non-finite gradients (and skips) itself.
         if not self.scaler.is_enabled() and not ctx.strategy.gradients_finite(self.model):
             self._non_finite(stats, pos, epoch)
             self.optimizer.zero_grad(set_to_none=True)
             return False
-        if settings.max_grad_norm is not None:
-            self.scaler.unscale_(self.optimizer)
-            norm = ctx.strategy.clip_grad_norm(self.model, settings.max_grad_norm)
-            stats[CLIPPED] = float(norm > settings.max_grad_norm)
-        self.scaler.step(self.optimizer)  # a disabled scaler just steps the optimizer
+        clipped = clip_and_step(ctx, self.model, self.optimizer, self.scaler)
+        stats[CLIPPED] = float(clipped)
         self.scaler.update()
         self.scheduler.step()
         return True
