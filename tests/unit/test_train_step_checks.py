@@ -154,3 +154,19 @@ def test_a_scheduler_factory_replaces_the_lr_schedule() -> None:
     assert result.history[0]["lr"] == pytest.approx(1e-3 * 0.5**steps_per_epoch)
     with pytest.raises(TypeError, match=r"the scheduler factory returned int"):
         train(build_model(), rank_data(), one_rank(scheduler=lambda optimizer: 3))
+
+
+def test_a_dict_of_one_model_trains() -> None:
+    """{"student": ...} is a dict of models too: its optimizer is found by that name."""
+    from ai_distributed_training.models import Models
+
+    def student_step(ctx: Any, batch: Any) -> dict[str, Any]:
+        x, y = batch
+        loss = torch.nn.functional.cross_entropy(ctx.models["student"](x), y)
+        ctx.backward(loss)
+        ctx.step("student")
+        return {"loss": loss}
+
+    model = Models({"student": build_model()})
+    result = train(model, rank_data(), one_rank(train_step=student_step, epochs=2))
+    assert result.steps == 2

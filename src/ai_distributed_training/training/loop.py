@@ -22,6 +22,7 @@ from torch import nn
 
 from ..config import TrainingSettings
 from ..data.loading import Micro, read, sample_seed
+from ..models import Models
 from .callbacks import CallbackRunner
 from .context import RankContext, RankData
 from .custom import CustomStep, OptimizerGroup, SchedulerGroup, StepContext, parts_of
@@ -143,10 +144,11 @@ def _custom_parts(
     )
     assert settings.train_step is not None
     step = CustomStep(ctx=ctx, step_ctx=step_ctx, train_step=settings.train_step, meter=meter)
+    several = isinstance(model, Models)  # a dict of models, even of one
     parts = {
         "model": model,  # the unwrapped container: what checkpoints and results hold
-        "optimizer": OptimizerGroup(optimizers) if len(optimizers) > 1 else optimizers["model"],
-        "scheduler": SchedulerGroup(schedulers) if len(schedulers) > 1 else schedulers["model"],
+        "optimizer": OptimizerGroup(optimizers) if several else optimizers["model"],
+        "scheduler": SchedulerGroup(schedulers) if several else schedulers["model"],
         "scaler": scaler,
         "meter": meter,
     }
