@@ -137,8 +137,8 @@ def _adopt_loader_batch(settings: TrainingSettings, data: DataSource) -> Trainin
 
 def _check_custom_step(settings: TrainingSettings, model: ModelSource) -> TrainingSettings:
     """Several models train through a ``train_step``; a dict of optimizers matches the models'
-    names; a custom step does its own micro-batching. Several models have no built-in
-    validation: their held-out split is 0."""
+    names; a custom step does its own micro-batching. A train_step has no built-in
+    validation: nothing is held out for it."""
     names = sorted(model.parts) if model.parts is not None else ["model"]
     if settings.train_step is None:
         if model.parts is not None:
@@ -162,14 +162,13 @@ def _check_custom_step(settings: TrainingSettings, model: ModelSource) -> Traini
             "to a train_step: it gets this worker's whole share of the global batch; split it "
             "yourself, backward each part inside ctx.no_sync(name) but the last"
         )
-    if model.parts is not None:
-        if settings.validation_data is not None:
-            raise ConfigError(
-                "validation_data needs one model to evaluate; a dict of models is not "
-                "validated (report your own metrics from train_step)"
-            )
-        return settings.model_copy(update={"validation_split": 0.0})
-    return settings
+    if settings.validation_data is not None:  # the loop validates with the built-in step only
+        what = "a dict of models is" if model.parts is not None else "a train_step is"
+        raise ConfigError(
+            f"validation_data needs the built-in step to evaluate; {what} not validated "
+            "(report your own metrics from train_step)"
+        )
+    return settings.model_copy(update={"validation_split": 0.0})  # nothing held out unused
 
 
 def _check_stream(

@@ -54,6 +54,15 @@ def test_a_dict_of_models_trains_without_validation() -> None:
     assert prepared.settings.validation_split == 0.0 and prepared.model.name == "G+D"
 
 
+def test_a_train_step_holds_no_samples_out_it_would_never_validate_on() -> None:
+    prepared = prepare({"model_name": "m"}, DATA, TrainingSettings(nodes=2, train_step=gan_step))
+    assert prepared.settings.validation_split == 0.0
+    with pytest.raises(ConfigError, match=r"a train_step is not validated"):
+        prepare(
+            {"model_name": "m"}, DATA, TrainingSettings(train_step=gan_step, validation_data=DATA)
+        )
+
+
 def test_train_step_must_return_named_losses() -> None:
     def nothing(ctx: Any, batch: Any) -> None:
         x, y = batch
