@@ -76,11 +76,7 @@ class Objective:
             shifts_labels=shifts,
         )
 
-    # --- the target and the call -------------------------------------------------------------
-
-    def target(self, batch: Any) -> Any:
-        """The batch's target (see the module docstring), or None."""
-        return target_of(batch)
+    # --- the call -------------------------------------------------------------------------
 
     def call(self, model: nn.Module, batch: Any, num_items: float | None = None) -> Any:
         """The model's outputs on ``batch``; ``num_items``: the count the model's own loss is
@@ -109,7 +105,7 @@ class Objective:
             return None  # a user mean: per sample, unless count_fn says otherwise
         if isinstance(batch, Mapping) and "shift_labels" in batch:
             return _valid(torch.as_tensor(batch["shift_labels"]))
-        labels = self.target(batch)
+        labels = target_of(batch)
         if not isinstance(labels, torch.Tensor) or labels.ndim < 2 or labels.is_floating_point():
             return None  # one target per sample (or regression values): samples are the unit
         if self.shifts_labels and isinstance(batch, Mapping):
@@ -129,7 +125,7 @@ class Objective:
         """``(sum, count)`` of this micro-batch's loss; ``count`` None: the sum is over the
         samples (the caller knows how many). ``count``/``num_items``: from :meth:`count` and
         :meth:`num_items`."""
-        target = self.target(batch)
+        target = target_of(batch)
         if self.loss_fn is not None:
             got = self.loss_fn(outputs, batch if isinstance(batch, Mapping) else target)
             if isinstance(got, (tuple, list)) and len(got) == 2:
@@ -157,7 +153,7 @@ class Objective:
     def scored(self, outputs: Any, batch: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(prediction, target) to score accuracy on, or None: a model's own loss pairs its
         outputs with the labels in its own way (a causal LM shifts them), so it is not scored."""
-        target = self.target(batch)
+        target = target_of(batch)
         if not isinstance(target, torch.Tensor) or target.is_floating_point():
             return None
         if self.loss_fn is None and _own_loss(outputs) is not None:
@@ -171,7 +167,7 @@ class Objective:
         """What a user metric is called with: the outputs (a tensor output as float32) and the
         target (the whole batch for a dict batch), as ``loss_fn`` is."""
         out = outputs.detach().float() if isinstance(outputs, torch.Tensor) else outputs
-        return out, batch if isinstance(batch, Mapping) else self.target(batch)
+        return out, batch if isinstance(batch, Mapping) else target_of(batch)
 
 
 def default_loss(task: Task, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
