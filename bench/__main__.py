@@ -9,9 +9,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-from typing import Any
 
-from bench.common import OURS, run_once
+from bench.common import OURS, run_interleaved
 
 
 def variants(nodes: list[int]) -> dict[str, list[str]]:
@@ -30,10 +29,7 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, nargs="+", default=[1, 2, 4])
     args = parser.parse_args()
     cases = variants(args.nodes)
-    results: dict[str, list[tuple[dict[str, Any], float]]] = {name: [] for name in cases}
-    for _ in range(args.repeats):
-        for name, command in cases.items():  # interleaved: noise hits every variant alike
-            results[name].append(run_once(command))
+    results = run_interleaved(cases, args.repeats)
     single = statistics.median(
         r["samples_per_second"] for r, _ in results["single process, all cores"]
     )

@@ -39,3 +39,15 @@ def run_once(command: list[str], tries: int = 2) -> tuple[dict[str, Any], float]
         raise RuntimeError(f"{command} failed:\n{proc.stderr[-2000:]}")
     last = [line for line in proc.stdout.splitlines() if line.startswith("{")][-1]
     return json.loads(last), wall
+
+
+def run_interleaved(
+    cases: dict[str, list[str]], repeats: int
+) -> dict[str, list[tuple[dict[str, Any], float]]]:
+    """Every case's runs (figures, wall time), ``repeats`` rounds of one run per case in
+    turn: noise hits every variant alike."""
+    results: dict[str, list[tuple[dict[str, Any], float]]] = {name: [] for name in cases}
+    for _ in range(repeats):
+        for name, command in cases.items():
+            results[name].append(run_once(command))
+    return results

@@ -8,9 +8,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-from typing import Any
 
-from bench.common import run_once
+from bench.common import run_interleaved
 
 OURS = """
 import json
@@ -40,10 +39,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     cases = variants()
-    results: dict[str, list[tuple[dict[str, Any], float]]] = {name: [] for name in cases}
-    for _ in range(args.repeats):
-        for name, command in cases.items():  # interleaved: noise hits every variant alike
-            results[name].append(run_once(command))
+    results = run_interleaved(cases, args.repeats)
     baseline = statistics.median(
         r["samples_per_second"] for r, _ in results["hand-written torchrun DDP + DataLoader(2)"]
     )
