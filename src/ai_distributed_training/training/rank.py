@@ -164,7 +164,7 @@ def open_data(job: Job) -> RankData:
     return RankData(
         reader=reader,
         task=job.data.info.task,
-        train_idx=no_idx if stream is not None else train_idx,
+        train_idx=train_idx,  # a stream has none (len 0): it is read in order
         val_reader=val_reader,
         val_idx=val_idx,
         stream=stream,
