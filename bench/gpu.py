@@ -46,8 +46,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Train once; returns tokens/s, training FLOPs per sequence and MFU."""
+def run(args: argparse.Namespace, **settings: Any) -> dict[str, Any]:
+    """Train once (``settings`` added to the benchmark's, e.g. ``strategy="fsdp"``,
+    ``compile=True``); returns tokens/s, training FLOPs per sequence, MFU, the call's wall
+    time and the result itself."""
     model = {
         "model_name": "gpt",
         "architecture": "transformer",
@@ -58,14 +60,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     data = {"samples": args.samples, "seq_len": args.seq_len, "vocab_size": args.vocab}
     gpu = not args.cpu
     nodes = args.nodes or (torch.cuda.device_count() if gpu else 1)
-    trainer = DistributedTraining(
-        epochs=1,
-        batch_size=args.batch,
-        validation_split=0.0,
-        runs_dir=None,
-        use_gpus=gpu,
-        precision="bf16" if gpu else "fp32",
-    )
+    defaults = {
+        "epochs": 1,
+        "batch_size": args.batch,
+        "validation_split": 0.0,
+        "runs_dir": None,
+        "use_gpus": gpu,
+        "precision": "bf16" if gpu else "fp32",
+    }
+    trainer = DistributedTraining(**{**defaults, **settings})
     result = trainer.train_distributed(model, data, nodes=nodes)
     source = resolve_data(data)
     flops_per_sequence = count_source(resolve_model(model), source.info).flops_per_sample
@@ -80,6 +83,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "tflops_per_gpu": achieved / nodes / 1e12,
         "mfu": achieved / (nodes * args.peak_tflops * 1e12),
         "final_loss": result["final_loss"],
+        "wall_time_s": result["wall_time_s"],
+        "result": result,
     }
 
 

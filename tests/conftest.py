@@ -72,5 +72,5 @@ def no_launch(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     def forbidden(*args: object, **kwargs: object) -> None:
         raise AssertionError("a worker was launched for invalid input")
 
-    monkeypatch.setattr(api, "launch_local", forbidden)
+    monkeypatch.setattr(api, "make_launcher", forbidden)
     yield

@@ -7,6 +7,7 @@ Exit codes: 0 success; 2 usage or config error (one clear line, no traceback); 1
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import socket
@@ -23,6 +24,7 @@ from .errors import ConfigError, RendezvousFailedError, WorkerFailedError
 from .host import available_cores, check_writable_dir
 from .launch import probe
 from .launch.elastic import launch_local
+from .launch.ray_launcher import RAY_EXTRA
 from .planner.profiles import PRESETS, THIS_MACHINE, save_profile
 from .report import write_report
 from .topology import slurm_job
@@ -74,6 +76,13 @@ def _parser() -> argparse.ArgumentParser:
     hosts.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="host 0's rendezvous")
     hosts.add_argument("--local-addr", metavar="ADDR", help="this host's address for the others")
     hosts.add_argument("--rdzv-timeout", type=float, metavar="S", help="seconds to wait for hosts")
+    ray = train.add_argument_group("Ray (pip install 'ai-distributed-training[ray]')")
+    ray.add_argument(
+        "--launcher", choices=("elastic", "ray"), help="who creates the workers (elastic)"
+    )
+    ray.add_argument(
+        "--ray-address", metavar="ADDR", help="the Ray cluster: HOST:6379, ray://HOST:10001, auto"
+    )
     train.add_argument(
         "--set",
         dest="sets",
@@ -121,6 +130,9 @@ def _parser() -> argparse.ArgumentParser:
 
     doctor = sub.add_parser("doctor", help="check this environment can run distributed jobs")
     doctor.add_argument("--runs-dir", default="runs", help="run directory root to check")
+    doctor.add_argument(
+        "--ray-address", metavar="ADDR", help="also check this Ray cluster can be reached"
+    )
     return parser
 
 
@@ -145,9 +157,16 @@ def _host_settings(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def launcher_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """--launcher and --ray-address as settings (only those given)."""
+    flags = {"launcher": args.launcher, "ray_address": args.ray_address}
+    return {name: value for name, value in flags.items() if value is not None}
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     model, data, settings = runfile.resolve(args.config, args.sets, args.nodes)
     settings.update(_host_settings(args))
+    settings.update(launcher_settings(args))
     if "progress" not in settings:  # a terminal gets a bar; logs (CI, Slurm) get lines
         settings["progress"] = "bar" if sys.stderr.isatty() else "lines"
     result = DistributedTraining().train_distributed(model, data, **settings)
@@ -210,6 +229,30 @@ def _check_runs_dir(path: str) -> Callable[[], str]:
     return check
 
 
+def _check_ray(address: str | None) -> Callable[[], str]:
+    """Whether Ray Train is installed (optional) and, given an address, reachable."""
+
+    def check() -> str:
+        if importlib.util.find_spec("ray") is None:
+            raise SkippedCheck(f"Ray not installed (optional: {RAY_EXTRA})")
+        from .launch.ray_launcher import connect, import_ray
+
+        ray = import_ray()
+        if address is None:
+            return f"Ray {ray.__version__} installed (pass --ray-address to check a cluster)"
+        cluster = connect(address)
+        return (
+            f"Ray {ray.__version__}: cluster at {cluster.address} reached, {cluster.nodes} "
+            f"node(s), {cluster.cpus:g} CPUs, {cluster.gpus:g} GPUs"
+        )
+
+    return check
+
+
+class SkippedCheck(Exception):
+    """A doctor check that does not apply here (an optional extra not installed)."""
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     import torch
     import torch.distributed as dist
@@ -236,15 +279,20 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         ("ports", _check_port),
         ("run directory", _check_runs_dir(args.runs_dir)),
         ("all-reduce", _check_allreduce),
+        ("ray", _check_ray(args.ray_address)),
     ]
-    failed = 0
+    failed = skipped = 0
     for name, check in checks:
         try:
             print(f"PASS  {name:<14} {check()}", flush=True)
+        except SkippedCheck as why:
+            skipped += 1
+            print(f"SKIP  {name:<14} {why}", flush=True)
         except Exception as err:  # a doctor reports every failure, whatever it is
             failed += 1
             print(f"FAIL  {name:<14} {type(err).__name__}: {str(err).splitlines()[0]}", flush=True)
-    print(f"{len(checks) - failed} passed, {failed} failed")
+    also = f", {skipped} skipped" if skipped else ""
+    print(f"{len(checks) - failed - skipped} passed, {failed} failed{also}")
     return 1 if failed else 0
 
 

@@ -80,8 +80,9 @@ def prepare(
     validation = _resolve_validation(settings, data_source.info)
     held_out = 0.0 if validation else settings.validation_split
     _check_sizes(settings, data_source.info, held_out)
+    _check_launcher_settings(settings)
     topology = Topology.of(settings, joined)
-    _check_device(settings, topology)
+    threads = _check_placement(settings, topology)
     _check_workers(settings, topology)
     skeleton = model_source.skeleton(data_source.info)  # built once for the checks below
     _check_batchnorm(skeleton, data_source.info, settings, topology.world_size, held_out)
@@ -107,7 +108,7 @@ def prepare(
         data=data_source,
         validation=validation,
         topology=topology,
-        threads_per_worker=_threads_per_worker(settings, topology),
+        threads_per_worker=threads,
         log_level=settings.log_level or caller_log_level(),
         fingerprint=fingerprint,
         resume_path=resume_path,
@@ -219,9 +220,17 @@ def _check_sizes(settings: TrainingSettings, info: DataInfo, held_out: float) ->
 MAX_WORKERS_PER_CORE = 32
 
 
-def _check_workers(settings: TrainingSettings, topology: Topology) -> None:
-    """A sane number of workers on this host; callbacks that are Callbacks; faults aimed at a
-    rank that exists."""
+def _check_placement(settings: TrainingSettings, topology: Topology) -> int:
+    """Where the workers go, checked: GPUs and a sane number of workers on this host, or room
+    for them on the Ray cluster (joined at this point: an unreachable one is said before any
+    worker starts). Returns the threads per worker."""
+    if settings.launcher == "ray" and topology.joined is None:
+        from .launch.ray_launcher import connect, workers_fit  # Ray is an optional extra
+
+        if settings.precision == "fp16" and not settings.use_gpus:
+            _check_device(settings, topology)  # the same error as on this host
+        return workers_fit(settings, connect(settings.ray_address))
+    _check_device(settings, topology)
     cores = available_cores()
     limit = MAX_WORKERS_PER_CORE * cores
     if topology.joined is None and not settings.use_gpus and topology.local_world_size > limit:
@@ -230,6 +239,32 @@ def _check_workers(settings: TrainingSettings, topology: Topology) -> None:
             f"host, more than {limit} ({MAX_WORKERS_PER_CORE} per CPU core, {cores} cores); use "
             f"at most {limit} per host, or more hosts (nnodes)"
         )
+    return _threads_per_worker(settings, topology)
+
+
+def _check_launcher_settings(settings: TrainingSettings) -> None:
+    """Ray settings only with the Ray launcher; host settings only with torch elastic's."""
+    if settings.launcher == "elastic":
+        given = {
+            k: getattr(settings, k)
+            for k in ("ray_address", "ray_storage_path")
+            if getattr(settings, k) is not None
+        }
+        if given:
+            raise ConfigError(
+                f"{', '.join(f'{k}={v!r}' for k, v in given.items())} only apply with "
+                "launcher='ray'; pass launcher='ray' to train on a Ray cluster"
+            )
+    elif settings.nnodes > 1:
+        raise ConfigError(
+            f"nnodes={settings.nnodes} is for launcher='elastic' (one command per host); with "
+            "launcher='ray', Ray places the nodes workers on its cluster's hosts: leave nnodes, "
+            "node_rank and rdzv_endpoint unset"
+        )
+
+
+def _check_workers(settings: TrainingSettings, topology: Topology) -> None:
+    """Callbacks that are Callbacks; faults aimed at a rank that exists."""
     for cb in settings.callbacks:
         if not isinstance(cb, Callback):
             raise ConfigTypeError(

@@ -6,9 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -20,11 +17,9 @@ import torch.distributed as dist
 
 from .config import settings_as_plain_data
 from .errors import ConfigError, WorkerFailedError
-from .host import DirectoryLockedError, directory_lock, remove_stale
-from .launch import worker
-from .launch.elastic import launch_local
-from .launch.handover import JobFiles
-from .launch.restarts import RestartPolicy
+from .host import DirectoryLockedError, directory_lock
+from .launch.base import Launcher
+from .launch.elastic import ElasticLauncher
 from .models.keras import load_weights
 from .prepare import PreparedJob
 from .report import write_report
@@ -105,43 +100,47 @@ def _job(
 
 
 def _launch(prepared: PreparedJob, started: float, config: dict[str, Any]) -> TrainingResult:
-    """Start this host's workers through torch elastic and wait for them."""
+    """Start the workers (this host's, or Ray's) and wait for them."""
     settings, topology = prepared.settings, prepared.topology
     run_dir = create_run_dir(settings, prepared.model.name)
     ckpt_dir = checkpoint_dir(settings, run_dir)
     if topology.hosts and settings.checkpoint_dir is None:
         ckpt_dir = None  # each host's run directory is its own: only a shared dir will do
-    remove_stale_job_dirs()
-    files = JobFiles(job_dir=Path(tempfile.mkdtemp(prefix=_job_dir_prefix())), run_dir=run_dir)
+    write_config(run_dir, config)
+    pin_cpus = settings.cpu_affinity and not settings.use_gpus and settings.launcher == "elastic"
+    job = _job(prepared, run_dir, ckpt_dir, config, run_id=new_run_id(), pin_cpus=pin_cpus)
+    origin = job.resume_path or job.resume_dir
+    resuming = f" (resuming from {origin})" if origin else ""
+    via = " on Ray" if settings.launcher == "ray" else ""
+    message = f"Starting distributed training across {topology.world_size} nodes{via}{resuming}..."
+    announce(run_dir, logging.INFO, message)
+    announce(run_dir, logging.INFO, f"Data: {prepared.data.info.description}")
     try:
-        write_config(run_dir, config)
-        pin_cpus = settings.cpu_affinity and not settings.use_gpus
-        job = _job(prepared, run_dir, ckpt_dir, config, run_id=new_run_id(), pin_cpus=pin_cpus)
-        job_path = files.write_job(job)
-        origin = job.resume_path or job.resume_dir
-        resuming = f" (resuming from {origin})" if origin else ""
-        message = f"Starting distributed training across {topology.world_size} nodes{resuming}..."
-        announce(run_dir, logging.INFO, message)
-        announce(run_dir, logging.INFO, f"Data: {prepared.data.info.description}")
-        launch_local(
-            [worker.__name__, str(job_path)],
-            topology.local_world_size,
-            log_dir=files.job_dir / "elastic",
-            max_restarts=settings.max_restarts,
-            hosts=topology.hosts,
-            # Across hosts every agent must restart together: elastic's plain rule there.
-            policy=None if topology.hosts else RestartPolicy(partial(_progress, ckpt_dir, job)),
-        )
-        out = files.read_result()
+        out = make_launcher(prepared).launch(job, progress=partial(_progress, ckpt_dir, job))
     except WorkerFailedError as err:
         newest = load_newest_valid(ckpt_dir, of_run(job.run_id)) if ckpt_dir else None
         err.note_checkpoint(str(newest[0]) if newest else None)
         first_line = str(err).splitlines()[0]
         announce(run_dir, logging.ERROR, f"Distributed training failed: {first_line}")
         raise
-    finally:
-        shutil.rmtree(files.job_dir, ignore_errors=True)
     return _finish(prepared, out, run_dir, ckpt_dir, started)
+
+
+def make_launcher(prepared: PreparedJob) -> Launcher:
+    """The launcher the ``launcher`` setting names, set up for this job."""
+    settings, topology = prepared.settings, prepared.topology
+    if settings.launcher == "ray":
+        from .launch.ray_launcher import RayLauncher  # Ray is an optional extra
+
+        return RayLauncher(
+            settings=settings,
+            threads_per_worker=prepared.threads_per_worker,
+        )
+    return ElasticLauncher(
+        local_world_size=topology.local_world_size,
+        max_restarts=settings.max_restarts,
+        hosts=topology.hosts,
+    )
 
 
 def _join(
@@ -177,18 +176,6 @@ def _progress(ckpt_dir: Path | None, job: Job) -> int:
     """The newest checkpoint step this run has written (-1: none): how far a restart resumes."""
     mine = run_checkpoints(ckpt_dir, job.run_id) if ckpt_dir else []
     return step_of(mine[0]) if mine else -1
-
-
-def _job_dir_prefix() -> str:
-    """Job directories are named after the caller's process (``adt-job-PID-...``), so a later
-    call can tell the ones a killed caller left behind."""
-    return f"adt-job-{os.getpid()}-"
-
-
-def remove_stale_job_dirs() -> list[Path]:
-    """Delete the job directories (staged data included) of callers that no longer run."""
-    temp = Path(tempfile.gettempdir())
-    return remove_stale(temp, "adt-job-*-*", lambda path: path.name.split("-")[2])
 
 
 def _finish(

@@ -40,6 +40,9 @@ class RankEnv:
     local_rank: int
     world_size: int
     local_world_size: int = 1
+    #: Restarts of the job before this attempt, as this host's launcher counted them (torch
+    #: elastic's ``TORCHELASTIC_RESTART_COUNT``; Ray's worker counts its own).
+    restart_count: int = 0
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] = os.environ) -> RankEnv:
@@ -48,6 +51,7 @@ class RankEnv:
             int(environ["LOCAL_RANK"]),
             int(environ["WORLD_SIZE"]),
             int(environ.get("LOCAL_WORLD_SIZE", "1")),
+            int(environ.get("TORCHELASTIC_RESTART_COUNT", "0")),
         )
 
 

@@ -138,4 +138,8 @@ def test_doctor_checks_a_real_all_reduce() -> None:
     proc = adt("doctor", timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "PASS  all-reduce" in proc.stdout and "2 gloo processes all-reduced" in proc.stdout
-    assert "PASS  run directory" in proc.stdout and "7 passed, 0 failed" in proc.stdout
+    assert "PASS  run directory" in proc.stdout and "8 passed, 0 failed" in proc.stdout
+    assert "PASS  ray            Ray 2." in proc.stdout  # the dev extra installs Ray
+    unreachable = adt("doctor", "--ray-address", "127.0.0.1:1", timeout=120)
+    assert unreachable.returncode == 1
+    assert "FAIL  ray" in unreachable.stdout and "nothing answers there" in unreachable.stdout

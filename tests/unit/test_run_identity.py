@@ -19,9 +19,9 @@ from ai_distributed_training import ConfigError, DistributedTraining
 from ai_distributed_training.config import TrainingSettings
 from ai_distributed_training.data import resolve_data
 from ai_distributed_training.host import directory_lock
+from ai_distributed_training.launch.handover import remove_stale_job_dirs
 from ai_distributed_training.models import resolve_model
 from ai_distributed_training.prepare import prepare
-from ai_distributed_training.run import remove_stale_job_dirs
 from ai_distributed_training.training.checkpoint import (
     list_checkpoints,
     load_newest_valid,
@@ -38,7 +38,7 @@ def _no_launch(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     def forbidden(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("a worker was launched")
 
-    monkeypatch.setattr(run_module, "launch_local", forbidden)
+    monkeypatch.setattr(run_module, "make_launcher", forbidden)
     yield
 
 

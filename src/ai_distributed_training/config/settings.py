@@ -309,6 +309,23 @@ class TrainingSettings(StrictModel):
         le=MAX_TIMEOUT_S,
         description="How long hosts wait for every host to join the job (seconds, at most a week).",
     )
+    launcher: Literal["elastic", "ray"] = Field(
+        "elastic",
+        description="Who creates the workers: 'elastic' (torch elastic, torchrun's agent, on "
+        "this host or with nnodes over several) or 'ray' (Ray Train's workers on a Ray "
+        "cluster; pip install 'ai-distributed-training[ray]').",
+    )
+    ray_address: str | None = Field(
+        None,
+        description="launcher='ray': the cluster to join ('auto', 'HOST:6379', "
+        "'ray://HOST:10001'); None: the one this process is connected to, RAY_ADDRESS, else a "
+        "new local Ray instance.",
+    )
+    ray_storage_path: str | None = Field(
+        None,
+        description="launcher='ray': Ray Train's storage (run records, the checkpoints it "
+        "lists); shared storage or a URI on a multi-host cluster. None: the run directory.",
+    )
     runs_dir: str | None = Field(
         "runs",
         description="Where each run writes its directory <timestamp>-<model_name>/ "
@@ -345,7 +362,10 @@ class TrainingSettings(StrictModel):
         "checkpoint file path; restarted workers always resume automatically.",
     )
     max_restarts: int = Field(
-        3, ge=0, description="Times the elastic agent restarts all workers after one fails."
+        3,
+        ge=0,
+        description="Times all workers are restarted after one fails (the elastic agent's "
+        "max_restarts, Ray's FailureConfig.max_failures).",
     )
     skip_nonfinite_steps: bool = Field(
         False,

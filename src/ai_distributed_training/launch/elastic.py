@@ -1,4 +1,5 @@
-"""Create local workers with torch.distributed.elastic (what torchrun runs) and report failures.
+"""Create local workers with torch.distributed.elastic (what torchrun runs) and report failures:
+:class:`ElasticLauncher`, the default launcher, and :func:`launch_local` beneath it.
 
 The elastic agent runs inside the caller's process; each worker is a fresh interpreter running
 ``python -m <module>`` (the training worker: :mod:`.worker`), so the user's script is never
@@ -14,11 +15,13 @@ import contextlib
 import logging
 import os
 import re
+import shutil
 import signal
 import sys
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,9 @@ from torch.distributed.launcher.api import LaunchConfig
 from ..errors import RankFailure, RendezvousFailedError, TrainingInterrupted, WorkerFailedError
 from ..host import interface_with_address
 from ..topology import Hosts
+from ..training.job import Job
+from . import worker
+from .handover import JobFiles, new_job_dir, remove_stale_job_dirs
 from .restarts import PEER_FAILURE_HINTS, PolicyAgent, RestartPolicy
 from .worker import LAUNCHER_PID
 
@@ -70,6 +76,37 @@ def _restored_process_state() -> Iterator[None]:
                 if handler is not None:
                     signal.signal(sig, handler)
         events.propagate = events_propagate
+
+
+@dataclass(frozen=True, kw_only=True)
+class ElasticLauncher:
+    """This host's workers through torch elastic: ``local_world_size`` worker processes (the
+    job's all, or with ``hosts`` this host's share of a job over several), restarted together
+    up to ``max_restarts`` times. The job travels as files (:class:`.handover.JobFiles`): data
+    staged once and memory-mapped by every worker."""
+
+    local_world_size: int
+    max_restarts: int
+    hosts: Hosts | None = None
+
+    def launch(self, job: Job, *, progress: Callable[[], int]) -> dict[str, Any]:
+        remove_stale_job_dirs()
+        run_dir = Path(job.run_dir) if job.run_dir else None
+        files = JobFiles(job_dir=new_job_dir(), run_dir=run_dir)
+        try:
+            job_path = files.write_job(job)
+            launch_local(
+                [worker.__name__, str(job_path)],
+                self.local_world_size,
+                log_dir=files.job_dir / "elastic",
+                max_restarts=self.max_restarts,
+                hosts=self.hosts,
+                # Across hosts every agent must restart together: elastic's plain rule there.
+                policy=None if self.hosts else RestartPolicy(progress),
+            )
+            return files.read_result()
+        finally:
+            shutil.rmtree(files.job_dir, ignore_errors=True)
 
 
 def launch_local(

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,13 +20,25 @@ from typing import Any
 import cloudpickle
 import torch
 
-from ..host import write_atomically
+from ..host import remove_stale, write_atomically
 from ..training.job import Job
 
 JOB_FILE = "job.pkl"
 SYS_PATH_FILE = "sys_path.json"
 RESULT_FILE = "result.pt"
 MODEL_FILE = "model.pt"
+
+
+def new_job_dir() -> Path:
+    """A fresh temporary job directory, named after this process (``adt-job-PID-...``) so a
+    later call can tell the ones a killed caller left behind (:func:`remove_stale_job_dirs`)."""
+    return Path(tempfile.mkdtemp(prefix=f"adt-job-{os.getpid()}-"))
+
+
+def remove_stale_job_dirs() -> list[Path]:
+    """Delete the job directories (staged data included) of callers that no longer run."""
+    temp = Path(tempfile.gettempdir())
+    return remove_stale(temp, "adt-job-*-*", lambda path: path.name.split("-")[2])
 
 
 @dataclass(frozen=True, kw_only=True)

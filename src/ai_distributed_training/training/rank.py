@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from .context import RankContext, RankData
 from .faults import FaultInjector
 from .job import Job
 from .loop import train
-from .resume import Checkpointer, agreed_resume_point
+from .resume import Checkpointer, CheckpointHook, agreed_resume_point
 from .sharding import train_val_split
 from .strategies import Strategy, make_strategy
 from .tracking import JobLog, RankZeroTracker, Tracker
@@ -35,8 +36,12 @@ from .tracking import JobLog, RankZeroTracker, Tracker
 log = logging.getLogger(__name__)
 
 
-def run_rank(job: Job, env: RankEnv) -> dict[str, Any]:
-    """Train this rank's part of ``job``; returns the result (the same on every rank)."""
+def run_rank(
+    job: Job, env: RankEnv, *, on_checkpoint: CheckpointHook | None = None
+) -> dict[str, Any]:
+    """Train this rank's part of ``job``; returns the result (the same on every rank).
+    ``on_checkpoint``: told of each checkpoint saved, on every rank (see
+    :data:`.resume.CheckpointHook`)."""
     settings = job.settings
     set_up_process(job, env)
     # Opened before the process group starts its threads: loader processes fork now.
@@ -63,7 +68,8 @@ def run_rank(job: Job, env: RankEnv) -> dict[str, Any]:
     )
     try:
         log.debug("joined the process group (%s, world size %d)", backend, env.world_size)
-        return _train_rank(job, data, strategy, tracker, compute_dtype)
+        hooks = _RankHooks(restart_count=env.restart_count, on_checkpoint=on_checkpoint)
+        return _train_rank(job, data, strategy, tracker, compute_dtype, hooks)
     finally:
         tracker.close()
         strategy.close()
@@ -85,12 +91,22 @@ def set_up_process(job: Job, env: RankEnv) -> None:
         torch.backends.cudnn.benchmark = False
 
 
+@dataclass(frozen=True)
+class _RankHooks:
+    """What the launcher tells a rank besides the job: the restarts so far, and whom to tell
+    of each checkpoint."""
+
+    restart_count: int
+    on_checkpoint: CheckpointHook | None
+
+
 def _train_rank(
     job: Job,
     data: RankData,
     strategy: Strategy,
     tracker: Tracker,
     compute_dtype: torch.dtype | None,
+    hooks: _RankHooks,
 ) -> dict[str, Any]:
     """Build, resume, train and gather the result (collective: every rank)."""
     settings, rank = job.settings, strategy.rank
@@ -98,7 +114,9 @@ def _train_rank(
     model = strategy.build_model(job.model, job.data.info)
     torch.manual_seed(settings.seed + 1 + rank)  # per-rank stream (e.g. dropout)
     ckpt_dir = Path(job.checkpoint_dir) if job.checkpoint_dir else None
-    attempt, run_id, resume, resumed_from = agreed_resume_point(strategy, job, ckpt_dir)
+    attempt, run_id, resume, resumed_from = agreed_resume_point(
+        strategy, job, ckpt_dir, hooks.restart_count
+    )
     ctx = RankContext(
         settings=settings,
         strategy=strategy,
@@ -112,6 +130,7 @@ def _train_rank(
             run_id=run_id,
             fingerprint=job.fingerprint,
             resumed_from=resumed_from,
+            on_saved=hooks.on_checkpoint,
         ),
         faults=FaultInjector(settings.fault_injection, rank, attempt),
         compute_dtype=compute_dtype,

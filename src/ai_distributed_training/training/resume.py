@@ -9,8 +9,7 @@ each rank's RNG and partial sums beside the model, and puts them all back.
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -60,6 +59,11 @@ class Stateful(Protocol):
     def load_state_dict(self, state: Any) -> Any: ...
 
 
+#: Told, on every rank, of each checkpoint saved: its path (on the rank that wrote it; None on
+#: the others) and its global step. A launcher's hook (Ray registers the checkpoint with Ray).
+CheckpointHook = Callable[[Path | None, int], None]
+
+
 class Checkpointer:
     """Saves checkpoints; only global rank 0's instance writes what is not sharded.
 
@@ -76,8 +80,10 @@ class Checkpointer:
         run_id: str | None = None,
         fingerprint: dict[str, str] | None = None,
         resumed_from: str | None = None,
+        on_saved: CheckpointHook | None = None,
     ) -> None:
         self.directory, self.writes, self.keep, self.config = directory, writes, keep, config
+        self.on_saved = on_saved
         #: Who wrote each checkpoint, what a run must match to continue from it, and where
         #: this run started from (so a restart still knows).
         self.identity = {
@@ -113,6 +119,8 @@ class Checkpointer:
             self.directory, step, stateful, meta, self.writes, self.keep
         )
         self.last = saved or self.last
+        if self.on_saved is not None:
+            self.on_saved(saved, step)
 
 
 def restore(
@@ -186,10 +194,11 @@ def find_resume_point(
 
 
 def agreed_resume_point(
-    strategy: Strategy, job: Job, ckpt_dir: Path | None
+    strategy: Strategy, job: Job, ckpt_dir: Path | None, restart_count: int
 ) -> tuple[int, str, dict[str, Any] | None, str | None]:
     """The attempt number, run id, checkpoint and original resume point (see
     :func:`find_resume_point`) every rank starts from (collective: all ranks call).
+    ``restart_count``: this rank's launcher's count of restarts so far.
 
     Each host's elastic agent counts its own restarts, and an agent that re-rendezvoused
     because ANOTHER host restarted does not count one at all: its ranks would start afresh while
@@ -197,8 +206,7 @@ def agreed_resume_point(
     ranks take the largest count, rank 0's run id (each host's caller made its own), and check
     that they all found the same checkpoint.
     """
-    local = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
-    gathered = strategy.all_gather_object((local, job.run_id))
+    gathered = strategy.all_gather_object((restart_count, job.run_id))
     attempt, run_id = max(count for count, _ in gathered), gathered[0][1]
     path, state, origin = find_resume_point(job, ckpt_dir, attempt, run_id)
     found = strategy.all_gather_object(str(path) if path else None)
