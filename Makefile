@@ -35,9 +35,11 @@ typecheck: install-dev
 test: lint typecheck
 	$(PY) -m pytest
 
-## Throughput against the hand-written DDP and single-process baselines (several minutes).
+## Throughput against the hand-written DDP and single-process baselines, then what
+## compile=True buys (several minutes each).
 bench: install
 	$(PY) -m bench
+	$(PY) -m bench.compile
 
 ## Regenerate the README's settings table from the config model.
 readme: install

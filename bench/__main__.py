@@ -10,13 +10,15 @@ import argparse
 import statistics
 import sys
 
-from bench.common import OURS, run_interleaved
+from bench.common import DICT_BATCHES, GENERAL, OURS, USER_LOADER, run_interleaved
 
 
 def variants(nodes: list[int]) -> dict[str, list[str]]:
     py = sys.executable
     torchrun = [py, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     out = {f"train_distributed nodes={n}": [py, "-c", OURS.format(nodes=n)] for n in nodes}
+    out["nodes=2, dict batches (Dataset)"] = [py, "-c", GENERAL.format(inputs=DICT_BATCHES)]
+    out["nodes=2, DataLoader(num_workers=2)"] = [py, "-c", GENERAL.format(inputs=USER_LOADER)]
     out["hand-written torchrun DDP, 2 procs"] = [*torchrun, "bench/ddp_baseline.py"]
     out["best hand-written DDP, 2 procs"] = [*torchrun, "bench/best_ddp.py"]
     out["single process, all cores"] = [py, "bench/single_process.py"]
@@ -45,7 +47,7 @@ def main() -> None:
     )
     for name, runs in results.items():
         sps = statistics.median(r["samples_per_second"] for r, _ in runs)
-        wall = statistics.median(w for _, w in runs)
+        wall = statistics.median(w for _, w in runs)  # the whole command
         loss = statistics.median(r["final_loss"] for r, _ in runs)
         print(
             f"{name:38} {sps:10.0f} {sps / single:9.2f} {sps / handmade:10.2f} "

@@ -23,6 +23,21 @@ r = DistributedTraining(epochs=w.EPOCHS, batch_size=w.GLOBAL_BATCH, learning_rat
 print(json.dumps({{k: r[k] for k in ("samples_per_second", "final_loss", "train_time_s", "steps",
                                      "peak_memory_per_worker_bytes")}}))
 """
+#: The general paths on the reference workload, nodes=2: dict samples read one at a time into
+#: a model called with keywords, and the tensors through a user DataLoader(num_workers=2).
+GENERAL = """
+import json
+from torch.utils.data import DataLoader, TensorDataset
+from ai_distributed_training import DistributedTraining
+from bench import workload as w
+model, data = {inputs}
+r = DistributedTraining(epochs=w.EPOCHS, batch_size=w.GLOBAL_BATCH, learning_rate=w.LR,
+                        seed=w.SEED, validation_split=0.0, runs_dir=None, max_restarts=0)\
+    .train_distributed(model, data, nodes=2)
+print(json.dumps({{k: r[k] for k in ("samples_per_second", "final_loss")}}))
+"""
+DICT_BATCHES = "w.DictMLP, w.DictRows()"
+USER_LOADER = "w.model, DataLoader(TensorDataset(*w.data()), batch_size=1024, num_workers=2)"
 
 
 def run_once(command: list[str], tries: int = 2) -> tuple[dict[str, Any], float]:

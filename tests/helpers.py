@@ -117,9 +117,10 @@ def optimizer_matrix() -> dict[str, tuple[float, bool]]:
     return out
 
 
-def resume_is_bitwise(directory: str) -> bool:
+def resume_is_bitwise(directory: str, compile_backend: str | None = None) -> bool:
     """On each rank of a debug_launcher job: train with mid-epoch checkpoints, then again from
-    the oldest mid-epoch checkpoint kept; whether both runs end with the same bytes."""
+    the oldest mid-epoch checkpoint kept; whether both runs end with the same bytes (the model
+    compiled with ``compile_backend``, if given)."""
     from pathlib import Path
 
     from ai_distributed_training.training.checkpoint import list_checkpoints, load_checkpoint
@@ -131,7 +132,7 @@ def resume_is_bitwise(directory: str) -> bool:
     def run(resume: dict[str, object] | None) -> dict[str, torch.Tensor]:
         torch.manual_seed(100 + rank)  # each rank's own dropout stream
         model = build_model(dropout=0.2)
-        strategy = DDPStrategy(rank, world, torch.device("cpu"))
+        strategy = DDPStrategy(rank, world, torch.device("cpu"), compile_backend=compile_backend)
         checkpointer = Checkpointer(Path(directory), writes=rank == 0, keep=20, config={})
         ctx = RankContext(settings=settings, strategy=strategy, checkpointer=checkpointer)
         train(model, rank_data(), ctx, resume)

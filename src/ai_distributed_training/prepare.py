@@ -91,6 +91,7 @@ def prepare(
     if model_source.spec is None and settings.train_step is None:
         dry_run(skeleton, data_source, settings)
     check_warmup(settings)
+    _check_compile(settings)
     fingerprint = run_fingerprint(skeleton, data_source, settings)
     settings, resume_path, resume_dir = _resume_point(settings, fingerprint, model_source.name)
     if settings.tensorboard and importlib.util.find_spec("tensorboard") is None:
@@ -240,6 +241,20 @@ def _check_placement(settings: TrainingSettings, topology: Topology) -> int:
             f"at most {limit} per host, or more hosts (nnodes)"
         )
     return _threads_per_worker(settings, topology)
+
+
+def _check_compile(settings: TrainingSettings) -> None:
+    """A ``compile`` backend torch knows (imports torch's compiler stack only when named)."""
+    if not isinstance(settings.compile, str):
+        return
+    import torch._dynamo
+
+    known = torch._dynamo.list_backends(exclude_tags=())
+    if settings.compile not in known:
+        raise ConfigError(
+            f"compile={settings.compile!r} is not a torch.compile backend; use True (inductor), "
+            f"False (eager), or one of {', '.join(known)}"
+        )
 
 
 def _check_launcher_settings(settings: TrainingSettings) -> None:

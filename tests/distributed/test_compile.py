@@ -5,6 +5,7 @@ in ``make bench``."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -19,24 +20,34 @@ pytestmark = pytest.mark.distributed
 BACKEND = "aot_eager"
 
 
-def eager_compiled_fsdp() -> tuple[dict[str, torch.Tensor], ...]:
+def eager_compiled_fsdp() -> tuple[Any, ...]:
     """On each rank of a debug_launcher job: the weights after eager DDP, compiled DDP and
-    compiled FSDP training, and whether compiled DDP's replicas agree."""
+    compiled FSDP training, and how many graphs dynamo captured for each compiled run."""
+    from torch._dynamo.utils import counters
+
     from ai_distributed_training.training.strategies.fsdp import FSDPStrategy
 
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     cpu = torch.device("cpu")
     eager = train_with(DDPStrategy(rank, world, cpu))
+    graphs = []
     ddp = DDPStrategy(rank, world, cpu, compile_backend=BACKEND)
+    counters.clear()
     compiled = train_with(ddp)
+    graphs.append(counters["stats"]["unique_graphs"])
     assert ddp.replicas_identical(compiled)
     ddp.close()
-    fsdp = FSDPStrategy(rank, world, cpu, blocks=["Linear"], compile_backend=BACKEND)
-    return eager, compiled, train_with(fsdp)
+    counters.clear()
+    fsdp = train_with(FSDPStrategy(rank, world, cpu, blocks=["Linear"], compile_backend=BACKEND))
+    graphs.append(counters["stats"]["unique_graphs"])
+    return eager, compiled, fsdp, graphs
 
 
 def test_compiled_ddp_and_fsdp_train_the_weights_eager_ddp_trains() -> None:
-    eager, compiled, fsdp = debug_launcher(eager_compiled_fsdp, num_processes=2)[0]
+    eager, compiled, fsdp, graphs = debug_launcher(eager_compiled_fsdp, num_processes=2)[0]
+    ddp_graphs, fsdp_graphs = graphs
+    assert ddp_graphs >= 1  # the model really ran compiled (train and eval mode: 2 graphs)
+    assert fsdp_graphs >= 2  # FSDP: each Linear block compiled on its own
     for name, expected in eager.items():
         torch.testing.assert_close(compiled[name], expected, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(fsdp[name], compiled[name], rtol=1e-4, atol=1e-5)

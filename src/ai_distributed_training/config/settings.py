@@ -243,6 +243,12 @@ class TrainingSettings(StrictModel):
         "sequences; a Hugging Face data collator works); default: default_collate, or the "
         "DataLoader's own.",
     )
+    compile: bool | str = Field(
+        False,
+        description="torch.compile the model: True (the inductor backend; on CPU it needs a C++ "
+        "compiler) or a torch.compile backend name ('aot_eager': no code generation, for quick "
+        "checks). Under FSDP each block is compiled on its own. Off by default.",
+    )
     strategy: Literal["ddp", "fsdp", "auto"] = Field(
         "ddp",
         description="'ddp': a full replica per worker; 'fsdp': parameters, gradients and "

@@ -58,6 +58,7 @@ def run_rank(
         compute_dtype,
         find_unused_parameters=settings.find_unused_parameters,
         sync_batchnorm=settings.sync_batchnorm,
+        compile_backend=compile_backend(settings.compile),
     )
     # Roles are decided once: global rank 0 logs the job and writes files, others don't.
     run_dir = Path(job.run_dir) if job.run_dir else None
@@ -75,6 +76,13 @@ def run_rank(
         strategy.close()
         if owns_group:
             dist.destroy_process_group()
+
+
+def compile_backend(setting: bool | str) -> str | None:
+    """The ``compile`` setting as torch.compile's backend name (None: eager)."""
+    if setting is True:
+        return "inductor"
+    return setting or None
 
 
 def set_up_process(job: Job, env: RankEnv) -> None:

@@ -30,20 +30,25 @@ def make_strategy(
     *,
     find_unused_parameters: bool = False,
     sync_batchnorm: bool = False,
+    compile_backend: str | None = None,
 ) -> Strategy:
     """The strategy object named by the ``strategy`` setting (``auto`` is resolved by the
-    caller before any worker starts); ``blocks``: the module classes FSDP shards one by one."""
+    caller before any worker starts); ``blocks``: the module classes FSDP shards one by one;
+    ``compile_backend``: the torch.compile backend of the models it wraps (None: eager)."""
     if name == "fsdp":
         # Imported here: FSDP's modules (DCP, DTensor) add ~0.5 s to every worker's start-up.
         from .fsdp import FSDPStrategy
 
         # Mixed precision on GPU: blocks compute in bf16 (fp16), gradients are reduced in fp32.
         param_dtype = compute_dtype if device.type == "cuda" else None
-        return FSDPStrategy(env.rank, env.world_size, device, blocks, param_dtype)
+        return FSDPStrategy(
+            env.rank, env.world_size, device, blocks, param_dtype, compile_backend=compile_backend
+        )
     return DDPStrategy(
         env.rank,
         env.world_size,
         device,
         find_unused_parameters=find_unused_parameters,
         sync_batchnorm=sync_batchnorm,
+        compile_backend=compile_backend,
     )

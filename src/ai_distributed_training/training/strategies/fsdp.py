@@ -62,8 +62,10 @@ class FSDPStrategy(DDPStrategy):
         device: torch.device,
         blocks: Sequence[str],
         param_dtype: torch.dtype | None = None,
+        *,
+        compile_backend: str | None = None,
     ) -> None:
-        super().__init__(rank, world_size, device)
+        super().__init__(rank, world_size, device, compile_backend=compile_backend)
         self.blocks = set(blocks)
         policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
         self.options: dict[str, Any] = {"mp_policy": policy} if param_dtype else {}
@@ -91,10 +93,16 @@ class FSDPStrategy(DDPStrategy):
         # caller modifies it in place; the loop never does.
         warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view")
         # Innermost first: a block's parameters leave the root's group once it is sharded.
-        for module in reversed(list(model.modules())):
-            if module is not model and type(module).__name__ in self.blocks:
-                fully_shard(module, **self.options)
-        fully_shard(model, **self.options)
+        blocks = [
+            m
+            for m in reversed(list(model.modules()))
+            if m is not model and type(m).__name__ in self.blocks
+        ]
+        # With compile, each block is compiled on its own (as torchtitan does: FSDP's
+        # all-gathers stay between the compiled blocks); a model without blocks, whole.
+        for module in blocks:
+            fully_shard(self.compiled(module), **self.options)
+        fully_shard(model if blocks else self.compiled(model), **self.options)
         if on_meta:
             model.to_empty(device=self.device)  # storage for this rank's shards only
         options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
