@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from .config import TrainingSettings, check_warmup
 from .data import DataInfo, DataSource, resolve_data
 from .data.streams import StreamSource
-from .data.tensors import DatasetSource
+from .data.tensors import DatasetSource, TensorSource
 from .errors import ConfigError, ConfigTypeError
 from .host import available_cores, host_memory_bytes
 from .models import ModelSource, check_fits_data, resolve_model
@@ -121,7 +121,9 @@ def _adopt_loader_batch(settings: TrainingSettings, data: DataSource) -> Trainin
     """A user DataLoader's ``batch_size`` (and ``drop_last``) become the settings' where those
     are not set; a different ``batch_size`` setting is a ConfigError: both would claim to be
     the batch."""
-    if not isinstance(data, (DatasetSource, StreamSource)) or data.loader_batch_size is None:
+    if not isinstance(data, (DatasetSource, StreamSource, TensorSource)):
+        return settings
+    if data.loader_batch_size is None:
         return settings
     given, theirs = settings.model_fields_set, data.loader_batch_size
     if "batch_size" in given and settings.batch_size != theirs:

@@ -168,3 +168,27 @@ def test_the_built_in_mlp_takes_integer_features() -> None:
     model = resolve_model({"model_name": "m"}).build(source.info)
     x, _ = source.open().batch(torch.arange(10))
     assert model(x).shape == (10, 2)
+
+
+def test_a_tensordataset_is_sliced_like_tensors_with_the_batches_its_loader_would_make() -> None:
+    """A DataLoader over a TensorDataset of (X, y) reads as sliced tensors (not sample by
+    sample): its batches are exactly default_collate's, its batch_size and drop_last kept."""
+    from torch.utils.data import DataLoader, default_collate
+
+    from ai_distributed_training.data.tensors import DatasetSource, TensorSource
+
+    x, y = torch.randn(10, 2, 3), torch.arange(10) % 3
+    loader = DataLoader(TensorDataset(x, y), batch_size=4, num_workers=2, drop_last=True)
+    source = resolve_data(loader)
+    assert isinstance(source, TensorSource)
+    assert source.loader_batch_size == 4 and source.loader_drop_last
+    assert "TensorDataset, sliced (num_workers=2 unused)" in source.info.description
+    indices = torch.tensor([7, 2, 5])
+    expected = default_collate([loader.dataset[int(i)] for i in indices])
+    assert all(
+        torch.equal(a, b) for a, b in zip(source.open().batch(indices), expected, strict=True)
+    )
+    # A collate_fn of its own, or a class count to state: read sample by sample as before.
+    own = DataLoader(TensorDataset(x, y), batch_size=4, collate_fn=lambda b: default_collate(b))
+    assert isinstance(resolve_data(own), DatasetSource)
+    assert isinstance(resolve_data(TensorDataset(x, y), num_classes=5), DatasetSource)

@@ -14,7 +14,7 @@ from .files import FILE_SUFFIXES, file_source
 from .loading import LoaderOptions
 from .streams import StreamSource
 from .synthetic import SyntheticSource, SyntheticTokenSource
-from .tensors import DatasetSource, loader_source, tensors_source, tokens_source
+from .tensors import DatasetSource, loader_source, sliceable, tensors_source, tokens_source
 from .types import DataSource, Task
 
 # --- entry point ---------------------------------------------------------------------------------
@@ -72,6 +72,9 @@ def resolve_data(
         source = loader_source(data, num_classes, collate_fn)
     elif isinstance(data, IterableDataset):
         source = StreamSource.from_stream(data, LoaderOptions(collate_fn=collate_fn), num_classes)
+    elif sliceable(data, collate_fn, num_classes):
+        x, y = data.tensors
+        source = tensors_source(x, y, description="a TensorDataset, sliced as tensors", task=task)
     elif isinstance(data, Dataset):
         options = LoaderOptions(collate_fn=collate_fn)
         source = DatasetSource.from_dataset(data, num_classes, options)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
+from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset, default_collate
 from torch.utils.data._utils.collate import default_convert
 
 from ..errors import ConfigError, ConfigTypeError
@@ -61,6 +61,9 @@ class TensorSource:
     x: torch.Tensor
     y: torch.Tensor
     info: DataInfo
+    #: A user DataLoader's batch_size and drop_last, when it held these tensors.
+    loader_batch_size: int | None = None
+    loader_drop_last: bool = False
 
     def stage(self, job_dir: Path) -> TensorFileSource:
         job_dir.mkdir(parents=True, exist_ok=True)
@@ -258,9 +261,22 @@ class DatasetSource:
         return DatasetReader(self.dataset, self.options)
 
 
+def sliceable(dataset: Any, collate_fn: Callable[..., Any] | None, num_classes: int | None) -> bool:
+    """Whether batches of ``dataset`` are slices of two tensors: a ``TensorDataset`` of
+    ``(X, y)`` collated by torch's default (which stacks the very rows a slice holds), with no
+    class count to state. Those are read as tensors, sliced a batch at a time, not fetched and
+    collated sample by sample (measured 0.67x the sliced path's samples/s at nodes=2)."""
+    return (
+        isinstance(dataset, TensorDataset)
+        and len(dataset.tensors) == 2
+        and collate_fn is None
+        and num_classes is None
+    )
+
+
 def loader_source(
     loader: DataLoader[Any], num_classes: int | None, collate_fn: Callable[..., Any] | None
-) -> DatasetSource | StreamSource:
+) -> DatasetSource | StreamSource | TensorSource:
     """A user's ``DataLoader``: its dataset, ``collate_fn`` (unless the ``collate_fn`` setting
     replaces it), ``num_workers``, ``pin_memory``, ``prefetch_factor`` and ``worker_init_fn``
     (loader processes always persist: see ``DatasetReader.start_loader_processes``). Its
@@ -277,6 +293,13 @@ def loader_source(
     if isinstance(loader.dataset, IterableDataset):
         stream = StreamSource.from_stream(loader.dataset, options, num_classes)
         return replace(stream, loader_batch_size=loader.batch_size)
+    if sliceable(loader.dataset, options.collate_fn, num_classes):
+        x, y = loader.dataset.tensors  # type: ignore[attr-defined]
+        how = f"a DataLoader's TensorDataset, sliced (num_workers={loader.num_workers} unused)"
+        tensors = tensors_source(x, y, description=how)
+        return replace(
+            tensors, loader_batch_size=loader.batch_size, loader_drop_last=loader.drop_last
+        )
     source = DatasetSource.from_dataset(loader.dataset, num_classes, options)
     sampler = type(loader.sampler).__name__
     shown = "its batches" if loader.batch_size is None else f"its {sampler}"

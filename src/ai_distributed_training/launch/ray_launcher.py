@@ -42,6 +42,7 @@ CONNECT_TIMEOUT_S = 5.0
 
 def import_ray() -> ModuleType:
     """The ``ray`` module, or a ConfigError saying how to install it."""
+    environ = dict(os.environ)  # importing Ray sets variables (RAY_CLIENT_MODE): not ours to keep
     try:
         import ray
         import ray.train.torch  # Ray Train: the ray[train] extra
@@ -49,6 +50,9 @@ def import_ray() -> ModuleType:
         raise ConfigError(
             f"launcher='ray' needs Ray Train, which is not installed ({err}): {RAY_EXTRA}"
         ) from None
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
     return ray
 
 
