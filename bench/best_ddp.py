@@ -49,6 +49,7 @@ if rank == 0:
         json.dumps(
             {
                 "samples_per_second": workload.EPOCHS * len(x) / elapsed,
+                "train_time_s": elapsed,
                 "final_loss": float(loss_sum) / len(x),
             }
         )

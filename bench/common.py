@@ -34,7 +34,7 @@ model, data = {inputs}
 r = DistributedTraining(epochs=w.EPOCHS, batch_size=w.GLOBAL_BATCH, learning_rate=w.LR,
                         seed=w.SEED, validation_split=0.0, runs_dir=None, max_restarts=0)\
     .train_distributed(model, data, nodes=2)
-print(json.dumps({{k: r[k] for k in ("samples_per_second", "final_loss")}}))
+print(json.dumps({{k: r[k] for k in ("samples_per_second", "final_loss", "train_time_s")}}))
 """
 DICT_BATCHES = "w.DictMLP, w.DictRows()"
 USER_LOADER = "w.model, DataLoader(TensorDataset(*w.data()), batch_size=1024, num_workers=2)"

@@ -43,6 +43,7 @@ if rank == 0:
         json.dumps(
             {
                 "samples_per_second": workload.EPOCHS * len(dataset) / elapsed,
+                "train_time_s": elapsed,
                 "final_loss": float(totals[0] / totals[1]),
             }
         )

@@ -28,5 +28,11 @@ for epoch in range(workload.EPOCHS):
     epoch_loss = float(loss_sum) / len(x)
 elapsed = time.perf_counter() - started
 print(
-    json.dumps({"samples_per_second": workload.EPOCHS * len(x) / elapsed, "final_loss": epoch_loss})
+    json.dumps(
+        {
+            "samples_per_second": workload.EPOCHS * len(x) / elapsed,
+            "train_time_s": elapsed,
+            "final_loss": epoch_loss,
+        }
+    )
 )
