@@ -233,6 +233,34 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def restored_environ() -> Iterator[None]:
+    """Within the block ``os.environ`` may change (a library setting variables for itself);
+    after it, it is exactly what it was."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@contextlib.contextmanager
+def restored_signal_handlers(signals: Sequence[signal.Signals]) -> Iterator[None]:
+    """Within the block a library may install its own handlers for ``signals`` (torch
+    elastic's agent, Ray's trainer); after it, the caller's are back. Only the main thread may
+    set handlers; elsewhere (a web server's worker thread, a notebook's background thread)
+    nobody could have changed them either."""
+    saved = {sig: signal.getsignal(sig) for sig in signals}
+    try:
+        yield
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            for sig, handler in saved.items():
+                if handler is not None:
+                    signal.signal(sig, handler)
+
+
 #: Signals that end a call of the library as an exception, so its cleanup runs.
 TERMINATING_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 

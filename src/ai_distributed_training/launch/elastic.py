@@ -18,7 +18,6 @@ import re
 import shutil
 import signal
 import sys
-import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -34,12 +33,12 @@ from torch.distributed.elastic.rendezvous.api import RendezvousError
 from torch.distributed.launcher.api import LaunchConfig
 
 from ..errors import RankFailure, RendezvousFailedError, TrainingInterrupted, WorkerFailedError
-from ..host import interface_with_address
+from ..host import interface_with_address, restored_environ, restored_signal_handlers
 from ..topology import Hosts
 from ..training.job import Job
 from . import worker
 from .handover import JobFiles, new_job_dir, remove_stale_job_dirs
-from .restarts import PEER_FAILURE_HINTS, PolicyAgent, RestartPolicy
+from .restarts import PolicyAgent, RestartPolicy, root_cause_first
 from .worker import LAUNCHER_PID
 
 _HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
@@ -50,11 +49,25 @@ _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 @contextlib.contextmanager
 def _restored_process_state() -> Iterator[None]:
     """Undo what the elastic agent changes in the caller: signal handlers and os.environ."""
-    handlers = {sig: signal.getsignal(sig) for sig in _HANDLED_SIGNALS}
-    environ = dict(os.environ)
-    # The agent logs a JSON event per worker state change at INFO; keep it out of the app's logs.
+    with restored_environ(), restored_signal_handlers(_HANDLED_SIGNALS), _events_kept_out():
+        _set_worker_environ()
+        yield
+
+
+@contextlib.contextmanager
+def _events_kept_out() -> Iterator[None]:
+    """The agent logs a JSON event per worker state change at INFO: kept out of the app's
+    logs within the block."""
     events = logging.getLogger(_ELASTIC_EVENTS_LOGGER)
     events_propagate, events.propagate = events.propagate, False
+    try:
+        yield
+    finally:
+        events.propagate = events_propagate
+
+
+def _set_worker_environ() -> None:
+    """What every worker's environment needs, set in ours (the agent passes it on)."""
     # Workers must import this package even when the caller found it through sys.path tweaks.
     os.environ["PYTHONPATH"] = os.pathsep.join(
         p for p in (_PACKAGE_ROOT, os.environ.get("PYTHONPATH", "")) if p
@@ -64,18 +77,6 @@ def _restored_process_state() -> Iterator[None]:
     # Workers get a fresh store per attempt (pytorch issue 135712: a shared rendezvous store
     # made restarts read stale addresses).
     os.environ["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
-    try:
-        yield
-    finally:
-        os.environ.clear()
-        os.environ.update(environ)
-        # Only the main thread may set handlers; elsewhere (a web server's worker thread, a
-        # notebook's background thread) the agent could not have changed them either.
-        if threading.current_thread() is threading.main_thread():
-            for sig, handler in handlers.items():
-                if handler is not None:
-                    signal.signal(sig, handler)
-        events.propagate = events_propagate
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -241,15 +242,8 @@ def _run_agent(config: LaunchConfig, args: list[str], policy: RestartPolicy | No
 
 
 def rank_failures(failures: dict[int, ProcessFailure]) -> list[RankFailure]:
-    """Failures ordered root cause first: ranks that failed because a peer did (a closed
-    connection), then ranks the agent itself stopped (SIGTERM), come last."""
-    out = [_rank_failure(rank, f) for rank, f in failures.items()]
-
-    def key(f: RankFailure) -> tuple[bool, bool, int]:
-        secondary = any(h in f.message or h in f.traceback for h in PEER_FAILURE_HINTS)
-        return f.signal == "SIGTERM", secondary, f.rank
-
-    return sorted(out, key=key)
+    """The agent's failures as ours, root cause first (see :func:`.restarts.root_cause_first`)."""
+    return root_cause_first([_rank_failure(rank, f) for rank, f in failures.items()])
 
 
 def _rank_failure(rank: int, failure: ProcessFailure) -> RankFailure:

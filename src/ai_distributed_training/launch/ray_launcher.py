@@ -16,7 +16,6 @@ import os
 import signal
 import socket
 import sys
-import threading
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,10 +28,10 @@ import torch
 
 from ..config import TrainingSettings
 from ..errors import ConfigError, RankFailure, WorkerFailedError
-from ..host import available_cores
+from ..host import available_cores, restored_environ, restored_signal_handlers
 from ..training.job import Job
 from .ray_worker import TRACEBACK_ATTR
-from .restarts import PEER_FAILURE_HINTS
+from .restarts import root_cause_first
 
 RAY_EXTRA = "pip install 'ai-distributed-training[ray]'"
 #: Seconds to wait for a TCP connection to a given Ray address before calling it unreachable
@@ -42,17 +41,14 @@ CONNECT_TIMEOUT_S = 5.0
 
 def import_ray() -> ModuleType:
     """The ``ray`` module, or a ConfigError saying how to install it."""
-    environ = dict(os.environ)  # importing Ray sets variables (RAY_CLIENT_MODE): not ours to keep
     try:
-        import ray
-        import ray.train.torch  # Ray Train: the ray[train] extra
+        with restored_environ():  # importing Ray sets variables (RAY_CLIENT_MODE): not ours
+            import ray
+            import ray.train.torch  # Ray Train: the ray[train] extra
     except ImportError as err:
         raise ConfigError(
             f"launcher='ray' needs Ray Train, which is not installed ({err}): {RAY_EXTRA}"
         ) from None
-    finally:
-        os.environ.clear()
-        os.environ.update(environ)
     return ray
 
 
@@ -86,20 +82,22 @@ def connect(address: str | None) -> RayCluster:
         # Ray's own log lines below ERROR stay in its session logs (/tmp/ray/session_latest):
         # without Ray's dashboard its placement-group monitor warns every second of a fit.
         quiet = ray.LoggingConfig(log_level="ERROR")
-        # ray.init sets variables and root-logger handlers for its own use ...
-        environ, root = dict(os.environ), logging.getLogger()
+        # ray.init sets variables and root-logger handlers for its own use, in the caller's
+        # process, which is not Ray's: both are put back (the debugger's variable too).
+        root = logging.getLogger()
         handlers, level = root.handlers[:], root.level
         try:
-            ray.init(address=address, logging_level=logging.ERROR, logging_config=quiet, **options)
+            with restored_environ():
+                ray.init(
+                    address=address, logging_level=logging.ERROR, logging_config=quiet, **options
+                )
         except (ConnectionError, RuntimeError, ValueError) as err:
             raise ConfigError(
                 f"ray_address={address!r}: could not join a Ray cluster ({type(err).__name__}: "
                 f"{err}); start one (ray start --head) or pass its address ('HOST:6379', "
                 "'ray://HOST:10001', 'auto')"
             ) from None
-        finally:  # ... in the caller's process, which is not Ray's: restored (the debugger too)
-            os.environ.clear()
-            os.environ.update(environ)
+        finally:
             root.handlers[:], root.level = handlers, level
     alive = [node for node in ray.nodes() if node.get("Alive")]
     return RayCluster(
@@ -178,7 +176,6 @@ class RayLauncher:
 
         settings = self.settings
         connect(settings.ray_address)
-        sigint = signal.getsignal(signal.SIGINT)  # Ray's trainer installs its own, and keeps it
         resources = {"CPU": self.threads_per_worker, **({"GPU": 1} if settings.use_gpus else {})}
         storage = settings.ray_storage_path or (
             str(Path(job.run_dir).resolve()) if job.run_dir else None
@@ -206,12 +203,10 @@ class RayLauncher:
             ),
         )
         try:
-            result = trainer.fit()
+            with restored_signal_handlers([signal.SIGINT]):  # Ray's fit installs its own
+                result = trainer.fit()
         except TrainingFailedError as err:
             raise worker_failed(err) from None
-        finally:
-            if threading.current_thread() is threading.main_thread():
-                signal.signal(signal.SIGINT, sigint)
         returned = getattr(result, "return_value")  # noqa: B009  (Ray Train V2's Result)
         out: dict[str, Any] = torch.load(io.BytesIO(returned), weights_only=True)
         return out
@@ -222,12 +217,7 @@ def worker_failed(err: Exception) -> WorkerFailedError:
     that only lost its peer comes last), with what each raised; a run that failed outside the
     workers (Ray's controller) as rank -1's failure."""
     failures: dict[int, BaseException] = getattr(err, "worker_failures", None) or {-1: err}
-    ranked = [_rank_failure(rank, e) for rank, e in failures.items()]
-
-    def key(f: RankFailure) -> tuple[bool, int]:
-        return any(h in f.message + f.traceback for h in PEER_FAILURE_HINTS), f.rank
-
-    return WorkerFailedError(sorted(ranked, key=key))
+    return WorkerFailedError(root_cause_first([_rank_failure(r, e) for r, e in failures.items()]))
 
 
 def _rank_failure(rank: int, error: BaseException) -> RankFailure:

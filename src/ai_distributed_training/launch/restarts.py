@@ -32,6 +32,17 @@ PEER_FAILURE_HINTS = (
 TIMEOUT_HINTS = ("Timed out", "timed out", "DistStoreError")
 
 
+def root_cause_first(failures: list[RankFailure]) -> list[RankFailure]:
+    """Failures ordered root cause first: ranks that failed because a peer did (a closed
+    connection), then ranks their launcher itself stopped (SIGTERM), come last."""
+
+    def key(f: RankFailure) -> tuple[bool, bool, int]:
+        secondary = any(h in f.message or h in f.traceback for h in PEER_FAILURE_HINTS)
+        return f.signal == "SIGTERM", secondary, f.rank
+
+    return sorted(failures, key=key)
+
+
 def is_lost_worker(failure: RankFailure) -> bool:
     """Whether ``failure`` is a worker lost to the outside (a signal, a lost peer, a hang),
     rather than one that raised an error of the job itself."""
