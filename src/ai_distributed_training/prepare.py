@@ -227,13 +227,12 @@ def _check_placement(settings: TrainingSettings, topology: Topology) -> int:
     """Where the workers go, checked: GPUs and a sane number of workers on this host, or room
     for them on the Ray cluster (joined at this point: an unreachable one is said before any
     worker starts). Returns the threads per worker."""
-    if settings.launcher == "ray" and topology.joined is None:
+    on_ray = settings.launcher == "ray" and topology.joined is None
+    _check_device(settings, topology, gpus_here=not on_ray)
+    if on_ray:
         from .launch.ray_launcher import connect, workers_fit  # Ray is an optional extra
 
-        if settings.precision == "fp16" and not settings.use_gpus:
-            _check_device(settings, topology)  # the same error as on this host
-        return workers_fit(settings, connect(settings.ray_address))
-    _check_device(settings, topology)
+        return workers_fit(settings, connect(settings.ray_address))  # its GPUs too
     cores = available_cores()
     limit = MAX_WORKERS_PER_CORE * cores
     if topology.joined is None and not settings.use_gpus and topology.local_world_size > limit:
@@ -296,10 +295,12 @@ def _check_workers(settings: TrainingSettings, topology: Topology) -> None:
             )
 
 
-def _check_device(settings: TrainingSettings, topology: Topology) -> None:
-    """GPUs for every local worker when asked for; fp16 and SyncBatchNorm only on GPUs."""
+def _check_device(settings: TrainingSettings, topology: Topology, *, gpus_here: bool) -> None:
+    """GPUs for every local worker when asked for (``gpus_here``: the workers run on this
+    host); fp16 and SyncBatchNorm only on GPUs."""
     if settings.use_gpus:
-        _check_gpus(topology.local_world_size)
+        if gpus_here:
+            _check_gpus(topology.local_world_size)
     elif settings.precision == "fp16":
         raise ConfigError(
             "precision='fp16' needs GPUs (use_gpus=True); on CPUs use 'bf16' or 'fp32'"

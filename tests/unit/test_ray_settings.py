@@ -44,6 +44,9 @@ def test_unreachable_ray_address_fails_fast(no_launch: None) -> None:
         ({"ray_storage_path": "/x"}, r"ray_storage_path='/x' only apply with launcher='ray'"),
         ({"launcher": "ray", "ray_address": "head"}, r"ray_address='head' is not an address"),
         ({"launcher": "ray", "nnodes": 2}, r"nnodes=2 is for launcher='elastic'"),
+        # Said before a Ray cluster is joined (or started), as on this host.
+        ({"launcher": "ray", "sync_batchnorm": True}, r"sync_batchnorm=True needs GPUs"),
+        ({"launcher": "ray", "precision": "fp16"}, r"precision='fp16' needs GPUs"),
         ({"launcher": "slurm"}, r"launcher='slurm' is invalid.*'elastic'.*'ray'"),
     ],
 )
