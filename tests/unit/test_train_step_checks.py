@@ -27,6 +27,19 @@ def one_rank(**settings: Any) -> RankContext:
     )
 
 
+def cross_entropy_step(name: str) -> Any:
+    """A train_step training model ``name`` on ``(x, y)`` batches with cross-entropy."""
+
+    def step(ctx: Any, batch: Any) -> dict[str, Any]:
+        x, y = batch
+        loss = torch.nn.functional.cross_entropy(ctx.models[name](x), y)
+        ctx.backward(loss)
+        ctx.step(name)
+        return {"loss": loss}
+
+    return step
+
+
 @pytest.mark.parametrize(
     ("model", "settings", "message"),
     [
@@ -74,13 +87,7 @@ def test_train_step_must_return_named_losses() -> None:
 
 
 def test_a_single_model_custom_step_learns_and_max_steps_ends_training_mid_epoch() -> None:
-    def plain(ctx: Any, batch: Any) -> dict[str, Any]:
-        x, y = batch
-        loss = torch.nn.functional.cross_entropy(ctx.models["model"](x), y)
-        ctx.backward(loss)
-        ctx.step("model")
-        return {"loss": loss}
-
+    plain = cross_entropy_step("model")
     result = train(build_model(), rank_data(), one_rank(train_step=plain, epochs=3))
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
     limited = train(
@@ -169,13 +176,6 @@ def test_a_dict_of_one_model_trains() -> None:
     """{"student": ...} is a dict of models too: its optimizer is found by that name."""
     from ai_distributed_training.models import Models
 
-    def student_step(ctx: Any, batch: Any) -> dict[str, Any]:
-        x, y = batch
-        loss = torch.nn.functional.cross_entropy(ctx.models["student"](x), y)
-        ctx.backward(loss)
-        ctx.step("student")
-        return {"loss": loss}
-
     model = Models({"student": build_model()})
-    result = train(model, rank_data(), one_rank(train_step=student_step, epochs=2))
+    result = train(model, rank_data(), one_rank(train_step=cross_entropy_step("student"), epochs=2))
     assert result.steps == 2
