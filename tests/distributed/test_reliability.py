@@ -52,24 +52,31 @@ CHECKPOINTED = {"epochs": 2, "batch_size": 32, "validation_split": 0.0, "runs_di
 DATA_320 = {"samples": 320, "features": 6}  # 10 global batches per epoch
 
 
-def test_a_restart_never_resumes_another_runs_checkpoint(tmp_path: Path) -> None:
-    """A seed-0 run finished in the directory; a seed-1 run killed there must resume its own
-    checkpoint, not the seed-0 model (it used to, silently, with restarts=1)."""
+@pytest.fixture(scope="module")
+def straight() -> TrainingResult:
+    """The seed-0 run of CHECKPOINTED, uninterrupted: what a resumed run must equal."""
+    return DistributedTraining(**CHECKPOINTED).train_distributed(SMALL_MODEL, DATA_320, nodes=2)
+
+
+def test_a_restart_never_resumes_another_runs_checkpoint(
+    tmp_path: Path, straight: TrainingResult
+) -> None:
+    """A seed-1 run finished in the directory; a seed-0 run killed there must resume its own
+    checkpoint, not the seed-1 model (it used to, silently, with restarts=1)."""
     ckpt = {"checkpoint_dir": str(tmp_path / "ckpt"), "checkpoint_every": 5}
-    DistributedTraining(seed=0, **CHECKPOINTED, **ckpt).train_distributed(
+    DistributedTraining(seed=1, **CHECKPOINTED, **ckpt).train_distributed(
         SMALL_MODEL, DATA_320, nodes=2
     )
     kill = [{"kind": "kill", "rank": 1, "step": 15}]
-    killed = DistributedTraining(seed=1, fault_injection=kill, **CHECKPOINTED, **ckpt)
+    killed = DistributedTraining(seed=0, fault_injection=kill, **CHECKPOINTED, **ckpt)
     resumed = killed.train_distributed(SMALL_MODEL, DATA_320, nodes=2)
-    clean = DistributedTraining(seed=1, **CHECKPOINTED).train_distributed(
-        SMALL_MODEL, DATA_320, nodes=2
-    )
     assert resumed["restarts"] == 1
-    assert bitwise_equal(resumed, clean)
+    assert bitwise_equal(resumed, straight)
 
 
-def test_resume_auto_continues_the_previous_run_of_the_model(tmp_path: Path) -> None:
+def test_resume_auto_continues_the_previous_run_of_the_model(
+    tmp_path: Path, straight: TrainingResult
+) -> None:
     """Without checkpoint_dir, each call has its own run directory: "auto" finds the newest
     compatible earlier run there (it used to start over, with one INFO line)."""
     trainer = DistributedTraining(**{**CHECKPOINTED, "runs_dir": str(tmp_path)})
@@ -78,7 +85,6 @@ def test_resume_auto_continues_the_previous_run_of_the_model(tmp_path: Path) -> 
     assert first["resumed_from"] is None
     assert second["resumed_from"] == str(Path(first["checkpoint_dir"]) / "step-00000010.pt")
     assert second["history"][0] == first["history"][0] and second["steps"] == 20
-    straight = DistributedTraining(**CHECKPOINTED).train_distributed(SMALL_MODEL, DATA_320, nodes=2)
     assert bitwise_equal(second, straight)
     events = (Path(second["run_dir"]) / "events.log").read_text()
     assert f"resuming from {second['resumed_from']}" in events
