@@ -106,13 +106,13 @@ class SeededDataset(Dataset[Any]):
             return list(batched(list(indices)))
         if not self.draws_random:
             before = _python_and_numpy_states()
-            items = self._fetch(indices, _seed_torch)
+            items = self._fetch(indices, torch.default_generator.manual_seed)
             if _same_states(before, _python_and_numpy_states()):
                 return items
             self.draws_random = True
         return self._fetch(indices, _seed_everything)
 
-    def _fetch(self, indices: SeededIndices, seed: Callable[[int], None]) -> list[Any]:
+    def _fetch(self, indices: SeededIndices, seed: Callable[[int], object]) -> list[Any]:
         items = []
         for i in indices:
             seed(sample_seed(indices.key, i))
@@ -131,13 +131,9 @@ def _same_states(a: tuple[Any, Any], b: tuple[Any, Any]) -> bool:
     return a[0] == b[0] and (name_a, rest_a) == (name_b, rest_b) and np.array_equal(keys_a, keys_b)
 
 
-def _seed_torch(seed: int) -> None:
-    torch.default_generator.manual_seed(seed)
-
-
 def _seed_everything(seed: int) -> None:
     """torch's, Python's and NumPy's global generators (what augmentation code draws from)."""
-    _seed_torch(seed)
+    torch.default_generator.manual_seed(seed)
     random.seed(seed)
     np.random.seed(seed & 0xFFFFFFFF)
 
