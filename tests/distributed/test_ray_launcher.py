@@ -74,19 +74,28 @@ def _check_ray_records(result: TrainingResult) -> None:
     assert load_checkpoint(Path(newest["checkpoint"]))["loop"]["step"] == 18
 
 
-def test_raising_ray_worker_stops_the_job_naming_its_rank(local_ray: None) -> None:
+def test_raising_ray_worker_stops_the_job_naming_its_rank_and_is_not_retried(
+    local_ray: None, tmp_path: Path
+) -> None:
+    """An error that would repeat (raised before any checkpoint) is not retried, although
+    restarts are left: the rule of torch elastic's launcher (Ray alone retried it twice)."""
     with pytest.raises(WorkerFailedError) as caught:
         TRAINER.train_distributed(
             MODEL,
             DATA,
             nodes=2,
             launcher="ray",
-            max_restarts=0,
+            ray_storage_path=str(tmp_path),
+            max_restarts=2,
             fault_injection=[{"kind": "raise", "rank": 1, "step": 2}],
         )
     assert caught.value.first.rank == 1
     assert "injected fault" in caught.value.first.message
     assert "faults.py" in caught.value.first.traceback
+    assert caught.value.not_restarted is not None
+    assert "attempt 1 raised before any checkpoint" in caught.value.not_restarted
+    (attempts,) = tmp_path.glob(f"adt-*/{ATTEMPTS_DIR}")
+    assert [p.name for p in attempts.iterdir()] == ["0"]  # one attempt: no restart
 
 
 def test_workers_that_do_not_fit_the_cluster_are_refused_before_any_starts(

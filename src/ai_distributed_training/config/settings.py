@@ -371,7 +371,8 @@ class TrainingSettings(StrictModel):
         3,
         ge=0,
         description="Times all workers are restarted after one fails (the elastic agent's "
-        "max_restarts, Ray's FailureConfig.max_failures).",
+        "max_restarts; under Ray, fits of the run again); an error that would repeat (raised "
+        "without a newer checkpoint) is not retried, except across hosts.",
     )
     skip_nonfinite_steps: bool = Field(
         False,

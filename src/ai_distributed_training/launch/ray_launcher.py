@@ -1,10 +1,13 @@
 """Run a job on a Ray cluster through Ray Train (``launcher="ray"``).
 
 Ray's engine, not a copy of it: ``ray.train.torch.TorchTrainer`` creates the worker processes
-(``ScalingConfig``) and their process group (``TorchConfig``, with our collective timeout),
-restarts them (``FailureConfig(max_failures=max_restarts)``) and lists the checkpoints the
-workers register (``ray.train.report``). Each worker runs the same rank code as under torch
-elastic (:mod:`.ray_worker`). Ray is an optional extra: nothing here imports it at module level.
+(``ScalingConfig``) and their process group (``TorchConfig``, with our collective timeout) and
+lists the checkpoints the workers register (``ray.train.report``). Each worker runs the same
+rank code as under torch elastic (:mod:`.ray_worker`). Restarts follow the same rule as under
+torch elastic (:class:`.restarts.RestartPolicy`: an error that would repeat is not retried):
+Ray's ``FailureConfig`` has no hook for it, so a failed run is fitted again, resuming from its
+newest checkpoint, up to ``max_restarts`` times. Ray is an optional extra: nothing here imports
+it at module level.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from ..errors import ConfigError, RankFailure, WorkerFailedError
 from ..host import available_cores, restored_environ, restored_signal_handlers
 from ..training.job import Job
 from .ray_worker import TRACEBACK_ATTR
-from .restarts import root_cause_first
+from .restarts import WORKER_DIED, RestartPolicy, root_cause_first
 
 RAY_EXTRA = "pip install 'ai-distributed-training[ray]'"
 #: Seconds to wait for a TCP connection to a given Ray address before calling it unreachable
@@ -165,22 +168,46 @@ class RayLauncher:
     threads_per_worker: int
 
     def launch(self, job: Job, *, progress: Callable[[], int]) -> dict[str, Any]:
-        """See :class:`.base.Launcher`. ``progress`` is not asked: Ray restarts any failure
-        up to ``max_restarts`` times (its FailureConfig has no such hook)."""
+        """See :class:`.base.Launcher`. A failed run is fitted again (the workers resume from
+        its newest checkpoint) while restarts are left and ``progress`` shows that a restart
+        can help (see :class:`.restarts.RestartPolicy`)."""
+        from ray.train.v2.api.exceptions import TrainingFailedError
+
+        connect(self.settings.ray_address)
+        policy = RestartPolicy(progress)
+        restarts_left = self.settings.max_restarts
+        while True:
+            try:
+                with restored_signal_handlers([signal.SIGINT]):  # Ray's fit installs its own
+                    result = self._trainer(job).fit()
+                break
+            except TrainingFailedError as err:
+                failed = worker_failed(err)
+                if restarts_left == 0:
+                    raise failed from None
+                reason = policy.why_not_restart(failed.first)
+                if reason is not None:
+                    raise WorkerFailedError(failed.failures, reason) from None
+                restarts_left -= 1
+        returned = getattr(result, "return_value")  # noqa: B009  (Ray Train V2's Result)
+        out: dict[str, Any] = torch.load(io.BytesIO(returned), weights_only=True)
+        return out
+
+    def _trainer(self, job: Job) -> Any:
+        """One fit of the job's workers (a restart is another fit of the same run: the same
+        name and storage, where the workers count attempts and find the checkpoints)."""
         ray = import_ray()
         from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchConfig, TorchTrainer
-        from ray.train.v2.api.exceptions import TrainingFailedError
 
         from .ray_worker import train_worker
 
         settings = self.settings
-        connect(settings.ray_address)
         resources = {"CPU": self.threads_per_worker, **({"GPU": 1} if settings.use_gpus else {})}
         storage = settings.ray_storage_path or (
             str(Path(job.run_dir).resolve()) if job.run_dir else None
         )
-        trainer = TorchTrainer(
+        return TorchTrainer(
             cast(Any, train_worker),  # typed as returning None; Ray V2 returns rank 0's value
             train_loop_config={
                 "job": ray.put(cloudpickle.dumps(job)),
@@ -198,18 +225,10 @@ class RayLauncher:
             run_config=RunConfig(
                 name=f"adt-{job.run_id}",
                 storage_path=storage,
-                failure_config=FailureConfig(max_failures=settings.max_restarts),
+                failure_config=FailureConfig(max_failures=0),  # restarts: see launch
                 checkpoint_config=CheckpointConfig(num_to_keep=settings.keep_checkpoints),
             ),
         )
-        try:
-            with restored_signal_handlers([signal.SIGINT]):  # Ray's fit installs its own
-                result = trainer.fit()
-        except TrainingFailedError as err:
-            raise worker_failed(err) from None
-        returned = getattr(result, "return_value")  # noqa: B009  (Ray Train V2's Result)
-        out: dict[str, Any] = torch.load(io.BytesIO(returned), weights_only=True)
-        return out
 
 
 def worker_failed(err: Exception) -> WorkerFailedError:
@@ -227,7 +246,7 @@ def _rank_failure(rank: int, error: BaseException) -> RankFailure:
     died = type(error).__name__ in ("ActorDiedError", "RayActorError", "ActorUnavailableError")
     message = _one_line(cause)
     if died:
-        message = f"the worker process died ({type(error).__name__})"
+        message = f"{WORKER_DIED} ({type(error).__name__})"
     trace = "" if died else "".join(traceback.format_exception(cause))
     return RankFailure(rank, -1 if died else 1, None, message, trace)
 

@@ -1,4 +1,5 @@
-"""When restarting the workers can help, and the elastic agent that asks before each restart.
+"""When restarting the workers can help, and the elastic agent that asks before each restart
+(the Ray launcher asks the same :class:`RestartPolicy` before each new fit).
 
 Restarts are for lost workers: one killed by a signal (SIGKILL, the OOM killer), one that lost a
 peer (a closed connection), one stuck past ``collective_timeout_s``. A worker that *raised* (a
@@ -30,6 +31,8 @@ PEER_FAILURE_HINTS = (
 )
 #: A collective that waited past ``collective_timeout_s``: a hang somewhere, worth a restart.
 TIMEOUT_HINTS = ("Timed out", "timed out", "DistStoreError")
+#: How a launcher that cannot see the signal (Ray: a dead actor) says a worker process died.
+WORKER_DIED = "the worker process died"
 
 
 def root_cause_first(failures: list[RankFailure]) -> list[RankFailure]:
@@ -47,7 +50,7 @@ def is_lost_worker(failure: RankFailure) -> bool:
     """Whether ``failure`` is a worker lost to the outside (a signal, a lost peer, a hang),
     rather than one that raised an error of the job itself."""
     text = failure.message + failure.traceback
-    hints = PEER_FAILURE_HINTS + TIMEOUT_HINTS
+    hints = (*PEER_FAILURE_HINTS, *TIMEOUT_HINTS, WORKER_DIED)
     return failure.signal is not None or any(hint in text for hint in hints)
 
 
