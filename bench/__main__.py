@@ -43,22 +43,25 @@ def main() -> None:
     )
     print(
         f"{'variant':38} {'samples/s':>10} {'x single':>9} {'x torchrun':>10} {'x best':>7} "
-        f"{'wall s':>7} {'outside s':>9} {'final loss':>10}"
+        f"{'wall s':>7} {'outside s':>9} {'1st step s':>10} {'final loss':>10}"
     )
     for name, runs in results.items():
         sps = statistics.median(r["samples_per_second"] for r, _ in runs)
         wall = statistics.median(w for _, w in runs)  # the whole command
         # Start-up and teardown: the whole command's time outside the training loop.
         outside = statistics.median(w - r["train_time_s"] for r, w in runs)
+        # From the command's start to the training loop's (its first step's).
+        to_loop = statistics.median(r["to_loop_s"] for r, _ in runs)
         loss = statistics.median(r["final_loss"] for r, _ in runs)
         print(
             f"{name:38} {sps:10.0f} {sps / single:9.2f} {sps / handmade:10.2f} "
-            f"{sps / best:7.2f} {wall:7.1f} {outside:9.1f} {loss:10.4f}"
+            f"{sps / best:7.2f} {wall:7.1f} {outside:9.1f} {to_loop:10.1f} {loss:10.4f}"
         )
     print(
         f"(medians of {args.repeats} interleaved runs; samples/s counts the training loop only,"
         " wall time the whole command from a fresh interpreter, outside s the part of it outside"
-        " the training loop: start-up and teardown)"
+        " the training loop: start-up and teardown, 1st step s the time from the command's start"
+        " to the first step's)"
     )
 
 

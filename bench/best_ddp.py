@@ -29,6 +29,8 @@ torch.set_num_threads(max(1, len(cpus) // world))
 x, y = workload.data()
 net = DistributedDataParallel(workload.model(), bucket_cap_mb=25, gradient_as_bucket_view=True)
 opt = torch.optim.AdamW(net.parameters(), lr=workload.LR, fused=True)
+if rank == 0:
+    workload.mark_loop_start()
 started = time.perf_counter()
 loss_sum = torch.zeros((), dtype=torch.float64)
 for epoch in range(workload.EPOCHS):

@@ -25,6 +25,8 @@ sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, seed=worklo
 loader = DataLoader(dataset, batch_size=workload.GLOBAL_BATCH // world, sampler=sampler)
 net = DistributedDataParallel(workload.model())
 opt = torch.optim.AdamW(net.parameters(), lr=workload.LR)
+if rank == 0:
+    workload.mark_loop_start()
 started = time.perf_counter()
 totals = torch.zeros(2, dtype=torch.float64)
 for epoch in range(workload.EPOCHS):

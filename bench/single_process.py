@@ -14,6 +14,7 @@ from bench import workload
 x, y = workload.data()
 net = workload.model()
 opt = torch.optim.AdamW(net.parameters(), lr=workload.LR)
+workload.mark_loop_start()
 started, epoch_loss = time.perf_counter(), 0.0
 for epoch in range(workload.EPOCHS):
     order = epoch_order(len(x), workload.SEED, epoch)  # the library's order: same math

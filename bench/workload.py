@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -17,6 +18,27 @@ from ai_distributed_training.training.callbacks import CallbackContext
 SAMPLES, FEATURES, CLASSES = 100_000, 128, 2
 HIDDEN = (512, 512)
 GLOBAL_BATCH, EPOCHS, LR, SEED = 1024, 2, 1e-3, 0
+
+
+#: The file where a run writes when its training loop starts (set per run by bench.common).
+LOOP_START_FILE = "ADT_BENCH_LOOP_START_FILE"
+
+
+def mark_loop_start() -> None:
+    """Write this moment (wall clock) to the run's loop-start file: the time to the first step,
+    counted from the command's start (call on one rank, right before the loop)."""
+    path = os.environ.get(LOOP_START_FILE)
+    if path:
+        Path(path).write_text(repr(time.time()))
+
+
+class LoopStart(Callback):
+    """:func:`mark_loop_start` from inside ``train_distributed`` (rank 0, before the first
+    step; it costs nothing per step)."""
+
+    def on_train_start(self, ctx: CallbackContext) -> None:
+        if ctx.rank == 0:
+            mark_loop_start()
 
 
 def data() -> tuple[torch.Tensor, torch.Tensor]:
