@@ -36,10 +36,11 @@ test: lint typecheck
 	$(PY) -m pytest
 
 ## Throughput against the hand-written DDP and single-process baselines, then what
-## compile=True buys (several minutes each).
+## compile=True buys (several minutes each), then the loop's fixed cost per step (~1 min).
 bench: install
 	$(PY) -m bench
 	$(PY) -m bench.compile
+	$(PY) -m bench.step_overhead
 
 ## Regenerate the README's settings table from the config model.
 readme: install
