@@ -173,13 +173,15 @@ class RayLauncher:
         can help (see :class:`.restarts.RestartPolicy`)."""
         from ray.train.v2.api.exceptions import TrainingFailedError
 
+        ray = import_ray()
         connect(self.settings.ray_address)
+        shared_job = ray.put(cloudpickle.dumps(job))  # once, however many fits
         policy = RestartPolicy(progress)
         restarts_left = self.settings.max_restarts
         while True:
             try:
                 with restored_signal_handlers([signal.SIGINT]):  # Ray's fit installs its own
-                    result = self._trainer(job).fit()
+                    result = self._trainer(job, shared_job).fit()
                 break
             except TrainingFailedError as err:
                 failed = worker_failed(err)
@@ -193,10 +195,10 @@ class RayLauncher:
         out: dict[str, Any] = torch.load(io.BytesIO(returned), weights_only=True)
         return out
 
-    def _trainer(self, job: Job) -> Any:
-        """One fit of the job's workers (a restart is another fit of the same run: the same
-        name and storage, where the workers count attempts and find the checkpoints)."""
-        ray = import_ray()
+    def _trainer(self, job: Job, shared_job: Any) -> Any:
+        """One fit of the job's workers, which load it from ``shared_job`` (its reference in
+        Ray's object store). A restart is another fit of the same run: the same name and
+        storage, where the workers count attempts and find the checkpoints."""
         from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -210,7 +212,7 @@ class RayLauncher:
         return TorchTrainer(
             cast(Any, train_worker),  # typed as returning None; Ray V2 returns rank 0's value
             train_loop_config={
-                "job": ray.put(cloudpickle.dumps(job)),
+                "job": shared_job,
                 "sys_path": [p for p in sys.path if p],  # the caller's modules import there
             },
             scaling_config=ScalingConfig(
