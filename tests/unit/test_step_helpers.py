@@ -73,3 +73,25 @@ def test_the_non_finite_check_is_exact_where_the_fast_norm_overflows() -> None:
     assert not local_gradients_finite([torch.ones(3), torch.tensor([float("inf")])])
     assert not local_gradients_finite([torch.tensor([1.0, float("nan")])])
     assert local_gradients_finite([torch.zeros(0)])
+
+
+def test_the_non_finite_check_leaves_every_gradient_bitwise_as_it_was() -> None:
+    """The fused check multiplies by a scale of 1 in place: no value may change (-0.0, the
+    smallest subnormals, the largest finite values), in every dtype it takes, alongside a
+    sparse gradient (checked apart)."""
+    grads = []
+    for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+        info = torch.finfo(dtype)
+        subnormal = info.smallest_normal * info.eps
+        special = [0.0, -0.0, subnormal, -info.max, info.max, 0.1, info.tiny]
+        grads.append(torch.tensor(special, dtype=dtype))
+    with torch.sparse.check_sparse_tensor_invariants():
+        grads.append(torch.sparse_coo_tensor([[0, 2]], [1.5, -2.0], (4,)))
+        sparse_inf = torch.sparse_coo_tensor([[1]], [float("inf")], (4,))
+    before = [g.clone() for g in grads]
+    assert local_gradients_finite(grads)
+    for g, b in zip(grads[:4], before[:4], strict=True):
+        assert torch.equal(g.view(torch.uint8), b.view(torch.uint8)), g.dtype  # bit for bit
+    grads[2][3] = float("nan")  # a NaN in the bfloat16 group only
+    assert not local_gradients_finite(grads)
+    assert not local_gradients_finite([torch.ones(2), sparse_inf])
