@@ -208,3 +208,14 @@ def test_metric_sums_keep_no_autograd_graph() -> None:
     logits = torch.randn(3, 2, requires_grad=True)
     stats = meter.batch(logits.sum(), 3, 3, None, ({"logits": logits}, None))
     assert not stats.requires_grad
+
+
+def test_accuracy_counts_only_targets_that_are_not_ignored() -> None:
+    """Per-position targets with ignored (-100) positions: those are neither scored nor
+    correct, whatever the prediction there."""
+    meter = Meter("classification", {}, torch.device("cpu"))
+    logits = torch.zeros(1, 4, 3)
+    logits[0, :, 1] = 1.0  # predicts class 1 everywhere
+    target = torch.tensor([[1, -100, 2, 1]])  # 2 of the 3 scored positions are right
+    stats = meter.batch(torch.tensor(0.0), 3, 1, (logits, target), (logits, target))
+    assert meter.summarize("train", stats)["train_accuracy"] == pytest.approx(2 / 3)

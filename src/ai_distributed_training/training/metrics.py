@@ -104,11 +104,10 @@ class Meter:
 def _correct(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(correct, scored) counts: classes in the last dimension of outputs shaped
     ``(*target.shape, classes)``, else in dimension 1; targets of -100 are not scored."""
-    pred = pred.detach()
     dim = -1 if pred.shape[:-1] == target.shape else 1
-    valid = target != IGNORE_INDEX
-    correct = (pred.argmax(dim=dim) == target) & valid
-    return correct.sum(), valid.sum()
+    # A predicted class is never -100: an ignored target is never counted correct.
+    correct = pred.detach().argmax(dim=dim) == target
+    return correct.sum(), (target != IGNORE_INDEX).sum()
 
 
 def per_worker(gathered: torch.Tensor) -> dict[str, list[float]]:
