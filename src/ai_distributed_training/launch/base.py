@@ -1,6 +1,7 @@
 """The one interface of the launchers: create a job's workers, wait for them, hand back rank 0's
 output. torch elastic (:class:`.elastic.ElasticLauncher`) and Ray
-(:class:`.ray.RayLauncher`) implement it; what a rank does is :mod:`..training`'s either way."""
+(:class:`.ray_launcher.RayLauncher`) implement it; what a rank does is :mod:`..training`'s
+either way."""
 
 from __future__ import annotations
 
