@@ -4,17 +4,21 @@ with the same guarantees (exact resume after a killed worker, a failing rank nam
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from ai_distributed_training import (
+    Callback,
+    CallbackContext,
     ConfigError,
     DistributedTraining,
     TrainingResult,
     WorkerFailedError,
 )
+from ai_distributed_training.launch.ray_launcher import POLL_INTERVAL_VAR
 from ai_distributed_training.launch.ray_worker import ATTEMPTS_DIR, POINTER_FILE
 from ai_distributed_training.training.checkpoint import load_checkpoint
 from tests.helpers import bitwise_equal
@@ -38,8 +42,19 @@ def local_ray() -> Iterator[None]:
     ray.shutdown()
 
 
+class RecordPollInterval(Callback):
+    """Writes, on rank 0, the poll interval Ray Train's controller passed on to its workers."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_train_start(self, ctx: CallbackContext) -> None:
+        if ctx.rank == 0:
+            self.path.write_text(os.environ.get(POLL_INTERVAL_VAR, "unset"))
+
+
 def test_killed_ray_worker_is_restarted_and_ends_bitwise_equal_to_elastic(
-    local_ray: None,
+    local_ray: None, tmp_path: Path
 ) -> None:
     elastic = TRAINER.train_distributed(MODEL, DATA, nodes=2)
     on_ray = TRAINER.train_distributed(
@@ -49,8 +64,13 @@ def test_killed_ray_worker_is_restarted_and_ends_bitwise_equal_to_elastic(
         launcher="ray",
         max_restarts=1,
         fault_injection=[{"kind": "kill", "rank": 1, "step": 5}],  # after step 3's checkpoint
+        callbacks=[RecordPollInterval(tmp_path / "interval")],
     )
     assert ray.is_initialized()  # a local instance was started for the call, and kept
+    # Train's controller polled every 0.2 s (it passes the variable on to the workers), not
+    # every 2 s (each checkpoint's report waits for a poll); the caller's environment is as it was.
+    assert (tmp_path / "interval").read_text() == "0.2"
+    assert POLL_INTERVAL_VAR not in os.environ
     assert on_ray["restarts"] == 1 and on_ray["nodes_used"] == 2
     assert bitwise_equal(on_ray, elastic)
     assert [h["train_loss"] for h in on_ray["history"]] == [
@@ -75,11 +95,12 @@ def _check_ray_records(result: TrainingResult) -> None:
 
 
 def test_raising_ray_worker_stops_the_job_naming_its_rank_and_is_not_retried(
-    local_ray: None, tmp_path: Path
+    local_ray: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An error that would repeat (raised before any checkpoint) is not retried, although
     restarts are left: the rule of torch elastic's launcher (Ray alone retried it twice)."""
-    with pytest.raises(WorkerFailedError) as caught:
+    with monkeypatch.context() as env, pytest.raises(WorkerFailedError) as caught:
+        env.setenv(POLL_INTERVAL_VAR, "0.3")  # the user's own poll interval wins
         TRAINER.train_distributed(
             MODEL,
             DATA,
@@ -88,7 +109,9 @@ def test_raising_ray_worker_stops_the_job_naming_its_rank_and_is_not_retried(
             ray_storage_path=str(tmp_path),
             max_restarts=2,
             fault_injection=[{"kind": "raise", "rank": 1, "step": 2}],
+            callbacks=[RecordPollInterval(tmp_path / "interval")],
         )
+    assert (tmp_path / "interval").read_text() == "0.3"
     assert caught.value.first.rank == 1
     assert "injected fault" in caught.value.first.message
     assert "faults.py" in caught.value.first.traceback

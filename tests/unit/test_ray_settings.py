@@ -11,6 +11,7 @@ import pytest
 
 from ai_distributed_training import ConfigError, DistributedTraining
 from ai_distributed_training.cli import _parser, launcher_settings
+from ai_distributed_training.launch.ray_launcher import poll_interval_s
 
 MODEL = {"model_name": "m", "hidden_sizes": [8]}
 DATA = {"samples": 64, "features": 4}
@@ -61,3 +62,7 @@ def test_cli_launcher_flags_become_settings() -> None:
     args = _parser().parse_args(["train", "--launcher", "ray", "--ray-address", "auto"])
     assert launcher_settings(args) == {"launcher": "ray", "ray_address": "auto"}
     assert launcher_settings(_parser().parse_args(["train"])) == {}
+
+
+def test_ray_trains_poll_interval_grows_with_the_workers_up_to_rays_default() -> None:
+    assert [poll_interval_s(n) for n in (1, 2, 20, 50, 200, 1000)] == [0.2, 0.2, 0.2, 0.5, 2.0, 2.0]

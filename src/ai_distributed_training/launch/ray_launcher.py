@@ -40,6 +40,8 @@ RAY_EXTRA = "pip install 'ai-distributed-training[ray]'"
 #: Seconds to wait for a TCP connection to a given Ray address before calling it unreachable
 #: (Ray itself retries an unreachable head for minutes).
 CONNECT_TIMEOUT_S = 5.0
+#: Ray Train's variable for how often its controller polls the workers (Ray's default: 2 s).
+POLL_INTERVAL_VAR = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 
 
 def import_ray() -> ModuleType:
@@ -173,14 +175,16 @@ class RayLauncher:
         can help (see :class:`.restarts.RestartPolicy`)."""
         from ray.train.v2.api.exceptions import TrainingFailedError
 
-        ray = import_ray()
-        connect(self.settings.ray_address)
+        ray, settings = import_ray(), self.settings
+        connect(settings.ray_address)
         shared_job = ray.put(cloudpickle.dumps(job))  # once, however many fits
         policy = RestartPolicy(progress)
-        restarts_left = self.settings.max_restarts
+        restarts_left = settings.max_restarts
         while True:
             try:
-                with restored_signal_handlers([signal.SIGINT]):  # Ray's fit installs its own
+                # Ray's fit installs its own SIGINT handler; the poll interval is read in fit.
+                with restored_signal_handlers([signal.SIGINT]), restored_environ():
+                    os.environ.setdefault(POLL_INTERVAL_VAR, str(poll_interval_s(settings.nodes)))
                     result = self._trainer(job, shared_job).fit()
                 break
             except TrainingFailedError as err:
@@ -231,6 +235,17 @@ class RayLauncher:
                 checkpoint_config=CheckpointConfig(num_to_keep=settings.keep_checkpoints),
             ),
         )
+
+
+def poll_interval_s(nodes: int) -> float:
+    """How often Ray Train's controller should poll ``nodes`` workers, in seconds: 0.01 s per
+    worker, between 0.2 s and Ray's default of 2 s. Each ``ray.train.report`` (one per
+    checkpoint) waits in a one-slot queue until the controller's next poll takes it, and a fit
+    ends only after a poll found every worker done: at Ray's 2 s, a fit of 18 small steps with
+    6 checkpoints took 26 s (training 6 s of it, 9 s after its end), at 0.2 s 12.5 s (0.6 s,
+    1.4 s). A poll of a busy worker is not a missed health check (it is awaited at the next
+    one), and 200 or more workers keep Ray's 2 s. A user's own setting of the variable wins."""
+    return min(2.0, max(0.2, 0.01 * nodes))
 
 
 def worker_failed(err: Exception) -> WorkerFailedError:
