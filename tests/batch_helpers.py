@@ -231,6 +231,16 @@ def uneven_step(ctx: Any, batch: Any) -> dict[str, Any]:
     return {"loss": loss}
 
 
+def uneven_model_step(ctx: Any, batch: Any) -> dict[str, Any]:
+    """:func:`uneven_step` for a job of one model (named "model")."""
+    x, y = batch
+    loss = F.cross_entropy(ctx.models["model"](x), y)
+    ctx.backward(loss)
+    if ctx.rank == 0:
+        ctx.step("model")
+    return {"loss": loss}
+
+
 def mismatch_message() -> str:
     """On each rank: train with :func:`uneven_step`; the error's message (or 'no error')."""
     try:

@@ -53,10 +53,7 @@ class WorkerFailedError(RuntimeError):
         if others:
             lines.append(f"(ranks {others} stopped after it)")
         if "Timed out" in first.message:
-            lines.append(
-                f"rank {first.rank} waited longer than collective_timeout_s for a peer; ranks "
-                f"that never reached the collective (likely stuck): {_not_arrived(failures)}"
-            )
+            lines.append(_timeout_line(first.rank, failures))
         if not_restarted:
             lines.append(not_restarted)
         if first.traceback:
@@ -75,6 +72,25 @@ class WorkerFailedError(RuntimeError):
     def rank(self) -> int:
         """Global rank of the first worker that failed."""
         return self.first.rank
+
+
+#: What makes torch name mismatched collectives at once (its desync check).
+DESYNC_CHECK = "TORCH_DISTRIBUTED_DEBUG=DETAIL"
+
+
+def _timeout_line(rank: int, failures: list[RankFailure]) -> str:
+    """Who a timed-out collective waited for: the ranks that never reached it, or, when every
+    rank was waiting in one, the likely cause: the ranks ran different collectives."""
+    stuck = _not_arrived(failures)
+    line = f"rank {rank} waited longer than collective_timeout_s for a peer; "
+    if stuck:
+        return line + f"ranks that never reached the collective (likely stuck): {stuck}"
+    return line + (
+        "every rank was waiting in a collective, so they likely ran different ones (a "
+        "train_step calling ctx.backward or ctx.step on some ranks only, a forward that differs "
+        f"by rank); run with the environment variable {DESYNC_CHECK} to have torch name the "
+        "mismatch at once"
+    )
 
 
 def _not_arrived(failures: list[RankFailure]) -> list[int]:

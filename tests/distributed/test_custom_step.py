@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 from torch.utils.data import TensorDataset
 
-from ai_distributed_training import DistributedTraining
+from ai_distributed_training import DistributedTraining, WorkerFailedError
+from ai_distributed_training.errors import DESYNC_CHECK
 from ai_distributed_training.launch.debug import debug_launcher
 from tests.batch_helpers import (
     custom_weights,
@@ -17,6 +19,7 @@ from tests.batch_helpers import (
     gan_step,
     mismatch_message,
     on_this_rank,
+    uneven_model_step,
 )
 from tests.helpers import bitwise_equal
 
@@ -47,6 +50,21 @@ def test_a_step_taken_on_some_ranks_only_stops_the_job_with_a_clear_error() -> N
     for message in messages:
         assert message.startswith("StepMismatchError: the ranks' train_step calls differ at")
         assert "'step:student': 1.0" in message and "'step:student': 0.0" in message
+
+
+def test_under_fsdp_torchs_desync_check_names_a_step_taken_on_some_ranks_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under FSDP ctx.step is a collective, so the ranks wait in different collectives; with
+    the variable the error names the mismatch within seconds, not after collective_timeout_s
+    (without it: see test_restart_rule's timeout message)."""
+    x = torch.randn(256, 6, generator=torch.Generator().manual_seed(0))
+    with monkeypatch.context() as env, pytest.raises(WorkerFailedError) as caught:
+        env.setenv(*DESYNC_CHECK.split("="))
+        DistributedTraining(
+            epochs=1, strategy="fsdp", train_step=uneven_model_step, runs_dir=None, max_restarts=0
+        ).train_distributed(nn.Linear(6, 2), (x, (x[:, 0] > 0).long()), nodes=2)
+    assert "Detected mismatch between collectives" in str(caught.value)
 
 
 def test_a_killed_gan_worker_resumes_bitwise(tmp_path: Path) -> None:

@@ -3,7 +3,7 @@ repeat (raised without a newer checkpoint since its attempt began) is not."""
 
 from __future__ import annotations
 
-from ai_distributed_training.errors import RankFailure
+from ai_distributed_training.errors import DESYNC_CHECK, RankFailure, WorkerFailedError
 from ai_distributed_training.launch.ray_launcher import _rank_failure
 from ai_distributed_training.launch.restarts import RestartPolicy
 
@@ -40,3 +40,15 @@ def test_lost_workers_are_restarted_without_progress() -> None:
         assert _policy([-1]).why_not_restart(failure) is None, failure
     # The same rank failing by raising is not a lost worker.
     assert _policy([-1]).why_not_restart(_rank_failure(0, ValueError("bad"))) is not None
+
+
+def test_a_timeout_where_every_rank_waited_suggests_mismatched_collectives() -> None:
+    """Every rank timed out in a collective (none stuck elsewhere): the ranks ran different
+    collectives, e.g. ctx.step on some ranks only under FSDP; torch's desync check names it."""
+    timed_out = "RuntimeError: [gloo] Timed out waiting 30000ms for recv operation to complete"
+    both = [RankFailure(0, 1, None, timed_out, ""), RankFailure(1, 1, None, timed_out, "")]
+    message = str(WorkerFailedError(both))
+    assert "every rank was waiting in a collective" in message
+    assert f"run with the environment variable {DESYNC_CHECK}" in message
+    stuck = [both[0], RankFailure(1, -15, "SIGTERM", "stopped by the agent", "")]
+    assert "likely stuck): [1]" in str(WorkerFailedError(stuck))
