@@ -14,24 +14,21 @@ from ai_distributed_training import (
     Callback,
     CallbackContext,
     ConfigError,
-    DistributedTraining,
     TrainingResult,
     WorkerFailedError,
 )
 from ai_distributed_training.launch.ray_launcher import POLL_INTERVAL_VAR
 from ai_distributed_training.launch.ray_worker import ATTEMPTS_DIR, POINTER_FILE
 from ai_distributed_training.training.checkpoint import load_checkpoint
+from tests.distributed.test_recovery import DATA, MODEL, TRAINER
 from tests.helpers import bitwise_equal
 
 ray = pytest.importorskip("ray")  # the [ray] extra; the dev extra installs it
 
 pytestmark = pytest.mark.distributed
 
-# Dropout makes the per-rank RNG streams matter: a resume that lost them would not be exact.
-MODEL = {"model_name": "m", "hidden_sizes": [32, 32], "dropout": 0.1}
-DATA = {"samples": 600, "features": 8}
-TRAINER = DistributedTraining(epochs=2, batch_size=64, checkpoint_every=3, seed=5)
-# 540 training samples, 64 per step: 9 steps per epoch, 18 in all; checkpoints every 3 steps.
+# The recovery job (dropout: the per-rank RNG streams matter; 30 steps, a checkpoint every 4)
+# and, as the fixture `uninterrupted`, its run under torch elastic.
 
 
 @pytest.fixture(scope="module")
@@ -54,16 +51,16 @@ class RecordPollInterval(Callback):
 
 
 def test_killed_ray_worker_is_restarted_and_ends_bitwise_equal_to_elastic(
-    local_ray: None, tmp_path: Path
+    local_ray: None, tmp_path: Path, uninterrupted: TrainingResult
 ) -> None:
-    elastic = TRAINER.train_distributed(MODEL, DATA, nodes=2)
+    elastic = uninterrupted
     on_ray = TRAINER.train_distributed(
         MODEL,
         DATA,
         nodes=2,
         launcher="ray",
         max_restarts=1,
-        fault_injection=[{"kind": "kill", "rank": 1, "step": 5}],  # after step 3's checkpoint
+        fault_injection=[{"kind": "kill", "rank": 1, "step": 6}],  # after step 4's checkpoint
         callbacks=[RecordPollInterval(tmp_path / "interval")],
     )
     assert ray.is_initialized()  # a local instance was started for the call, and kept
@@ -83,15 +80,15 @@ def _check_ray_records(result: TrainingResult) -> None:
     """Ray's storage (the run directory) holds one marker per attempt and, for each of the
     newest checkpoints, a pointer Ray lists that names a valid checkpoint of ours."""
     run_dir = Path(str(result["run_dir"]))
-    # The restart resumed from the checkpoint of step 3 (not from scratch).
-    assert "resuming at epoch 1, step 3" in (run_dir / "events.log").read_text()
+    # The restart resumed from the checkpoint of step 4 (not from scratch).
+    assert "resuming at epoch 1, step 4" in (run_dir / "events.log").read_text()
     (storage,) = run_dir.glob("adt-*")
     assert sorted(p.name for p in (storage / ATTEMPTS_DIR).iterdir()) == ["0", "1"]
     pointers = sorted(storage.glob(f"step-*/{POINTER_FILE}"))
     assert pointers, "no checkpoint was registered with Ray"
     newest = json.loads(pointers[-1].read_text())
-    assert newest["step"] == 18
-    assert load_checkpoint(Path(newest["checkpoint"]))["loop"]["step"] == 18
+    assert newest["step"] == 30
+    assert load_checkpoint(Path(newest["checkpoint"]))["loop"]["step"] == 30
 
 
 def test_raising_ray_worker_stops_the_job_naming_its_rank_and_is_not_retried(

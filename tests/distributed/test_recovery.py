@@ -29,11 +29,6 @@ def _losses(result: TrainingResult) -> list[tuple[float, ...]]:
     return [(h["train_loss"], h["val_loss"], h["val_accuracy"]) for h in result["history"]]
 
 
-@pytest.fixture(scope="module")
-def uninterrupted() -> TrainingResult:
-    return TRAINER.train_distributed(MODEL, DATA, nodes=2)
-
-
 def test_killed_and_raising_workers_restarted_five_times_end_bitwise_equal(
     uninterrupted: TrainingResult,
 ) -> None:
