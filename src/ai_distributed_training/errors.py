@@ -80,16 +80,17 @@ DESYNC_CHECK = "TORCH_DISTRIBUTED_DEBUG=DETAIL"
 
 def _timeout_line(rank: int, failures: list[RankFailure]) -> str:
     """Who a timed-out collective waited for: the ranks that never reached it, or, when every
-    rank was waiting in one, the likely cause: the ranks ran different collectives."""
+    failed rank timed out in a collective itself, the likely causes."""
     stuck = _not_arrived(failures)
     line = f"rank {rank} waited longer than collective_timeout_s for a peer; "
     if stuck:
         return line + f"ranks that never reached the collective (likely stuck): {stuck}"
     return line + (
-        "every rank was waiting in a collective, so they likely ran different ones (a "
-        "train_step calling ctx.backward or ctx.step on some ranks only, a forward that differs "
-        f"by rank); run with the environment variable {DESYNC_CHECK} to have torch name the "
-        "mismatch at once"
+        "every failed rank timed out in a collective itself (none was busy elsewhere), so the "
+        "ranks likely ran different collectives (a train_step calling ctx.backward or ctx.step "
+        "on some ranks only, a forward that differs by rank), or a rank on another host is "
+        f"stuck; run with the environment variable {DESYNC_CHECK} to have torch name "
+        "mismatched collectives at once"
     )
 
 
