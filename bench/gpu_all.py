@@ -37,8 +37,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def gpus(n: int) -> str:
+    return "1 GPU" if n == 1 else f"{n} GPUs"
+
+
 def throughput(args: argparse.Namespace) -> tuple[list[tuple[str, dict[str, Any]]], int]:
-    """The throughput rows (name, bench.gpu's figures) and the 'all GPUs' worker count."""
+    """The throughput rows (name, bench.gpu's figures) and the 'all GPUs' worker count. On a
+    host of one GPU the DDP rows on all GPUs would repeat the one-GPU rows: not run again."""
     base = gpu.parse(["--cpu"] if args.cpu else [])
     base.peak_tflops = args.peak_tflops
     every = args.nodes or (2 if args.cpu else torch.cuda.device_count())
@@ -46,10 +51,15 @@ def throughput(args: argparse.Namespace) -> tuple[list[tuple[str, dict[str, Any]
     variants: list[tuple[str, int, dict[str, Any]]] = [
         ("DDP, 1 GPU", 1, {}),
         ("DDP, 1 GPU, compile", 1, {"compile": compiled}),
-        (f"DDP, {every} GPUs", every, {}),
-        (f"DDP, {every} GPUs, compile", every, {"compile": compiled}),
-        (f"FSDP, {every} GPUs", every, {"strategy": "fsdp"}),
-        (f"FSDP, {every} GPUs, compile", every, {"strategy": "fsdp", "compile": compiled}),
+    ]
+    if every > 1:
+        variants += [
+            (f"DDP, {gpus(every)}", every, {}),
+            (f"DDP, {gpus(every)}, compile", every, {"compile": compiled}),
+        ]
+    variants += [
+        (f"FSDP, {gpus(every)}", every, {"strategy": "fsdp"}),
+        (f"FSDP, {gpus(every)}, compile", every, {"strategy": "fsdp", "compile": compiled}),
     ]
     rows = []
     for name, nodes, settings in variants:
@@ -85,10 +95,11 @@ def checks(args: argparse.Namespace, rows: dict[str, dict[str, Any]], every: int
         ok = math.isfinite(r["final_loss"]) and r["final_loss"] < 0.9 * uniform
         out.append((name, ok, f"final loss {r['final_loss']:.3f} (uniform {uniform:.3f})"))
 
-    ddp = rows[f"DDP, {every} GPUs"]["result"]
+    ddp = rows[f"DDP, {gpus(every)}"]["result"]
     backend = "gloo" if args.cpu else "nccl"
     ok = ddp["backend"] == backend and ddp["weights_in_sync"]
-    out.append((f"{backend} process group", ok, f"{every} workers, weights in sync: {ok}"))
+    workers = "1 worker" if every == 1 else f"{every} workers"
+    out.append((f"{backend} process group", ok, f"{workers}, weights in sync: {ok}"))
     learned("bf16 autocast", precision="bf16")
     if args.cpu:
         out.append(("fp16 + gradient scaler", None, "needs a GPU"))
@@ -111,7 +122,7 @@ def checks(args: argparse.Namespace, rows: dict[str, dict[str, Any]], every: int
         )
     )
     out.append(("FSDP == DDP (fp32)", gap < 1e-4, f"largest weight difference {gap:.1e}"))
-    mixed, reference = rows[f"FSDP, {every} GPUs"], rows[f"DDP, {every} GPUs"]
+    mixed, reference = rows[f"FSDP, {gpus(every)}"], rows[f"DDP, {gpus(every)}"]
     rel = abs(mixed["final_loss"] - reference["final_loss"]) / reference["final_loss"]
     precision = "fp32" if args.cpu else "bf16"
     out.append(
@@ -131,11 +142,13 @@ def report(rows: list[tuple[str, dict[str, Any]]], every: int, found: list[Check
             f"{r['wall_time_s']:7.1f} {r['final_loss']:10.4f}"
         )
     by = dict(rows)
-    one, all_ = by["DDP, 1 GPU"]["tokens_per_s"], by[f"DDP, {every} GPUs"]["tokens_per_s"]
-    print(
-        f"scaling efficiency 1 -> {every} GPUs (DDP): {all_ / (every * one):.1%} (goal >= 90%); "
-        f"MFU on one GPU: {by['DDP, 1 GPU']['mfu']:.1%} (goal >= 40%)"
+    one, all_ = by["DDP, 1 GPU"]["tokens_per_s"], by[f"DDP, {gpus(every)}"]["tokens_per_s"]
+    scaling = (
+        f"scaling efficiency 1 -> {every} GPUs (DDP): {all_ / (every * one):.1%} (goal >= 90%)"
+        if every > 1
+        else "scaling efficiency: needs 2 or more GPUs (one here)"
     )
+    print(f"{scaling}; MFU on one GPU: {by['DDP, 1 GPU']['mfu']:.1%} (goal >= 40%)")
     print("(wall s: the whole call; compile's cost is the wall difference of a compile row)")
     for name, ok, detail in found:
         status = "SKIP" if ok is None else ("PASS" if ok else "FAIL")
