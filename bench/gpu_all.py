@@ -37,8 +37,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def count(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural unless 1 ("1 GPU", "2 GPUs")."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def gpus(n: int) -> str:
-    return "1 GPU" if n == 1 else f"{n} GPUs"
+    return count(n, "GPU")
 
 
 def throughput(args: argparse.Namespace) -> tuple[list[tuple[str, dict[str, Any]]], int]:
@@ -98,8 +103,7 @@ def checks(args: argparse.Namespace, rows: dict[str, dict[str, Any]], every: int
     ddp = rows[f"DDP, {gpus(every)}"]["result"]
     backend = "gloo" if args.cpu else "nccl"
     ok = ddp["backend"] == backend and ddp["weights_in_sync"]
-    workers = "1 worker" if every == 1 else f"{every} workers"
-    out.append((f"{backend} process group", ok, f"{workers}, weights in sync: {ok}"))
+    out.append((f"{backend} process group", ok, f"{count(every, 'worker')}, weights in sync: {ok}"))
     learned("bf16 autocast", precision="bf16")
     if args.cpu:
         out.append(("fp16 + gradient scaler", None, "needs a GPU"))

@@ -20,15 +20,17 @@ import json, tempfile, time
 from ai_distributed_training import DistributedTraining
 from bench import workload as w
 for call in range({calls}):
-    checkpoints = {{"checkpoint_every": {every}, "checkpoint_dir": tempfile.mkdtemp()}}
-    trainer = DistributedTraining(epochs=w.EPOCHS, batch_size=w.GLOBAL_BATCH, learning_rate=w.LR,
-                                  seed=w.SEED, validation_split=0.0, runs_dir=None,
-                                  max_restarts=0, **(checkpoints if {every} else {{}}))
-    started = time.perf_counter()
-    r = trainer.train_distributed({{"model_name": "mlp", "hidden_sizes": list(w.HIDDEN)}},
-                                  w.data(), nodes=2, launcher="{launcher}")
-    print(json.dumps({{"samples_per_second": r["samples_per_second"],
-                      "call_s": time.perf_counter() - started, "final_loss": r["final_loss"]}}))
+    with tempfile.TemporaryDirectory() as ckpt:  # each call its own checkpoints, removed after
+        checkpoints = {{"checkpoint_every": {every}, "checkpoint_dir": ckpt}} if {every} else {{}}
+        trainer = DistributedTraining(epochs=w.EPOCHS, batch_size=w.GLOBAL_BATCH,
+                                      learning_rate=w.LR, seed=w.SEED, validation_split=0.0,
+                                      runs_dir=None, max_restarts=0, **checkpoints)
+        started = time.perf_counter()
+        r = trainer.train_distributed({{"model_name": "mlp", "hidden_sizes": list(w.HIDDEN)}},
+                                      w.data(), nodes=2, launcher="{launcher}")
+        print(json.dumps({{"samples_per_second": r["samples_per_second"],
+                          "call_s": time.perf_counter() - started,
+                          "final_loss": r["final_loss"]}}))
 """
 #: Each variant: (calls in one interpreter, the last one measured; launcher; checkpoint_every,
 #: 0 for none; the elastic variant it is compared with).

@@ -220,24 +220,13 @@ def on_this_rank() -> dict[str, torch.Tensor]:
     return custom_weights(torch.distributed.get_world_size())
 
 
-def uneven_step(ctx: Any, batch: Any) -> dict[str, Any]:
-    """Steps the student on rank 0 only: the others' models would silently drift apart."""
+def uneven_step(ctx: Any, batch: Any, model: str = "student") -> dict[str, Any]:
+    """Steps ``model`` on rank 0 only: the others' models would silently drift apart."""
     x, y = batch
-    out = ctx.models["student"](x)
-    loss = F.cross_entropy(out, y)
+    loss = F.cross_entropy(ctx.models[model](x), y)
     ctx.backward(loss)
     if ctx.rank == 0:
-        ctx.step("student")
-    return {"loss": loss}
-
-
-def uneven_model_step(ctx: Any, batch: Any) -> dict[str, Any]:
-    """:func:`uneven_step` for a job of one model (named "model")."""
-    x, y = batch
-    loss = F.cross_entropy(ctx.models["model"](x), y)
-    ctx.backward(loss)
-    if ctx.rank == 0:
-        ctx.step("model")
+        ctx.step(model)
     return {"loss": loss}
 
 

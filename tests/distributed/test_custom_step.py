@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from tests.batch_helpers import (
     gan_step,
     mismatch_message,
     on_this_rank,
-    uneven_model_step,
+    uneven_step,
 )
 from tests.helpers import bitwise_equal
 
@@ -62,7 +63,11 @@ def test_under_fsdp_torchs_desync_check_names_a_step_taken_on_some_ranks_only(
     with monkeypatch.context() as env, pytest.raises(WorkerFailedError) as caught:
         env.setenv(*DESYNC_CHECK.split("="))
         DistributedTraining(
-            epochs=1, strategy="fsdp", train_step=uneven_model_step, runs_dir=None, max_restarts=0
+            epochs=1,
+            strategy="fsdp",
+            train_step=partial(uneven_step, model="model"),  # the one model's name
+            runs_dir=None,
+            max_restarts=0,
         ).train_distributed(nn.Linear(6, 2), (x, (x[:, 0] > 0).long()), nodes=2)
     assert "Detected mismatch between collectives" in str(caught.value)
 
