@@ -35,7 +35,7 @@ from .training.checkpoint import (
     is_checkpoint,
     list_checkpoints,
 )
-from .training.dryrun import dry_run
+from .training.dryrun import dry_run, dry_run_module
 from .training.identity import compatible, differences
 from .training.identity import fingerprint as run_fingerprint
 from .training.sharding import smallest_share
@@ -89,7 +89,7 @@ def prepare(
     # The built-in architectures fit the data by construction; a train_step is the user's own
     # code with optimizers in it, not run here.
     if model_source.spec is None and settings.train_step is None:
-        dry_run(skeleton, data_source, settings)
+        dry_run(dry_run_module(model_source, skeleton, data_source.info), data_source, settings)
     check_warmup(settings)
     _check_compile(settings)
     fingerprint = run_fingerprint(skeleton, data_source, settings)

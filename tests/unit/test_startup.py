@@ -1,7 +1,9 @@
-"""Every worker pays for what it imports: heavy optional modules load only when used."""
+"""Every worker pays for what it imports: heavy optional modules load only when used, and
+the imports are built without the garbage collector's passes."""
 
 from __future__ import annotations
 
+import gc
 import socket
 import subprocess
 import sys
@@ -10,6 +12,7 @@ import time
 
 import pytest
 
+from ai_distributed_training.launch.worker import collector_off_then_frozen
 from ai_distributed_training.training.rank import wait_for_rank0_store
 
 # Measured: torch.distributed.checkpoint (FSDP's checkpoints) adds ~0.5 s to a worker's start.
@@ -20,6 +23,21 @@ def test_a_ddp_worker_does_not_import_fsdp_or_parquet_modules() -> None:
     code = (
         "import sys, ai_distributed_training.launch.worker, ai_distributed_training.api\n"
         f"print([m for m in {LAZY!r} if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_callers_checks_of_a_small_factory_model_import_no_compiler_modules() -> None:
+    """The dry run of a factory's small model runs it for real: on the meta device its first
+    operation imports sympy and torch._dynamo (1-2.5 s) in the caller, before any launch."""
+    code = (
+        "import sys, torch\n"
+        "from ai_distributed_training.config import TrainingSettings\n"
+        "from ai_distributed_training.prepare import prepare\n"
+        "make = lambda: torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU())\n"
+        "prepare(make, {'samples': 100, 'features': 4}, TrainingSettings(runs_dir=None))\n"
+        "print([m for m in ('sympy', 'torch._dynamo') if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -94,3 +112,18 @@ def test_the_public_names_load_on_first_use() -> None:
     assert sorted(package.__all__) == sorted(package._EXPORTS)
     for name in package.__all__:
         assert getattr(package, name).__name__ == name
+
+
+def test_a_workers_imports_are_built_without_the_collector_then_frozen() -> None:
+    """The collector is off while the block runs and on after it, with what the block built
+    frozen out of later collections (the distributed determinism test checks a real worker)."""
+    assert gc.isenabled()
+    frozen_before = gc.get_freeze_count()
+    try:
+        with collector_off_then_frozen():
+            assert not gc.isenabled()
+            built = [[] for _ in range(10_000)]
+        assert gc.isenabled()
+        assert gc.get_freeze_count() >= frozen_before + len(built)
+    finally:
+        gc.unfreeze()  # the test process's own objects go back to the collector

@@ -17,7 +17,10 @@ from ai_distributed_training import (
     GPUAcceleratedTraining,
 )
 from ai_distributed_training.config import TrainingSettings
+from ai_distributed_training.data import resolve_data
+from ai_distributed_training.models import resolve_model
 from ai_distributed_training.prepare import prepare
+from ai_distributed_training.training.dryrun import dry_run_module
 
 MODEL = {"model_name": "m", "hidden_sizes": [8]}
 DATA = {"samples": 100, "features": 4}
@@ -270,12 +273,37 @@ def test_a_model_that_does_not_fit_the_data_fails_before_any_worker_starts() -> 
         r"float32, targets \(2,\) int64\): RuntimeError: mat1 and mat2",
     ):
         train(nn.Linear(5, 2))
-    with pytest.raises(ConfigError, match=r"fails on a batch .*: RuntimeError: .*\[5, 2\]"):
-        train(lambda: nn.Linear(5, 2))  # a factory's model, checked on the meta device
+    with pytest.raises(ConfigError, match=r"fails on a batch .*: RuntimeError: mat1 and mat2"):
+        train(lambda: nn.Linear(5, 2))  # a factory's small model, checked for real on the CPU
+    big = (5, 2**13), (2**13, 2**11)  # 64 MiB and more: checked on the meta device
+    with pytest.raises(ConfigError, match=r"fails on a batch .*: RuntimeError: .*\[5, 8192\]"):
+        train(lambda: nn.Sequential(*(nn.Linear(*shape) for shape in big)))
     module = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.BatchNorm1d(8), nn.Linear(8, 2))
     before = {k: v.clone() for k, v in module.state_dict().items()}
     prepare(module, DATA, TrainingSettings())  # the caller's module: checked, left as it was
     assert module.training and all(
         torch.equal(v, before[k]) for k, v in module.state_dict().items()
     )
-    prepare(_NeedsRealValues, DATA, TrainingSettings())  # not checkable on meta: left to workers
+    prepare(_NeedsRealValues, DATA, TrainingSettings())  # small: run for real, and it passes
+
+
+def test_a_small_factory_model_is_dry_run_on_the_cpu_leaving_the_callers_generators() -> None:
+    source = resolve_model(lambda: nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5)))
+    info = resolve_data(DATA).info
+    skeleton = source.skeleton(info)
+    assert next(skeleton.parameters()).is_meta
+    torch.manual_seed(3)
+    before = torch.get_rng_state()
+    checked = dry_run_module(source, skeleton, info)
+    assert not next(checked.parameters()).is_meta  # built for real: no meta kernels (below)
+    assert torch.equal(torch.get_rng_state(), before)  # its weights' draws were undone
+
+    def meta_only() -> nn.Module:  # say, code that wants a device this caller does not have
+        module = nn.Linear(4, 2)
+        if not module.weight.is_meta:
+            raise RuntimeError("cannot build here")
+        return module
+
+    odd = resolve_model(meta_only)
+    odd_skeleton = odd.skeleton(info)
+    assert dry_run_module(odd, odd_skeleton, info) is odd_skeleton  # the meta pass is kept

@@ -9,10 +9,13 @@ elastic agent reads, which is how the caller learns why a rank failed.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import gc
 import os
 import signal
 import sys
+from collections.abc import Iterator
 
 #: Set by the launcher: the process that starts workers (the caller, where the agent runs).
 LAUNCHER_PID = "ADT_LAUNCHER_PID"
@@ -30,16 +33,39 @@ def die_with_parent() -> None:
         os._exit(1)
 
 
+@contextlib.contextmanager
+def collector_off_then_frozen() -> Iterator[None]:
+    """Run the block (a worker's imports) with Python's cyclic garbage collector off, then
+    freeze what it built and turn the collector back on.
+
+    Importing torch, and ``torch._dynamo`` after it, builds ~450k long-lived objects; with
+    the collector on, each full collection along the way walks all of them again: a quarter
+    of the import time (0.3-0.9 s per worker here). Frozen, they stay out of every later
+    collection, in the training loop too. The cost: the import's few cyclic leftovers stay
+    (~5 MiB per worker).
+    """
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        gc.enable()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of a worker process launched by the elastic agent."""
     # Imported only now, after the guard: torch and the training code take a second or two.
-    from torch.distributed.elastic.multiprocessing.errors import record
+    with collector_off_then_frozen():
+        # DDP's constructor and every optimizer import torch._dynamo on first use: here,
+        # with the imports, it is built without the collector's passes.
+        import torch._dynamo  # noqa: F401
+        from torch.distributed.elastic.multiprocessing.errors import record
 
-    from ..host import exit_finished_worker
-    from ..topology import RankEnv
-    from ..training.rank import run_rank
-    from ..training.tracking import configure_worker_logging
-    from .handover import JobFiles
+        from ..host import exit_finished_worker
+        from ..topology import RankEnv
+        from ..training.rank import run_rank
+        from ..training.tracking import configure_worker_logging
+        from .handover import JobFiles
 
     @record
     def work(job_path: str) -> None:

@@ -10,17 +10,52 @@ import torch
 from torch import nn
 
 from ..config import TrainingSettings
-from ..data import DataSource, example_batch
+from ..data import DataInfo, DataSource, example_batch
 from ..data.streams import StreamSource
 from ..data.structure import describe_structure, num_samples, to_device
 from ..data.tensors import DatasetSource
 from ..errors import ConfigError
+from ..models import ModelSource
+from .checkpoint import capture_rng, restore_rng
 from .metrics import Meter
 from .objective import NoTargetError, Objective
 
+#: A factory's model of at most this many bytes of parameters and buffers is dry-run for real
+#: on the CPU rather than on the meta device (see :func:`dry_run_module`).
+REAL_DRY_RUN_BYTES = 64 * 2**20
+
+
+def dry_run_module(source: ModelSource, skeleton: nn.Module, info: DataInfo) -> nn.Module:
+    """The module to dry-run: ``skeleton``, or, where that is a factory's model on the meta
+    device of at most :data:`REAL_DRY_RUN_BYTES`, the factory's model built on the CPU.
+
+    Why: operations on meta tensors run torch's Python reference kernels, whose first use
+    imports sympy and ``torch._dynamo`` (1-2.5 s here, in the caller, before any worker
+    starts), where a small model's real 2-sample pass takes milliseconds and checks more
+    (real values, ``.item()``). The caller's random generators are left as they were.
+    """
+    if source.factory is None or not _on_meta(skeleton) or _bytes(skeleton) > REAL_DRY_RUN_BYTES:
+        return skeleton
+    rng = capture_rng()
+    try:
+        with torch.device("cpu"):
+            return source.build(info)
+    except Exception:  # e.g. a factory that wants a GPU: the meta pass will do
+        return skeleton
+    finally:
+        restore_rng(rng)
+
+
+def _on_meta(module: nn.Module) -> bool:
+    return any(t.is_meta for t in (*module.parameters(), *module.buffers()))
+
+
+def _bytes(module: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+
 
 def dry_run(module: nn.Module, data: DataSource, settings: TrainingSettings) -> None:
-    """Run ``module`` (a model's :meth:`~..models.ModelSource.skeleton`: the caller's own module,
+    """Run ``module`` (:func:`dry_run_module`: the caller's own module, a factory's small model,
     or a factory's model on the meta device), the loss and the metrics on 2 samples: in eval
     mode, without gradients, its mode restored, on its device.
 
