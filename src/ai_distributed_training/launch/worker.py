@@ -40,9 +40,9 @@ def collector_off_then_frozen() -> Iterator[None]:
 
     Importing torch, and ``torch._dynamo`` after it, builds ~450k long-lived objects; with
     the collector on, each full collection along the way walks all of them again: a quarter
-    of the import time (0.3-0.9 s per worker here). Frozen, they stay out of every later
-    collection, in the training loop too. The cost: the import's few cyclic leftovers stay
-    (~5 MiB per worker).
+    of the import time (0.8-1.0 s of ~5 s per worker on a slow 2-core VM). Frozen, they stay
+    out of every later collection, in the training loop too. The cost: the import's few
+    cyclic leftovers stay (~5 MiB per worker).
     """
     gc.disable()
     try:
