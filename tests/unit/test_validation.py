@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -257,9 +258,10 @@ def test_sync_batchnorm_needs_gpus() -> None:
 
 
 class _NeedsRealValues(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, unused_width: int = 0) -> None:
         super().__init__()
         self.lin = nn.Linear(4, 2)
+        self.unused = nn.Linear(unused_width, unused_width)  # makes it big: checked on meta
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.lin(x) * float(x.abs().sum().item() >= 0)  # cannot run on meta tensors
@@ -285,6 +287,8 @@ def test_a_model_that_does_not_fit_the_data_fails_before_any_worker_starts() -> 
         torch.equal(v, before[k]) for k, v in module.state_dict().items()
     )
     prepare(_NeedsRealValues, DATA, TrainingSettings())  # small: run for real, and it passes
+    big_needs_real_values = partial(_NeedsRealValues, unused_width=2**13)  # 256 MiB, on meta
+    prepare(big_needs_real_values, DATA, TrainingSettings())  # not checkable there: left to workers
 
 
 def test_a_small_factory_model_is_dry_run_on_the_cpu_leaving_the_callers_generators() -> None:
@@ -295,7 +299,7 @@ def test_a_small_factory_model_is_dry_run_on_the_cpu_leaving_the_callers_generat
     torch.manual_seed(3)
     before = torch.get_rng_state()
     checked = dry_run_module(source, skeleton, info)
-    assert not next(checked.parameters()).is_meta  # built for real: no meta kernels (below)
+    assert not next(checked.parameters()).is_meta  # built for real (imports: test_startup)
     assert torch.equal(torch.get_rng_state(), before)  # its weights' draws were undone
 
     def meta_only() -> nn.Module:  # say, code that wants a device this caller does not have

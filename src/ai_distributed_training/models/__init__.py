@@ -1,7 +1,7 @@
 """The model layer: model inputs -> ``nn.Module``; the built-in architectures."""
 
 from .builtin import ARCHITECTURES, FSDP_BLOCKS
-from .source import Models, ModelSource, check_fits_data, resolve_model
+from .source import Models, ModelSource, check_fits_data, on_meta_device, resolve_model
 from .transformer import Decoder
 
 __all__ = [
@@ -11,5 +11,6 @@ __all__ = [
     "ModelSource",
     "Models",
     "check_fits_data",
+    "on_meta_device",
     "resolve_model",
 ]

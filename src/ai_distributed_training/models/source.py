@@ -98,6 +98,12 @@ class ModelSource:
         return _call_factory(self.factory)
 
 
+def on_meta_device(module: nn.Module) -> bool:
+    """Whether ``module`` has weights on the meta device (shapes only, no memory): a
+    :meth:`ModelSource.skeleton`, or a model that FSDP's non-zero ranks build empty."""
+    return any(t.is_meta for t in (*module.parameters(), *module.buffers()))
+
+
 def _all_models(model: Mapping[Any, Any]) -> bool:
     """A dict of models: string keys, each value an nn.Module, a factory or a spec dict."""
     return bool(model) and all(

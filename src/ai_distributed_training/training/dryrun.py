@@ -15,7 +15,8 @@ from ..data.streams import StreamSource
 from ..data.structure import describe_structure, num_samples, to_device
 from ..data.tensors import DatasetSource
 from ..errors import ConfigError
-from ..models import ModelSource
+from ..host import payload_bytes
+from ..models import ModelSource, on_meta_device
 from .checkpoint import capture_rng, restore_rng
 from .metrics import Meter
 from .objective import NoTargetError, Objective
@@ -34,7 +35,8 @@ def dry_run_module(source: ModelSource, skeleton: nn.Module, info: DataInfo) -> 
     starts), where a small model's real 2-sample pass takes milliseconds and checks more
     (real values, ``.item()``). The caller's random generators are left as they were.
     """
-    if source.factory is None or not _on_meta(skeleton) or _bytes(skeleton) > REAL_DRY_RUN_BYTES:
+    small = payload_bytes([*skeleton.parameters(), *skeleton.buffers()]) <= REAL_DRY_RUN_BYTES
+    if source.factory is None or not on_meta_device(skeleton) or not small:
         return skeleton
     rng = capture_rng()
     try:
@@ -44,14 +46,6 @@ def dry_run_module(source: ModelSource, skeleton: nn.Module, info: DataInfo) -> 
         return skeleton
     finally:
         restore_rng(rng)
-
-
-def _on_meta(module: nn.Module) -> bool:
-    return any(t.is_meta for t in (*module.parameters(), *module.buffers()))
-
-
-def _bytes(module: nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
 
 
 def dry_run(module: nn.Module, data: DataSource, settings: TrainingSettings) -> None:

@@ -41,7 +41,7 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
 from ...data import DataInfo
-from ...models import ModelSource
+from ...models import ModelSource, on_meta_device
 from ..checkpoint import checkpoint_path, commit_sharded
 from .base import local_gradients_finite, local_part, written_by
 from .ddp import DDPStrategy
@@ -84,7 +84,7 @@ class FSDPStrategy(DDPStrategy):
         return source.build(info)
 
     def wrap(self, model: nn.Module) -> nn.Module:
-        on_meta = any(t.is_meta for t in (*model.parameters(), *model.buffers()))
+        on_meta = on_meta_device(model)
         if not on_meta:
             model = model.to(self.device)
         # Rank 0's full weights, kept until they are broadcast into everyone's shards.
