@@ -89,7 +89,9 @@ def prepare(
     # The built-in architectures fit the data by construction; a train_step is the user's own
     # code with optimizers in it, not run here.
     if model_source.spec is None and settings.train_step is None:
-        dry_run(dry_run_module(model_source, skeleton, data_source.info), data_source, settings)
+        info, on_cpu = data_source.info, not settings.use_gpus
+        checked = dry_run_module(model_source, skeleton, info, trains_on_cpu=on_cpu)
+        dry_run(checked, data_source, settings)
     check_warmup(settings)
     _check_compile(settings)
     fingerprint = run_fingerprint(skeleton, data_source, settings)

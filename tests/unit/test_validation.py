@@ -298,9 +298,11 @@ def test_a_small_factory_model_is_dry_run_on_the_cpu_leaving_the_callers_generat
     assert next(skeleton.parameters()).is_meta
     torch.manual_seed(3)
     before = torch.get_rng_state()
-    checked = dry_run_module(source, skeleton, info)
+    checked = dry_run_module(source, skeleton, info, trains_on_cpu=True)
     assert not next(checked.parameters()).is_meta  # built for real (imports: test_startup)
     assert torch.equal(torch.get_rng_state(), before)  # its weights' draws were undone
+    # For GPU training it stays on meta: a CPU pass could refuse code that only CUDA runs.
+    assert dry_run_module(source, skeleton, info, trains_on_cpu=False) is skeleton
 
     def meta_only() -> nn.Module:  # say, code that wants a device this caller does not have
         module = nn.Linear(4, 2)
@@ -310,4 +312,5 @@ def test_a_small_factory_model_is_dry_run_on_the_cpu_leaving_the_callers_generat
 
     odd = resolve_model(meta_only)
     odd_skeleton = odd.skeleton(info)
-    assert dry_run_module(odd, odd_skeleton, info) is odd_skeleton  # the meta pass is kept
+    kept = dry_run_module(odd, odd_skeleton, info, trains_on_cpu=True)
+    assert kept is odd_skeleton  # the meta pass is kept

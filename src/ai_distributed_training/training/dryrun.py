@@ -26,17 +26,22 @@ from .objective import NoTargetError, Objective
 REAL_DRY_RUN_BYTES = 64 * 2**20
 
 
-def dry_run_module(source: ModelSource, skeleton: nn.Module, info: DataInfo) -> nn.Module:
+def dry_run_module(
+    source: ModelSource, skeleton: nn.Module, info: DataInfo, *, trains_on_cpu: bool
+) -> nn.Module:
     """The module to dry-run: ``skeleton``, or, where that is a factory's model on the meta
-    device of at most :data:`REAL_DRY_RUN_BYTES`, the factory's model built on the CPU.
+    device of at most :data:`REAL_DRY_RUN_BYTES` and the workers train on CPUs, the factory's
+    model built on the CPU.
 
     Why: operations on meta tensors run torch's Python reference kernels, whose first use
     imports sympy and ``torch._dynamo`` (1-2.5 s here, in the caller, before any worker
     starts), where a small model's real 2-sample pass takes milliseconds and checks more
-    (real values, ``.item()``). The caller's random generators are left as they were.
+    (real values, ``.item()``). Only for CPU training: a model meant for GPUs may run code
+    that only CUDA has, which the meta pass skips and a CPU pass would wrongly refuse. The
+    caller's random generators are left as they were.
     """
     small = payload_bytes([*skeleton.parameters(), *skeleton.buffers()]) <= REAL_DRY_RUN_BYTES
-    if source.factory is None or not on_meta_device(skeleton) or not small:
+    if not trains_on_cpu or source.factory is None or not on_meta_device(skeleton) or not small:
         return skeleton
     rng = capture_rng()
     try:
