@@ -19,6 +19,19 @@ class ConfigTypeError(ConfigError, TypeError):
     """A setting, model spec or data input has the wrong type; raised before any worker starts."""
 
 
+class DataChangedError(ConfigError):
+    """A data file changed since a checkpoint of the run was written: continuing from it would
+    train one model on two data sets without a word (setting ``allow_data_change``)."""
+
+    def __init__(self, changed: list[str], what: str) -> None:
+        super().__init__(
+            f"{'; '.join(changed)}: changed since {what} was written. The run trained on the "
+            "old contents and would continue on the new ones; put the old file back, start "
+            "afresh (resume=None, or another checkpoint_dir), or pass allow_data_change=True "
+            "to continue on the new data (recorded in events.log)"
+        )
+
+
 @dataclass(frozen=True)
 class RankFailure:
     """What one failed worker reported: its global rank and why it stopped."""

@@ -18,6 +18,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import hashlib
 import logging
 import os
 import resource
@@ -27,6 +28,7 @@ import socket
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -170,6 +172,32 @@ def write_atomically(obj: Any, path: Path) -> None:
         if isinstance(err, Exception):
             _raise_if_out_of_space(err, path.parent, payload_bytes(obj))
         raise
+
+
+#: A file's content fingerprint hashes this many evenly spread blocks of this many bytes (the
+#: first and the last among them); a file of at most their total is hashed whole.
+FINGERPRINT_BLOCKS, FINGERPRINT_BLOCK_BYTES = 64, 64 * 1024
+
+
+def file_fingerprint(path: str | os.PathLike[str]) -> str:
+    """What identifies a file's contents, cheaply: its size, its modification time and a hash
+    of :data:`FINGERPRINT_BLOCKS` evenly spread blocks (4 MiB read of any file: 23 ms for a
+    1 GB file here, 2.5 s to hash it whole; 6 ms once cached). A rewrite changes the
+    modification time; a copy that kept it (``cp -p``) and the size is told by the blocks
+    unless it differs only between them."""
+    stat = os.stat(path)
+    size, span = stat.st_size, FINGERPRINT_BLOCKS * FINGERPRINT_BLOCK_BYTES
+    digest = hashlib.blake2b(digest_size=8)
+    with open(path, "rb") as f:
+        if size <= span:
+            digest.update(f.read())
+        else:
+            last = size - FINGERPRINT_BLOCK_BYTES
+            for i in range(FINGERPRINT_BLOCKS):
+                f.seek(last * i // (FINGERPRINT_BLOCKS - 1))
+                digest.update(f.read(FINGERPRINT_BLOCK_BYTES))
+    modified = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stat.st_mtime))
+    return f"{size} bytes, modified {modified}.{stat.st_mtime_ns % 10**9:09d}, content {digest.hexdigest()}"
 
 
 def payload_bytes(obj: Any) -> int:

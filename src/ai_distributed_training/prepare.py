@@ -23,7 +23,7 @@ from .config import TrainingSettings, check_warmup
 from .data import DataInfo, DataSource, resolve_data
 from .data.streams import StreamSource
 from .data.tensors import DatasetSource, TensorSource
-from .errors import ConfigError, ConfigTypeError
+from .errors import ConfigError, ConfigTypeError, DataChangedError
 from .host import available_cores, host_memory_bytes
 from .models import ModelSource, check_fits_data, resolve_model
 from .planner import choose_strategy
@@ -36,7 +36,7 @@ from .training.checkpoint import (
     list_checkpoints,
 )
 from .training.dryrun import dry_run, dry_run_module
-from .training.identity import compatible, differences
+from .training.identity import changed_data_files, compatible, differences
 from .training.identity import fingerprint as run_fingerprint
 from .training.sharding import smallest_share
 from .training.tracking import caller_log_level
@@ -58,6 +58,9 @@ class PreparedJob:
     #: Where the run starts from (the ``resume`` setting, resolved; see :func:`_resume_point`).
     resume_path: Path | None = None
     resume_dir: Path | None = None
+    #: What the checks decided that the run's events.log must say (e.g. a changed data file
+    #: continued on, with ``allow_data_change``).
+    notes: tuple[str, ...] = ()
 
 
 def prepare(
@@ -95,7 +98,10 @@ def prepare(
     check_warmup(settings)
     _check_compile(settings)
     fingerprint = run_fingerprint(skeleton, data_source, settings)
-    settings, resume_path, resume_dir = _resume_point(settings, fingerprint, model_source.name)
+    notes: list[str] = []
+    settings, resume_path, resume_dir = _resume_point(
+        settings, fingerprint, model_source.name, notes
+    )
     if settings.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise ConfigError(
             "tensorboard=True needs the tensorboard package: "
@@ -116,6 +122,7 @@ def prepare(
         fingerprint=fingerprint,
         resume_path=resume_path,
         resume_dir=resume_dir,
+        notes=tuple(notes),
     )
 
 
@@ -368,7 +375,7 @@ def _threads_per_worker(settings: TrainingSettings, topology: Topology) -> int:
 
 
 def _resume_point(
-    settings: TrainingSettings, fingerprint: dict[str, str], model_name: str
+    settings: TrainingSettings, fingerprint: dict[str, str], model_name: str, notes: list[str]
 ) -> tuple[TrainingSettings, Path | None, Path | None]:
     """Where the run starts from, checked before any worker starts: ``(settings, path, dir)``.
 
@@ -377,7 +384,8 @@ def _resume_point(
     without ``checkpoint_dir`` the newest compatible earlier run of this model under
     ``runs_dir``; the workers then take the newest valid checkpoint there (skipping, with a
     warning, any that fails its checksums). A checkpoint resumes only with the strategy that
-    wrote it; ``strategy="auto"`` follows it. Only checkpoints' small facts are read here."""
+    wrote it; ``strategy="auto"`` follows it. Only checkpoints' small facts are read here. A
+    data file changed since is refused, or with ``allow_data_change`` said in ``notes``."""
     if settings.resume is None:
         return settings, None, None
     path: Path | None = None
@@ -400,8 +408,22 @@ def _resume_point(
     if newest is None:
         return settings, None, None
     settings = _strategy_of(*newest, settings)
+    if path is None:  # a path given is a choice of weights: other data may follow
+        notes += _check_data_files(*newest, fingerprint, settings.allow_data_change)
     _check_compatible(*newest, fingerprint, only_model=path is not None)
     return settings, path, directory
+
+
+def _check_data_files(
+    path: Path, meta: dict[str, Any], fingerprint: dict[str, str], allowed: bool
+) -> list[str]:
+    """Refuse to continue the checkpoint ``path`` if a data file changed since it was written
+    (its run trained on the old contents: the two would mix silently), unless ``allowed``;
+    returns what the run's events.log says of it then."""
+    changed = changed_data_files(fingerprint, meta.get("fingerprint") or {})
+    if changed and not allowed:
+        raise DataChangedError(changed, f"the checkpoint {path}")
+    return [f"continuing {path} on changed data (allow_data_change=True): {c}" for c in changed]
 
 
 def _newest_readable(directory: Path) -> tuple[Path, dict[str, Any]] | None:
@@ -438,7 +460,7 @@ def _check_compatible(
         return
     mine = {"model": fingerprint["model"]} if only_model else fingerprint
     theirs = {"model": theirs.get("model", "")} if only_model else theirs
-    differ = differences(mine, theirs)
+    differ = differences(mine, theirs, data_files=False)  # those: _check_data_files
     if differ:
         raise ConfigError(
             f"resume={str(path) if only_model else 'auto'!r}: the checkpoint {path} belongs to "
@@ -451,11 +473,12 @@ def _newest_compatible_run(
     runs_dir: str | None, model_name: str, fingerprint: dict[str, str]
 ) -> Path | None:
     """``resume="auto"`` without ``checkpoint_dir``: the checkpoint directory of the newest
-    earlier run of this model (``<runs_dir>/<timestamp>-<model_name>``) that it can continue."""
+    earlier run of this model (``<runs_dir>/<timestamp>-<model_name>``) that it can continue
+    but for its data files' contents (a change there is refused, not silently passed over)."""
     for run in runs_of(Path(runs_dir), model_name) if runs_dir else []:
         for path in list_checkpoints(run / "checkpoints"):
             try:
-                if compatible(fingerprint, checkpoint_meta(path)):
+                if compatible(fingerprint, checkpoint_meta(path), data_files=False):
                     return run / "checkpoints"
             except Exception:  # unreadable: not a candidate
                 continue

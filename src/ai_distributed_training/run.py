@@ -115,6 +115,8 @@ def _launch(prepared: PreparedJob, started: float, config: dict[str, Any]) -> Tr
     message = f"Starting distributed training across {topology.world_size} nodes{via}{resuming}..."
     announce(run_dir, logging.INFO, message)
     announce(run_dir, logging.INFO, f"Data: {prepared.data.info.description}")
+    for note in prepared.notes:
+        announce(run_dir, logging.WARNING, note)
     try:
         out = make_launcher(prepared).launch(job, progress=partial(_progress, ckpt_dir, job))
     except WorkerFailedError as err:

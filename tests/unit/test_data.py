@@ -104,8 +104,34 @@ def test_a_csv_target_column_can_be_chosen_by_name_or_index(tmp_path: Path) -> N
         assert torch.equal(y, torch.arange(30) % 3) and x.shape == (30, 2)
         assert torch.equal(x[:, 0], torch.arange(30, dtype=x.dtype))
         assert "target: column 0 'price'" in source.info.description
-    default = resolve_data(str(path)).info.description
-    assert "target: last column 'area'" in default
+    with pytest.raises(ConfigError, match=r"which column of houses.csv is the target\? Its co"):
+        resolve_data(str(path))  # no column named like a target: no guess
+
+
+@pytest.mark.parametrize("header", ["label,rooms,area", "Rooms,Class,area", "rooms,area,y"])
+def test_a_csv_target_named_like_one_is_found_wherever_it_stands(
+    tmp_path: Path, header: str
+) -> None:
+    """A table whose target was its FIRST column trained on its last one without a word."""
+    path = tmp_path / "houses.csv"
+    column = [name.lower() for name in header.split(",")].index(
+        next(n for n in header.lower().split(",") if n in ("label", "class", "y"))
+    )
+    rows = [[float(i), float(2 * i), float(3 * i)] for i in range(30)]
+    for i, row in enumerate(rows):
+        row[column] = float(i % 3)
+    path.write_text(header + "\n" + "\n".join(",".join(map(str, r)) for r in rows))
+    source = resolve_data(str(path))
+    x, y = source.open().batch(torch.arange(30))
+    assert torch.equal(y, torch.arange(30) % 3) and x.shape == (30, 2)
+    assert source.info.task == "classification"
+
+
+def test_a_csv_with_two_target_like_columns_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("y,a,label\n1,2,0\n0,5,1\n")
+    with pytest.raises(ConfigError, match=r"several are named like a target \('y', 'label'\)"):
+        resolve_data(str(path))
 
 
 @pytest.mark.parametrize(

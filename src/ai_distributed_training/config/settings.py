@@ -100,6 +100,19 @@ class FaultSpec(StrictModel):
     attempt: int = Field(
         0, ge=0, description="Which attempt of the job (0: the first; n: after n restarts)."
     )
+    delay_s: float = Field(
+        0.0,
+        ge=0.0,
+        description="'kill' only: fire this many seconds after the step begins instead of "
+        "before it, from a timer, so it lands at any moment (in forward or backward, in an "
+        "all-reduce, in a checkpoint save).",
+    )
+
+    @model_validator(mode="after")
+    def _delay_kills_only(self) -> FaultSpec:
+        if self.delay_s and self.kind != "kill":
+            raise ValueError(f"delay_s applies to kind='kill' only, not kind={self.kind!r}")
+        return self
 
 
 class TrainingSettings(StrictModel):
@@ -366,6 +379,12 @@ class TrainingSettings(StrictModel):
         None,
         description="'auto' (newest valid checkpoint in checkpoint_dir, if any) or a "
         "checkpoint file path; restarted workers always resume automatically.",
+    )
+    allow_data_change: bool = Field(
+        False,
+        description="Continue from a checkpoint (resume, or a restart) although a data file "
+        "changed since it was written (size, modification time or sampled contents); "
+        "recorded in events.log. Off: such a resume is refused, naming the file.",
     )
     max_restarts: int = Field(
         3,

@@ -4,9 +4,10 @@ File formats (targets are the prediction goal):
 
 * ``.npz``: arrays named ``X`` and ``y``.
 * ``.pt``: ``torch.save`` of a tuple ``(X, y)`` or a dict with keys ``X`` and ``y``.
-* ``.npy`` and ``.csv``: one 2-D numeric table whose LAST column is the target (a ``.csv``'s
-  target column can be chosen, by header name or index: setting ``target``). A ``.csv`` may
-  have one header line. A float target column whose values are all integers (>= 0) is read as
+* ``.npy`` and ``.csv``: one 2-D numeric table whose LAST column is the target; a ``.csv``
+  may have one header line, and then its target is the column named ``target``, ``label``,
+  ``labels``, ``y`` or ``class`` wherever it stands (any other header: say which, setting
+  ``target``, by header name or index). A float target column whose values are all integers (>= 0) is read as
   class labels. A ``.npy`` table is read row by row, never loaded whole (:mod:`.streaming`).
 * a directory of ``.npy`` or ``.parquet`` shards: one table, read row by row (:mod:`.streaming`).
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ import torch
 
 from ..errors import ConfigError
 from . import streaming
-from .tensors import tensors_source
+from .tensors import TensorSource, tensors_source
 from .types import DataSource, Task
 
 # --- files ---------------------------------------------------------------------------------------
@@ -44,6 +46,13 @@ def file_source(
         )
     if p.is_dir():
         return streaming.shard_directory(p, task)
+    source = _file_source(p, task, target)
+    return (
+        replace(source, files=(str(p.resolve()),)) if isinstance(source, TensorSource) else source
+    )
+
+
+def _file_source(p: Path, task: Task | None, target: str | int | None) -> DataSource:
     suffix = p.suffix.lower()
     if suffix not in FILE_SUFFIXES:
         raise ConfigError(
@@ -80,10 +89,11 @@ def file_source(
 def _target_column(
     target: str | int | None, header: list[str] | None, columns: int, name: str
 ) -> int:
-    """The 0-based index of the target column: the last by default, else by header name or by
-    index (negative counts from the end)."""
+    """The 0-based index of the target column: by header name or by index (negative counts
+    from the end); not given: the column named like a target (:data:`TARGET_NAMES`) wherever it
+    stands, the last column of a table without a header, else a ConfigError (no guessing)."""
     if target is None:
-        return columns - 1
+        return columns - 1 if header is None else _named_target(header, name)
     if isinstance(target, str):
         if header is None or target not in header:
             found = f"its columns are {header}" if header else "it has no header line"
@@ -95,6 +105,28 @@ def _target_column(
             f"0..{columns - 1} (or -{columns}..-1 from the end), or a header name"
         )
     return target % columns
+
+
+#: Header names (any case) that mark a table's target column when the ``target`` setting is
+#: not given.
+TARGET_NAMES = ("target", "label", "labels", "y", "class")
+
+
+def _named_target(header: list[str], name: str) -> int:
+    """The one column of ``header`` named like a target; none or several: a ConfigError that
+    names the columns and the ``target`` setting."""
+    named = [i for i, column in enumerate(header) if column.lower() in TARGET_NAMES]
+    if len(named) == 1:
+        return named[0]
+    found = (
+        f"several are named like a target ({', '.join(repr(header[i]) for i in named)})"
+        if named
+        else f"none is named {'/'.join(TARGET_NAMES)}"
+    )
+    raise ConfigError(
+        f"which column of {name} is the target? Its columns are {header} and {found}; pass "
+        f"target=<a column name or 0-based index>, e.g. target={header[-1]!r}"
+    )
 
 
 def _pair(arrays: dict[str, Any], p: Path) -> tuple[Any, Any]:

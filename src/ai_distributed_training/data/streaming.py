@@ -143,6 +143,11 @@ class ShardsSource:
     labels: bool  # targets are class labels (else regression values)
     info: DataInfo
 
+    @property
+    def files(self) -> tuple[str, ...]:
+        """What the workers read (see :func:`~.types.source_files`)."""
+        return self.paths
+
     def stage(self, job_dir: Path) -> ShardsSource:
         return self  # the files are already where every local worker can read them
 

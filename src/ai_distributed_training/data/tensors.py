@@ -64,6 +64,9 @@ class TensorSource:
     #: A user DataLoader's batch_size and drop_last, when it held these tensors.
     loader_batch_size: int | None = None
     loader_drop_last: bool = False
+    #: The data file these tensors were read from in the caller (see
+    #: :func:`~.types.source_files`); the workers read the staged copy.
+    files: tuple[str, ...] = ()
 
     def stage(self, job_dir: Path) -> TensorFileSource:
         job_dir.mkdir(parents=True, exist_ok=True)

@@ -43,6 +43,12 @@ class DataInfo:
     stream: bool = False
 
 
+def source_files(source: Any) -> tuple[str, ...]:
+    """The files a data source reads its samples from in the workers or took them from in the
+    caller (a ``files`` attribute); none for in-memory or generated data."""
+    return tuple(getattr(source, "files", ()))
+
+
 def example_batch(
     info: DataInfo, batch: int, device: torch.device | str = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor]:

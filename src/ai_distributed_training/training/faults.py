@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 import time
 
 import torch
@@ -35,6 +36,11 @@ class FaultInjector:
         if fault is None or fault.kind == "nan":
             return
         log.warning("injecting fault %r at step %d", fault.kind, step)
+        if fault.kind == "kill" and fault.delay_s:  # any moment: a timer, not this thread
+            timer = threading.Timer(fault.delay_s, os.kill, (os.getpid(), signal.SIGKILL))
+            timer.daemon = True
+            timer.start()
+            return
         if fault.kind == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
         if fault.kind == "raise":

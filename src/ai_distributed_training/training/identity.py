@@ -10,6 +10,7 @@ only when the fingerprints agree, and otherwise names what differs.
 from __future__ import annotations
 
 import hashlib
+import os
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -18,7 +19,14 @@ from torch import nn
 
 from ..config import TrainingSettings
 from ..data import DataSource
+from ..data.types import source_files
+from ..errors import DataChangedError
+from ..host import file_fingerprint
 from ..models.keras import structure_keys
+
+#: The fingerprint part of each data file the data is read from: ``"data file <path>"``, its
+#: :func:`~..host.file_fingerprint` (size, modification time, sampled content hash).
+DATA_FILE = "data file "
 
 #: Settings that change what training computes (so a checkpoint only continues under the same).
 #: ``epochs`` is not one of them: continuing a run for more epochs is what resuming is for.
@@ -64,27 +72,62 @@ def fingerprint(model: nn.Module, data: DataSource, settings: TrainingSettings) 
     }
     for name in MATH_SETTINGS:
         parts[name] = _describe(getattr(settings, name))
+    parts.update(data_file_parts(data))
     return parts
 
 
-def differences(mine: Mapping[str, str], theirs: Mapping[str, str]) -> list[str]:
-    """The parts that differ, as ``name (theirs -> mine)``; hashes are named only."""
+def data_file_parts(data: DataSource) -> dict[str, str]:
+    """The fingerprint parts of the files ``data`` is read from (none for in-memory data)."""
+    paths = (os.path.abspath(path) for path in source_files(data))
+    return {DATA_FILE + path: file_fingerprint(path) for path in paths}
+
+
+def check_data_unchanged(
+    data: DataSource, fingerprint: Mapping[str, str], allowed: bool
+) -> list[str]:
+    """In a worker: the files it reads ``data`` from (a staged copy is not one) are as the
+    caller fingerprinted them when the call began. A change between a kill and the restart
+    would mix two data sets in one run: raises :class:`~..errors.DataChangedError`, or with
+    ``allowed`` (``allow_data_change``) returns what changed, for events.log."""
+    now = data_file_parts(data)
+    changed = changed_data_files(now, {k: v for k, v in fingerprint.items() if k in now})
+    if changed and not allowed:
+        raise DataChangedError(changed, "this run's first checkpoint")
+    return changed
+
+
+def changed_data_files(mine: Mapping[str, str], theirs: Mapping[str, str]) -> list[str]:
+    """The data files whose contents differ between two fingerprints, each as ``data file
+    <path> (<then> -> <now>)``."""
+    return [d for d in differences(mine, theirs) if d.startswith(DATA_FILE)]
+
+
+def differences(
+    mine: Mapping[str, str], theirs: Mapping[str, str], *, data_files: bool = True
+) -> list[str]:
+    """The parts that differ, as ``name (theirs -> mine)``; hashes are named only.
+    ``data_files``: whether the data files' contents count (``allow_data_change`` off)."""
     out = []
     for name in sorted(set(mine) | set(theirs)):
         a, b = theirs.get(name), mine.get(name)
-        if a is None and b == repr(None):
-            continue  # a setting newer than their checkpoint, left at its default
+        if a is None and (b == repr(None) or name.startswith(DATA_FILE)):
+            continue  # newer than their checkpoint: a setting left at its default, a file
+        if name.startswith(DATA_FILE) and not data_files:
+            continue
         if a != b:
             hashed = name in ("model", "data")
             out.append(f"{name} (different)" if hashed else f"{name} ({a} -> {b})")
     return out
 
 
-def compatible(fingerprint: Mapping[str, str], meta: Mapping[str, Any]) -> bool:
+def compatible(
+    fingerprint: Mapping[str, str], meta: Mapping[str, Any], *, data_files: bool = True
+) -> bool:
     """Whether a checkpoint (its facts, see :func:`~.checkpoint.checkpoint_meta`) may continue
-    as a run of ``fingerprint``; checkpoints from before fingerprints are taken as they are."""
+    as a run of ``fingerprint``; checkpoints from before fingerprints are taken as they are.
+    ``data_files``: as in :func:`differences`."""
     theirs = meta.get("fingerprint")
-    return not theirs or not differences(fingerprint, theirs)
+    return not theirs or not differences(fingerprint, theirs, data_files=data_files)
 
 
 def _structure(module: nn.Module) -> str:

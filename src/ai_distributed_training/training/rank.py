@@ -26,6 +26,7 @@ from ..host import allowed_cpus, cpu_share, keep_freed_memory, peak_rss_bytes, p
 from ..topology import RankEnv
 from .context import RankContext, RankData
 from .faults import FaultInjector
+from .identity import check_data_unchanged
 from .job import Job
 from .loop import train
 from .resume import Checkpointer, CheckpointHook, agreed_resume_point
@@ -143,6 +144,8 @@ def _train_rank(
         faults=FaultInjector(settings.fault_injection, rank, attempt),
         compute_dtype=compute_dtype,
     )
+    for change in check_data_unchanged(job.data, job.fingerprint, settings.allow_data_change):
+        ctx.job_log.warning("continuing on changed data (allow_data_change=True): %s", change)
     loop = train(model, data, ctx, resume)
     state_dict = strategy.full_state_dict(model)  # collective: a sharded model is gathered
     # Parameters only: buffers such as BatchNorm's running statistics are each rank's own.

@@ -184,7 +184,9 @@ def find_resume_point(
         log.info("resuming from %s", job.resume_path)
         return Path(job.resume_path), load_checkpoint(Path(job.resume_path)), job.resume_path
     if job.resume_dir:
-        found = load_newest_valid(Path(job.resume_dir), partial(compatible, job.fingerprint))
+        found = load_newest_valid(
+            Path(job.resume_dir), partial(compatible, job.fingerprint, data_files=False)
+        )
         if found is not None:
             log.info("resuming from %s", found[0])
             return found[0], found[1], str(found[0])
