@@ -197,7 +197,8 @@ def file_fingerprint(path: str | os.PathLike[str]) -> str:
                 f.seek(last * i // (FINGERPRINT_BLOCKS - 1))
                 digest.update(f.read(FINGERPRINT_BLOCK_BYTES))
     modified = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stat.st_mtime))
-    return f"{size} bytes, modified {modified}.{stat.st_mtime_ns % 10**9:09d}, content {digest.hexdigest()}"
+    nanoseconds = f"{stat.st_mtime_ns % 10**9:09d}"
+    return f"{size} bytes, modified {modified}.{nanoseconds}, content {digest.hexdigest()}"
 
 
 def payload_bytes(obj: Any) -> int:
