@@ -8,7 +8,8 @@ File formats (targets are the prediction goal):
   may have one header line, and then its target is the column named ``target``, ``label``,
   ``labels``, ``y`` or ``class`` wherever it stands (any other header: say which, setting
   ``target``, by header name or index). A float target column whose values are all integers
-  (>= 0) is read as class labels. A ``.npy`` table is read row by row, never loaded whole (:mod:`.streaming`).
+  (>= 0) is read as class labels. A ``.npy`` table is read row by row, never loaded whole
+  (:mod:`.streaming`).
 * a directory of ``.npy`` or ``.parquet`` shards: one table, read row by row (:mod:`.streaming`).
 """
 
