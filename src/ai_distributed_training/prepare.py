@@ -8,6 +8,7 @@ topology, the strategy ``auto`` resolved, threads per worker. Every problem is a
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from .data import DataInfo, DataSource, resolve_data
 from .data.streams import StreamSource
 from .data.tensors import DatasetSource, TensorSource
 from .errors import ConfigError, ConfigTypeError, DataChangedError
-from .host import available_cores, host_memory_bytes
+from .host import available_cores, host_memory_bytes, payload_bytes
 from .models import ModelSource, check_fits_data, resolve_model
 from .planner import choose_strategy
 from .rundir import runs_of
@@ -35,7 +36,14 @@ from .training.checkpoint import (
     is_checkpoint,
     list_checkpoints,
 )
-from .training.dryrun import dry_run, dry_run_module
+from .training.dryrun import (
+    DryRunFacts,
+    class_dimension,
+    classes_from_outputs,
+    dry_run,
+    dry_run_module,
+    dry_run_step,
+)
 from .training.identity import changed_data_files, compatible, differences
 from .training.identity import fingerprint as run_fingerprint
 from .training.sharding import smallest_share
@@ -88,17 +96,15 @@ def prepare(
     threads = _check_placement(settings, topology)
     _check_workers(settings, topology)
     skeleton = model_source.skeleton(data_source.info)  # built once for the checks below
-    _check_batchnorm(skeleton, data_source.info, settings, topology.world_size, held_out)
-    # The built-in architectures fit the data by construction; a train_step is the user's own
-    # code with optimizers in it, not run here.
-    if model_source.spec is None and settings.train_step is None:
-        info, on_cpu = data_source.info, not settings.use_gpus
-        checked = dry_run_module(model_source, skeleton, info, trains_on_cpu=on_cpu)
-        dry_run(checked, data_source, settings)
+    _check_trainable(skeleton, model_source.name)
+    _check_fsdp_blocks(settings.fsdp_blocks, skeleton)
+    _check_fits_host(skeleton, model_source.name, data_source)
+    notes: list[str] = []
+    data_source, facts = _check_on_two_samples(model_source, skeleton, data_source, settings, notes)
+    _check_batchnorm(skeleton, data_source.info, settings, topology.world_size, held_out, facts)
     check_warmup(settings)
     _check_compile(settings)
     fingerprint = run_fingerprint(skeleton, data_source, settings)
-    notes: list[str] = []
     settings, resume_path, resume_dir = _resume_point(
         settings, fingerprint, model_source.name, notes
     )
@@ -124,6 +130,88 @@ def prepare(
         resume_dir=resume_dir,
         notes=tuple(notes),
     )
+
+
+def _check_on_two_samples(
+    model: ModelSource,
+    skeleton: nn.Module,
+    data: DataSource,
+    settings: TrainingSettings,
+    notes: list[str],
+) -> tuple[DataSource, DryRunFacts | None]:
+    """The user's model (or train_step) run on two samples of the data (``dry_run``), and
+    what its outputs say of the data: whole-number float targets scored as classes, labels
+    the model has no output for. The built-in architectures fit the data by construction."""
+    if not settings.dry_run or model.spec is not None:
+        return data, None
+    checked = dry_run_module(model, skeleton, data.info, trains_on_cpu=not settings.use_gpus)
+    if checked is None:
+        return data, None
+    if settings.train_step is not None:
+        dry_run_step(checked, data, settings)
+        return data, None
+    facts = dry_run(checked, data, settings)
+    data = classes_from_outputs(data, facts, notes)
+    _check_classes(data.info, facts, model.name)
+    return data, facts
+
+
+def _check_fsdp_blocks(blocks: list[str] | None, skeleton: nn.Module) -> None:
+    """``fsdp_blocks`` that name module classes of the model: a name that matches none would
+    leave the whole model one FSDP unit, its memory saving lost without a word."""
+    present = {type(m).__name__ for m in skeleton.modules()}
+    missing = [b for b in blocks or [] if b not in present]
+    if missing:
+        raise ConfigError(
+            f"fsdp_blocks names {missing}, no module class of the model; its module classes "
+            f"are {sorted(present)}"
+        )
+
+
+def _check_trainable(skeleton: nn.Module, name: str) -> None:
+    """A model with something to train (the built-in step's optimizer needs parameters)."""
+    if not any(p.requires_grad for p in skeleton.parameters()):
+        what = "no parameters" if next(skeleton.parameters(), None) is None else "every one frozen"
+        raise ConfigError(
+            f"the model {name} has {what} (requires_grad=False): nothing to train; pass a "
+            "model with trainable parameters"
+        )
+
+
+def _check_fits_host(skeleton: nn.Module, name: str, data: DataSource) -> None:
+    """Weights, and synthetic data each worker generates whole, that fit this host's memory
+    (else every worker fails building them, after the launch)."""
+    memory = host_memory_bytes()
+    weights = payload_bytes([*skeleton.parameters(), *skeleton.buffers()])
+    if weights > memory:
+        raise ConfigError(
+            f"the model {name}'s weights take {weights / 2**30:,.1f} GiB, more than this "
+            f"host's {memory / 2**30:,.1f} GiB of memory: no worker could build it"
+        )
+    spec = getattr(data, "spec", None)
+    if spec is not None:
+        values = math.prod(data.info.input_shape) + 1
+        size = spec.samples * values * 4
+        if size > memory:
+            raise ConfigError(
+                f"samples={spec.samples} of synthetic data take {size / 2**30:,.1f} GiB, more "
+                f"than this host's {memory / 2**30:,.1f} GiB of memory (each worker generates "
+                f"them whole); use at most {memory // (values * 4) // 2:,} samples"
+            )
+
+
+def _check_classes(info: DataInfo, facts: DryRunFacts | None, name: str) -> None:
+    """Class labels the model has outputs for: a label >= its classes fails in every worker
+    (cross-entropy's "Target 10 is out of bounds"), after the launch."""
+    if facts is None or info.task != "classification" or info.tokens:
+        return
+    classes = class_dimension(facts.prediction_shape, facts.target_shape)
+    if classes is not None and info.num_outputs > classes:
+        raise ConfigError(
+            f"the labels go up to {info.num_outputs - 1} ({info.num_outputs} classes) but the "
+            f"model {name} outputs {classes} classes; give it {info.num_outputs} outputs, or "
+            f"labels in 0..{classes - 1}"
+        )
 
 
 def _adopt_loader_batch(settings: TrainingSettings, data: DataSource) -> TrainingSettings:
@@ -153,6 +241,12 @@ def _check_custom_step(settings: TrainingSettings, model: ModelSource) -> Traini
     names; a custom step does its own micro-batching. A train_step has no built-in
     validation: nothing is held out for it."""
     names = sorted(model.parts) if model.parts is not None else ["model"]
+    ignored = [k for k in ("loss_fn", "forward", "count_fn") if getattr(settings, k) is not None]
+    if settings.train_step is not None and ignored:
+        raise ConfigError(
+            f"{', '.join(ignored)} apply to the built-in step; your train_step computes its own "
+            "loss (call them from it), so they would be ignored: pass one or the other"
+        )
     if settings.train_step is None:
         if model.parts is not None:
             raise ConfigError(
@@ -322,18 +416,27 @@ def _check_device(settings: TrainingSettings, topology: Topology, *, gpus_here: 
 
 
 def _check_batchnorm(
-    model: nn.Module, info: DataInfo, settings: TrainingSettings, world_size: int, held_out: float
+    model: nn.Module,
+    info: DataInfo,
+    settings: TrainingSettings,
+    world_size: int,
+    held_out: float,
+    facts: DryRunFacts | None,
 ) -> None:
-    """BatchNorm in training needs samples in every worker's micro-batch, BatchNorm1d on feature
-    vectors 2 or more (with 1 it fails in every worker, after the launch). Said before any
-    worker starts, with the way out."""
+    """BatchNorm in training needs samples in every worker's micro-batch, and 2 or more where
+    a layer sees one value per channel per sample (BatchNorm1d on feature vectors, BatchNorm2d
+    on 1x1 maps, as the dry run saw; without it, BatchNorm1d is taken as such): with 1 it fails
+    in a worker, after the launch. Said before any worker starts, with the way out."""
     layers = {type(m).__name__ for m in model.modules() if isinstance(m, _BatchNorm)}
     if not layers or info.stream:  # a stream's last global batch is not known in advance
         return
     n_train = info.samples - int(info.samples * held_out)
     share = smallest_share(n_train, settings.batch_size, world_size, settings.drop_last)
     smallest = share // settings.gradient_accumulation_steps
-    need = 2 if "BatchNorm1d" in layers else 1
+    if facts is not None and facts.batchnorm_values_per_sample is not None:
+        need = 2 if facts.batchnorm_values_per_sample == 1 else 1
+    else:
+        need = 2 if "BatchNorm1d" in layers else 1
     if smallest < need:
         raise ConfigError(
             f"the model's {', '.join(sorted(layers))} layers need at least {need} sample(s) per "

@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import stat
 import time
 import warnings
 from collections.abc import Iterator
@@ -63,12 +65,27 @@ def _checkpoint_dir_lock(prepared: PreparedJob) -> Iterator[None]:
     try:
         with directory_lock(directory):
             yield
+    except PermissionError as err:  # its .lock file is another user's
+        raise ConfigError(
+            f"checkpoint_dir={settings.checkpoint_dir!r}: its lock file cannot be opened "
+            f"({err.strerror}: {err.filename}; {_owner(err.filename)}); the directory is "
+            "another user's: give this job a checkpoint_dir of your own"
+        ) from None
     except DirectoryLockedError as err:
         raise ConfigError(
             f"checkpoint_dir={settings.checkpoint_dir!r}: {err}; two jobs must not share a "
             "checkpoint directory at once (each would resume and prune the other's checkpoints): "
             "give this one another checkpoint_dir, or wait for the other to finish"
         ) from None
+
+
+def _owner(path: str | None) -> str:
+    """Who owns ``path``, as the error about it should say."""
+    try:
+        info = os.stat(path or "")
+    except OSError:
+        return "owner unknown"
+    return f"owned by uid {info.st_uid}, mode {stat.filemode(info.st_mode)}"
 
 
 def _job(

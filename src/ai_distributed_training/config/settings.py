@@ -256,6 +256,12 @@ class TrainingSettings(StrictModel):
         "sequences; a Hugging Face data collator works); default: default_collate, or the "
         "DataLoader's own.",
     )
+    dry_run: bool = Field(
+        True,
+        description="Check the model (or the train_step) on two samples in the caller before "
+        "any worker starts, on copies (the caller's objects stay as they were); skipped where "
+        "only the workers' environment can run it. False: leave every check to the workers.",
+    )
     compile: bool | str = Field(
         False,
         description="torch.compile the model: True (the inductor backend; on CPU it needs a C++ "

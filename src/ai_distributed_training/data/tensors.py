@@ -108,6 +108,13 @@ def tensors_source(
         raise ConfigError(f"X and y have different lengths: len(X)={len(xt)}, len(y)={len(yt)}")
     if len(xt) == 0:
         raise ConfigError("the data has 0 samples; at least one is needed")
+    for t, name in ((xt, "X"), (yt, "y")):
+        if t.is_complex():  # a model's real weights would drop the imaginary part
+            raise ConfigError(
+                f"{name} is complex ({t.dtype}): a model of real weights would drop its "
+                f"imaginary part; pass torch.view_as_real({name}) (real and imaginary parts as "
+                "a last dimension of 2)"
+            )
     xt = model_inputs(xt)
     _check_finite(xt, "X")
     if yt.dtype == torch.bool:

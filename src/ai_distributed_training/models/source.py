@@ -113,6 +113,25 @@ def _all_models(model: Mapping[Any, Any]) -> bool:
     )  # fmt: skip
 
 
+def _not_a_model_dict(model: Mapping[Any, Any]) -> str:
+    """Why a dict without ``model_name`` is not a dict of models either."""
+    spec = "a spec dict needs a 'model_name' key (e.g. {'model_name': 'NeuralNet_Model'})"
+    if not model:
+        return f"the model dict is empty: {spec}, or pass a dict of models by name"
+    bad_keys = [k for k in model if not (isinstance(k, str) and k.isidentifier())]
+    if bad_keys:
+        return (
+            f"the model dict's keys {bad_keys!r} are not names: a dict of models maps names "
+            f"(identifiers such as 'G', 'D') to models; {spec}"
+        )
+    bad = {k: type(v).__name__ for k, v in model.items() if not (
+        isinstance(v, (nn.Module, Mapping)) or callable(v))}  # fmt: skip
+    return (
+        f"the model dict has no 'model_name' key and is no dict of models either ({bad} are "
+        f"not an nn.Module, a factory or a spec dict); {spec}"
+    )
+
+
 def _call_factory(factory: Callable[[], nn.Module]) -> nn.Module:
     module = factory()
     if not isinstance(module, nn.Module):
@@ -134,10 +153,7 @@ def resolve_model(model: Any) -> ModelSource:
         return ModelSource("+".join(parts), parts=parts)
     if isinstance(model, Mapping):
         if "model_name" not in model:
-            raise ConfigError(
-                f"the model dict needs a 'model_name' key; got keys {sorted(model)}"
-                f" (e.g. {{'model_name': 'NeuralNet_Model'}})"
-            )
+            raise ConfigError(_not_a_model_dict(model))
         spec = validate(ModelSpec, model, "model key")
         return ModelSource(spec.model_name, spec=spec)
     if isinstance(model, nn.Module):

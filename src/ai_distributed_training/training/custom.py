@@ -27,6 +27,7 @@ from ..models import Models
 from .checkpoint import capture_rng, restore_rng
 from .context import RankContext
 from .metrics import CLIPPED, COUNT, ITEMS, LOSS, MAX_STEP_METRICS, Meter
+from .objective import count_tensor
 from .resume import LoopPosition
 from .sharding import loss_scale
 from .step import clip_and_step
@@ -48,7 +49,8 @@ class StepContext:
         schedulers: Mapping[str, torch.optim.lr_scheduler.LRScheduler],
         scaler: torch.amp.GradScaler,
     ) -> None:
-        self._ctx, self.models, self.optimizers = rank_ctx, dict(models), dict(optimizers)
+        self._ctx, self.optimizers = rank_ctx, dict(optimizers)
+        self.models: dict[str, nn.Module] = _ByName(models)
         self.schedulers, self.scaler = dict(schedulers), scaler
         self.rank, self.world_size, self.device = (
             rank_ctx.rank,
@@ -81,12 +83,20 @@ class StepContext:
         self.calls["backward"] += 1
         if isinstance(loss, (tuple, list)):
             total, count = loss
-            global_count = torch.as_tensor(count, dtype=torch.float64, device=self.device)
+            _check_loss(total, "the sum of a (sum, count) pair")
+            global_count = count_tensor(count, "ctx.backward's count").to(self.device)
             global_count = global_count * float(self.samples > 0)  # a stand-in counts 0
             self._ctx.strategy.all_reduce(global_count.reshape(1), dist.ReduceOp.SUM)
-            weight = loss_scale(max(float(global_count), 1e-12), self.world_size)
+            if float(global_count) <= 0:  # the same sum on every rank: all raise together
+                raise ValueError(
+                    f"ctx.backward's counts sum to {float(global_count):g} over the global "
+                    "batch: a (sum, count) pair's count is the number of items the sum is "
+                    "over, at least 1 in all"
+                )
+            weight = loss_scale(float(global_count), self.world_size)
             weighted = total * weight * float(self.samples > 0)
         else:  # a mean over this rank's samples: back to their sum, then weighted
+            _check_loss(loss, "the loss")
             weighted = loss * self.samples * loss_scale(self.global_samples, self.world_size)
         self.scaler.scale(weighted).backward()
 
@@ -195,6 +205,8 @@ class CustomStep:
                 f"train_step must return the same names every step, at most {MAX_STEP_METRICS}; "
                 f"first {self.names}, now {list(returned)}"
             )
+        for name, value in returned.items():
+            _check_returned(name, value)
         pairs = [
             value if isinstance(value, (tuple, list)) else (_as_tensor(value) * samples, samples)
             for value in returned.values()
@@ -250,6 +262,41 @@ class CustomStep:
             pos.skipped_steps += 1
             return False
         return True
+
+
+class _ByName(dict):  # type: ignore[type-arg]
+    """``ctx.models``: an unknown name says which names there are."""
+
+    def __missing__(self, name: object) -> nn.Module:
+        raise KeyError(f"no model named {name!r}; the models are {sorted(self)}")
+
+
+def _check_loss(loss: Any, what: str) -> None:
+    """A loss ``ctx.backward`` can weight and back-propagate: a scalar tensor in the graph."""
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        got = f"shape {list(loss.shape)}" if isinstance(loss, torch.Tensor) else repr(loss)
+        raise ValueError(
+            f"ctx.backward takes a scalar loss (a mean over this rank's samples) or a (sum, "
+            f"count) pair; {what} is {got:.60} (reduce it, e.g. .mean())"
+        )
+    if not loss.requires_grad:
+        raise ValueError(
+            f"ctx.backward got {what} detached from the models' graph (no grad_fn: computed "
+            "under torch.no_grad(), .detach()ed or .item()ed), so no gradient can flow"
+        )
+
+
+def _check_returned(name: Any, value: Any) -> None:
+    """One value train_step returned: a number, a one-element tensor, or a (sum, count) pair
+    of those."""
+    parts = value if isinstance(value, (tuple, list)) and len(value) == 2 else (value,)
+    for part in parts:
+        number = isinstance(part, (int, float)) and not isinstance(part, bool)
+        if not number and not (isinstance(part, torch.Tensor) and part.numel() == 1):
+            raise TypeError(
+                f"train_step returned {name!r}: {value!r:.60}; each value must be a number, a "
+                "one-element tensor (a mean) or a (sum, count) pair of those"
+            )
 
 
 def _as_tensor(value: Any, device: torch.device | None = None) -> torch.Tensor:

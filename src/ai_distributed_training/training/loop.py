@@ -69,7 +69,7 @@ def train(
     # fp16 needs loss scaling; bf16 and fp32 do not (a disabled scaler passes through).
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=ctx.compute_dtype == torch.float16)
     if settings.train_step is not None:
-        step, parts = _custom_parts(model, ctx, scaler, total_steps)
+        step, parts = custom_parts(model, ctx, scaler, total_steps)
         validate: Callable[[], dict[str, float]] | None = None  # the train_step reports its own
     else:
         step, parts, validate = _built_in_parts(model, data, ctx, scaler, total_steps, make_step)
@@ -121,11 +121,12 @@ def _built_in_parts(
     return step, {"model": wrapped, **parts}, validate
 
 
-def _custom_parts(
+def custom_parts(
     model: nn.Module, ctx: RankContext, scaler: torch.amp.GradScaler, total_steps: int
 ) -> tuple[Step, dict[str, Any]]:
     """The user's train_step over each model wrapped on its own, with an optimizer and a
-    scheduler per model (by name), and what the loop checkpoints."""
+    scheduler per model (by name), and what the loop checkpoints (also the dry run's, on one
+    rank of one)."""
     settings, strategy = ctx.settings, ctx.strategy
     models = {name: strategy.wrap(part) for name, part in parts_of(model).items()}
     choices = settings.optimizer if isinstance(settings.optimizer, dict) else {}

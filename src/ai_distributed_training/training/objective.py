@@ -100,7 +100,7 @@ class Objective:
         """What this micro-batch's loss is a mean over, known before the forward pass (a
         0-dim tensor), or None when that is its number of samples."""
         if self.count_fn is not None:
-            return _count_tensor(self.count_fn(batch), "count_fn")
+            return count_tensor(self.count_fn(batch), "count_fn")
         if self.loss_fn is not None:
             return None  # a user mean: per sample, unless count_fn says otherwise
         if isinstance(batch, Mapping) and "shift_labels" in batch:
@@ -129,7 +129,7 @@ class Objective:
         if self.loss_fn is not None:
             got = self.loss_fn(outputs, batch if isinstance(batch, Mapping) else target)
             if isinstance(got, (tuple, list)) and len(got) == 2:
-                return _scalar(got[0], "loss_fn's sum"), _count_tensor(got[1], "loss_fn's count")
+                return _scalar(got[0], "loss_fn's sum"), count_tensor(got[1], "loss_fn's count")
             return _times(_scalar(got, "loss_fn"), count, batch), count
         own = _own_loss(outputs)
         if own is not None:
@@ -182,6 +182,13 @@ def default_loss(task: Task, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor
         return F.cross_entropy(out, y, reduction="sum")  # classes in dimension 1 (N, C, ...)
     y = y.float() if not y.is_floating_point() else y
     flat_out, flat_y = out.reshape(len(y), -1), y.reshape(len(y), -1)
+    if flat_out.shape != flat_y.shape:  # MSE would broadcast them, with only a warning
+        raise ValueError(
+            f"the model's outputs {tuple(out.shape)} and the regression targets "
+            f"{tuple(y.shape)} hold different numbers of values per sample (MSE would only "
+            f"broadcast them); give the model {flat_y.shape[1]} output(s) per sample, or pass "
+            "integer class labels for a classification"
+        )
     return F.mse_loss(flat_out, flat_y.to(flat_out.dtype), reduction="sum") / flat_y.shape[1]
 
 
@@ -229,14 +236,17 @@ def _scalar(value: Any, what: str) -> torch.Tensor:
     return value.reshape(()).float()
 
 
-def _count_tensor(value: Any, what: str) -> torch.Tensor:
+def count_tensor(value: Any, what: str) -> torch.Tensor:
     """A count as a 0-dim float64 tensor (its value is checked once per step, after the
     counts are summed: checking each one here would wait for the GPU every micro-batch)."""
-    count = torch.as_tensor(value)
-    if count.numel() != 1:
+    try:
+        count = torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError):
+        count = torch.zeros(2)  # not a number: refused below, naming the function
+    if count.numel() != 1 or count.dtype == torch.bool or count.is_complex():
         raise ValueError(
             f"{what} must return one number (the items the loss is a mean over); it returned "
-            f"shape {list(count.shape)}"
+            f"{value!r:.60}"
         )
     return count.reshape(()).to(torch.float64)
 

@@ -144,8 +144,7 @@ def _train_rank(
         faults=FaultInjector(settings.fault_injection, rank, attempt),
         compute_dtype=compute_dtype,
     )
-    for change in check_data_unchanged(job.data, job.fingerprint, settings.allow_data_change):
-        ctx.job_log.warning("continuing on changed data (allow_data_change=True): %s", change)
+    _check_data_files(job, ctx.job_log)
     loop = train(model, data, ctx, resume)
     state_dict = strategy.full_state_dict(model)  # collective: a sharded model is gathered
     # Parameters only: buffers such as BatchNorm's running statistics are each rank's own.
@@ -170,6 +169,14 @@ def _train_rank(
         "cpus_per_worker": [cpus for _, cpus, _ in facts],
         "model_state_bytes_per_worker": [state for _, _, state in facts],
     }
+
+
+def _check_data_files(job: Job, job_log: JobLog) -> None:
+    """The data files this rank reads are as the caller found them (a change between a kill
+    and this restart is refused; with ``allow_data_change``, said in events.log)."""
+    allowed = job.settings.allow_data_change
+    for change in check_data_unchanged(job.data, job.fingerprint, allowed):
+        job_log.warning("continuing on changed data (allow_data_change=True): %s", change)
 
 
 def open_data(job: Job) -> RankData:
