@@ -106,7 +106,9 @@ def kill_chain(kills: int, rng: random.Random, *, nodes: int, max_delay_s: float
     ]
 
 
-def run(job: str, kills: int, seed: int, nodes: int = 2, max_delay_s: float = 0.05) -> dict:
+def run(
+    job: str, kills: int, seed: int, nodes: int = 2, max_delay_s: float = 0.05
+) -> dict[str, Any]:
     """One job uninterrupted, then with a chain of ``kills`` kills; the comparison."""
     model, data, settings = JOBS[job]()
     trainer = DistributedTraining(

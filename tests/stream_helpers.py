@@ -46,6 +46,14 @@ class Rows(IterableDataset[tuple[torch.Tensor, torch.Tensor]]):
         self.position, self.resuming = state["position"], True
 
 
+class NoLen(Rows):
+    """:class:`Rows` that does not say its length (``len()`` raises TypeError, as for a
+    generator-backed stream): finite, but only its end tells where an epoch ends."""
+
+    def __len__(self) -> int:
+        raise TypeError("NoLen has no len()")
+
+
 class ShardedRows(Rows):
     """A stream that splits itself: ``shard(rank, world_size)`` gives rank r the ids in
     ``shards[r % len(shards)]``... of very different lengths."""

@@ -281,17 +281,26 @@ def _check_custom_step(settings: TrainingSettings, model: ModelSource) -> Traini
 def _check_stream(
     settings: TrainingSettings, data: DataSource
 ) -> tuple[TrainingSettings, DataSource]:
-    """A stream split as ``stream_sharding`` says. One of unknown length may be endless: it
-    needs ``max_steps``. It has no held-out split (``validation_data`` can validate it). One
-    without a state is re-read on resume (said once, here)."""
+    """A stream split as ``stream_sharding`` says. One of unknown length trains each epoch
+    until it ends (on every rank together), as torch's DataLoader does; what needs the steps in
+    all (a schedule by fraction) needs ``max_steps``. It has no held-out split
+    (``validation_data`` can validate it). One without a state is re-read on resume (said
+    once, here)."""
     if not isinstance(data, StreamSource):
         return settings, data
     data = data.split_by(settings.stream_sharding)
     name = type(data.dataset).__name__
-    if data.info.samples == 0 and settings.max_steps is None:
+    needs_total = [
+        f"{k}={getattr(settings, k)!r}"
+        for k, default in (("lr_schedule", "constant"), ("warmup_ratio", None))
+        if getattr(settings, k) != default
+    ]
+    if data.info.samples == 0 and settings.max_steps is None and needs_total:
         raise ConfigError(
-            f"the stream {name} has no len(): it may never end, so training needs max_steps "
-            "(optimizer steps in all); or give it a __len__"
+            f"the stream {name} has no len(), so the steps in all are not known, and "
+            f"{', '.join(needs_total)} needs them; pass max_steps (optimizer steps in all), "
+            "give the stream a __len__, or use warmup_steps and lr_schedule='constant' (each "
+            "epoch then ends where the stream does)"
         )
     if not data.stateful:
         warnings.warn(

@@ -43,3 +43,14 @@ def test_a_killed_worker_resumes_a_sharded_stream_at_the_exact_sample(tmp_path: 
 def mlp() -> nn.Module:
     """Dropout: the per-rank random streams must come back exactly too."""
     return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.1), nn.Linear(16, 2))
+
+
+def test_a_finite_stream_without_len_trains_two_epochs_on_two_ranks() -> None:
+    """Each epoch ends where the stream does, on both ranks together (no max_steps)."""
+    from tests.stream_helpers import FEATURES, NoLen
+
+    result = DistributedTraining(epochs=2, batch_size=16, runs_dir=None).train_distributed(
+        nn.Linear(FEATURES, 2), NoLen(list(range(100))), nodes=2
+    )
+    assert result["steps"] == 2 * 7 and result["samples_seen"] == 200
+    assert [h["epoch"] for h in result["history"]] == [1, 2]

@@ -91,13 +91,13 @@ def test_variable_length_samples_need_a_collate_fn() -> None:
         train(TinyLM(), RaggedTokens())
 
 
-def test_a_stream_without_len_needs_max_steps() -> None:
+def test_a_stream_without_len_needs_max_steps_for_a_schedule_by_fraction() -> None:
     class Stream(IterableDataset[torch.Tensor]):
         def __iter__(self) -> Iterator[torch.Tensor]:
             yield torch.zeros(3)
 
     with pytest.raises(ConfigError, match=r"the stream Stream has no len\(\).*max_steps"):
-        train(RecordsModel(), Stream())
+        train(RecordsModel(), Stream(), lr_schedule="linear")
 
 
 def test_a_dataloader_batch_size_is_the_global_batch_unless_batch_size_says_otherwise() -> None:

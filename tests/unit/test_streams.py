@@ -21,7 +21,7 @@ from ai_distributed_training.training.context import RankContext, RankData
 from ai_distributed_training.training.loop import train
 from ai_distributed_training.training.resume import Checkpointer
 from ai_distributed_training.training.strategies import DDPStrategy
-from tests.stream_helpers import FEATURES, Endless, Rows
+from tests.stream_helpers import FEATURES, Endless, NoLen, Rows
 
 IDS = list(range(100))
 PRESET = "cpu-cluster-25g"
@@ -79,9 +79,21 @@ def test_mid_epoch_resume_of_a_stream_is_bitwise(tmp_path: Path, stateful: bool)
         assert torch.equal(value, resumed.state_dict()[name]), name
 
 
+def test_a_finite_stream_without_len_trains_by_epochs_until_it_ends() -> None:
+    """As torch's DataLoader and Lightning do; it needed max_steps."""
+    result = train(model(), stream_data(NoLen(IDS)), ctx())
+    assert result.steps == 2 * 7 and result.samples_seen == 2 * 100 and len(result.history) == 2
+    with_len = model()
+    train(with_len, stream_data(Rows(IDS)), ctx())
+    assert result.history[-1]["train_loss"] > 0
+
+
 def test_stream_checks_before_launch() -> None:
-    with pytest.raises(ConfigError, match=r"the stream Endless has no len\(\).*needs max_steps"):
-        prepare(model(), Endless(), TrainingSettings(nodes=2))
+    prepare(model(), NoLen(IDS), TrainingSettings(nodes=2))  # no max_steps needed
+    for needs_total in ({"lr_schedule": "cosine"}, {"warmup_ratio": 0.1}):
+        with pytest.raises(ConfigError, match=r"the stream NoLen has no len\(\).*pass max_steps"):
+            prepare(model(), NoLen(IDS), TrainingSettings(nodes=2, **needs_total))
+    prepare(model(), NoLen(IDS), TrainingSettings(nodes=2, lr_schedule="cosine", max_steps=5))
     with pytest.raises(ConfigError, match=r"num_workers=2: a stream is read in each training"):
         prepare(model(), DataLoader(Rows(IDS), batch_size=8, num_workers=2), TrainingSettings())
     with pytest.warns(UserWarning, match=r"no state_dict\(\)/load_state_dict\(\): after a restart"):

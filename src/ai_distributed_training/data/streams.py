@@ -117,9 +117,8 @@ class StreamSource:
         if not head:
             raise ConfigError(f"the stream {name} yields no sample")
         example = collated_example(head, options, f"stream {name}")
-        length = getattr(dataset, "__len__", None)
         task = task_of(target_of(example))
-        info = DataInfo(int(length()) if callable(length) else 0, (), task, 0, "", stream=True)
+        info = DataInfo(_length(dataset), (), task, 0, "", stream=True)
         if is_pair(example):  # (inputs, targets): the built-in models and the planner take it
             x, y = example
             outputs = y[0].numel() if task == "regression" else num_classes
@@ -165,9 +164,8 @@ class StreamReader:
         self.rank_stream: Any = dataset
         self.iterator: Iterator[Any] | None = None
         self.stand_in: Any = None  # a sample to run when this rank's share is empty
-        length = getattr(dataset, "__len__", None)
         #: The stream's samples in one pass, if it says (0: unknown).
-        self.length = int(length()) if callable(length) else 0
+        self.length = _length(dataset)
 
     def __len__(self) -> int:
         return 0  # no index positions: the loop reads it as a stream
@@ -223,3 +221,12 @@ def _as_loader_worker(worker: WorkerInfo | None) -> Iterator[None]:
         yield
     finally:
         loader_worker._worker_info = saved
+
+
+def _length(dataset: Any) -> int:
+    """A stream's ``len()``, or 0 when it has none (none defined, or one that raises
+    TypeError, as wrappers of generators do)."""
+    try:
+        return len(dataset)
+    except TypeError:
+        return 0

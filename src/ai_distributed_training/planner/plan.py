@@ -238,8 +238,13 @@ def make_plan(
     rated = hardware if timed is None else hardware.model_copy(update={"slot_flops": timed})
     held_out = 0.0 if settings.validation_data is not None else settings.validation_split
     n_train = info.samples - int(info.samples * held_out)
-    if info.stream and not info.samples and settings.max_steps is not None:
-        n_train = settings.max_steps * settings.batch_size  # a stream of unknown length
+    if info.stream and not info.samples:  # a stream of unknown length
+        if settings.max_steps is None:
+            raise ConfigError(
+                "the planner predicts the time of the steps in all; a stream without len() "
+                "does not say how many: pass max_steps"
+            )
+        n_train = settings.max_steps * settings.batch_size
     batch = settings.batch_size
     # GPU memory holds no dataset (batches are copied over from host memory).
     data_bytes = data_bytes_per_worker(data) if hardware.kind == "cpu" else 0

@@ -81,12 +81,11 @@ def train(
 
 def planned_steps(settings: TrainingSettings, n_train: int) -> int:
     """Optimizer steps the job will take: every epoch's, or ``max_steps`` if fewer (or if the
-    data's length is unknown, ``n_train`` 0: a stream)."""
+    data's length is unknown, ``n_train`` 0: a stream); 0 when unknown (a stream of unknown
+    length without ``max_steps``: each epoch ends where the stream does)."""
     total = num_steps(n_train, settings.batch_size, settings.drop_last) * settings.epochs
     if settings.max_steps is not None:
         return min(total, settings.max_steps) if total else settings.max_steps
-    if not total:
-        raise ValueError("a stream of unknown length needs max_steps (it may never end)")
     return total
 
 

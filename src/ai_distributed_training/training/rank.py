@@ -68,14 +68,20 @@ def run_rank(
         if env.rank == 0
         else Tracker()
     )
+    failed = True
     try:
         log.debug("joined the process group (%s, world size %d)", backend, env.world_size)
         hooks = _RankHooks(restart_count=env.restart_count, on_checkpoint=on_checkpoint)
-        return _train_rank(job, data, strategy, tracker, compute_dtype, hooks)
+        result = _train_rank(job, data, strategy, tracker, compute_dtype, hooks)
+        failed = False
+        return result
     finally:
         tracker.close()
         strategy.close()
-        if owns_group:
+        # A failing rank keeps its connections open until its process exits, after its error
+        # is recorded: closed now, its peers would fail first ("Connection closed by peer"),
+        # and the launcher could see them fail before the root cause and stop it by a signal.
+        if owns_group and not failed:
             dist.destroy_process_group()
 
 

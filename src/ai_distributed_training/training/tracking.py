@@ -129,7 +129,8 @@ class RankZeroTracker(Tracker):
         if self.progress == "bar":
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True, leave=True)
+            total = total_steps or None  # 0: unknown (a stream without len): a counter
+            self._bar = tqdm(total=total, unit="step", dynamic_ncols=True, leave=True)
 
     def step(self, epoch: int, step_in_epoch: int) -> None:
         self._done += 1
