@@ -105,3 +105,30 @@ def test_ctrl_c_in_the_caller_stops_every_worker(tmp_path: Path) -> None:
     assert time.monotonic() - sent < 10
     assert proc.returncode != 0 and "KeyboardInterrupt" in stderr
     assert worker_pids() == []
+
+
+class CutErrorFile(nn.Module):
+    """Rank 1 dies at its second training step leaving its error file cut (empty), as a
+    worker SIGKILLed while ``@record`` wrote it does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin, self.calls = nn.Linear(4, 2), 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and dist.get_rank() == 1:
+            self.calls += 1
+            if self.calls == 2:
+                Path(os.environ["TORCHELASTIC_ERROR_FILE"]).write_text("")
+                os._exit(1)
+        return self.lin(x)
+
+
+def test_a_worker_dead_while_writing_its_error_file_is_reported_not_a_json_error() -> None:
+    """torch's reader raised JSONDecodeError on the cut file, ending the call with it."""
+    with pytest.raises(WorkerFailedError) as info:
+        DistributedTraining(epochs=1, batch_size=8, max_restarts=0).train_distributed(
+            CutErrorFile(), DATA, nodes=2
+        )
+    assert info.value.rank == 1, str(info.value)
+    assert "the process exited with code 1" in info.value.first.message

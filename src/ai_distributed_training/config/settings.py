@@ -184,7 +184,8 @@ class TrainingSettings(StrictModel):
     target: str | int | None = Field(
         None,
         description="A .csv table's target column, by header name or 0-based index (negative "
-        "from the end); default: the last column.",
+        "from the end); default: the column named target, label, labels, y or class (a header "
+        "with none of them is refused), or the last column of a table without a header.",
     )
     num_classes: int | None = Field(
         None,

@@ -12,7 +12,9 @@ previous one began; otherwise the job stops at once and the error says why.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from torch.distributed.elastic.agent.server.api import RunResult, WorkerGroup
@@ -94,10 +96,32 @@ class PolicyAgent(LocalElasticAgent):
         self.stopped_because: str | None = None
 
     def _monitor_workers(self, worker_group: WorkerGroup) -> RunResult:
-        result: RunResult = super()._monitor_workers(worker_group)
+        try:
+            result: RunResult = super()._monitor_workers(worker_group)
+        except ValueError:  # JSONDecodeError: a worker died while writing its error file
+            # torch's reader raises on it, which would end the whole call with a JSON error;
+            # without the cut file the failure is reported by its exit code or signal.
+            if not self._remove_unreadable_error_files():
+                raise
+            result = super()._monitor_workers(worker_group)
         if self.policy is not None and result.is_failed() and self._remaining_restarts > 0:
             reason = self.policy.why_not_restart(self.root_cause(result.failures))
             if reason is not None:
                 self.stopped_because = reason
                 self._remaining_restarts = 0  # the agent then stops every worker and returns
         return result
+
+    def _remove_unreadable_error_files(self) -> bool:
+        """Delete the workers' error files that do not hold JSON (a worker killed while
+        ``@record`` wrote one); returns whether there were any."""
+        removed = False
+        for path in getattr(self._pcontext, "error_files", {}).values():
+            try:
+                with open(path) as f:
+                    json.load(f)
+            except FileNotFoundError:
+                continue
+            except ValueError:
+                Path(path).unlink(missing_ok=True)
+                removed = True
+        return removed
