@@ -25,8 +25,8 @@ from .data import DataInfo, DataSource, resolve_data
 from .data.streams import StreamSource
 from .data.tensors import DatasetSource, TensorSource
 from .errors import ConfigError, ConfigTypeError, DataChangedError
-from .host import available_cores, host_memory_bytes, payload_bytes
-from .models import ModelSource, check_fits_data, resolve_model
+from .host import available_cores, host_memory_bytes
+from .models import ModelSource, check_fits_data, resolve_model, weight_bytes
 from .planner import choose_strategy
 from .rundir import runs_of
 from .topology import RankEnv, Topology
@@ -182,7 +182,7 @@ def _check_fits_host(skeleton: nn.Module, name: str, data: DataSource) -> None:
     """Weights, and synthetic data each worker generates whole, that fit this host's memory
     (else every worker fails building them, after the launch)."""
     memory = host_memory_bytes()
-    weights = payload_bytes([*skeleton.parameters(), *skeleton.buffers()])
+    weights = weight_bytes(skeleton)
     if weights > memory:
         raise ConfigError(
             f"the model {name}'s weights take {weights / 2**30:,.1f} GiB, more than this "

@@ -1,7 +1,14 @@
 """The model layer: model inputs -> ``nn.Module``; the built-in architectures."""
 
 from .builtin import ARCHITECTURES, FSDP_BLOCKS
-from .source import Models, ModelSource, check_fits_data, on_meta_device, resolve_model
+from .source import (
+    Models,
+    ModelSource,
+    check_fits_data,
+    on_meta_device,
+    resolve_model,
+    weight_bytes,
+)
 from .transformer import Decoder
 
 __all__ = [
@@ -13,4 +20,5 @@ __all__ = [
     "check_fits_data",
     "on_meta_device",
     "resolve_model",
+    "weight_bytes",
 ]

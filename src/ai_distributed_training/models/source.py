@@ -23,6 +23,7 @@ from torch import nn
 from ..config import ModelSpec, validate
 from ..data.types import DataInfo
 from ..errors import ConfigError, ConfigTypeError
+from ..host import payload_bytes
 from .builtin import ARCHITECTURES, FSDP_BLOCKS
 
 
@@ -102,6 +103,11 @@ def on_meta_device(module: nn.Module) -> bool:
     """Whether ``module`` has weights on the meta device (shapes only, no memory): a
     :meth:`ModelSource.skeleton`, or a model that FSDP's non-zero ranks build empty."""
     return any(t.is_meta for t in (*module.parameters(), *module.buffers()))
+
+
+def weight_bytes(module: nn.Module) -> int:
+    """Bytes of ``module``'s parameters and buffers (on the meta device too: their sizes)."""
+    return payload_bytes([*module.parameters(), *module.buffers()])
 
 
 def _all_models(model: Mapping[Any, Any]) -> bool:

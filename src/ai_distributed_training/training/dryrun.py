@@ -28,8 +28,7 @@ from ..data.streams import StreamSource
 from ..data.structure import describe_structure, num_samples, target_of, to_device
 from ..data.tensors import DatasetSource, TensorSource
 from ..errors import ConfigError
-from ..host import payload_bytes
-from ..models import ModelSource, on_meta_device
+from ..models import ModelSource, on_meta_device, weight_bytes
 from .checkpoint import capture_rng, restore_rng
 from .metrics import Meter
 from .objective import NoTargetError, Objective, prediction
@@ -70,7 +69,7 @@ def dry_run_module(
     CUDA has, which the meta pass skips and a CPU pass would wrongly refuse. The caller's
     random generators are left as they were.
     """
-    small = payload_bytes([*skeleton.parameters(), *skeleton.buffers()]) <= REAL_DRY_RUN_BYTES
+    small = weight_bytes(skeleton) <= REAL_DRY_RUN_BYTES
     if source.module is not None or source.parts is not None:
         return module_copy(skeleton, real=small)
     if not trains_on_cpu or source.factory is None or not on_meta_device(skeleton) or not small:
@@ -123,11 +122,14 @@ def dry_run(module: nn.Module, data: DataSource, settings: TrainingSettings) -> 
     classes = None
     try:
         with torch.no_grad():
-            out = objective.call(module, batch, 1.0 if objective.count(batch) is not None else None)
+            count = objective.count(batch)
+            if count is not None and device.type != "meta" and float(count) < 0:
+                raise ValueError(f"count_fn returned {float(count):g}: never a negative count")
+            out = objective.call(module, batch, 1.0 if count is not None else None)
             classes = float_classes(_shape(_predicted(out)), batch, data, settings.task)
             if classes is not None:  # scored as the classes they are
                 objective = replace(objective, task="classification")
-            _loss_and_metrics(module, batch, objective, settings, device, out)
+            _loss_and_metrics(batch, objective, settings, device, out, count)
     except NoTargetError as err:
         raise ConfigError(str(err)) from None
     except NotImplementedError:
@@ -273,17 +275,15 @@ def _shape(t: Any) -> tuple[int, ...] | None:
 
 
 def _loss_and_metrics(
-    module: nn.Module,
     batch: Any,
     objective: Objective,
     settings: TrainingSettings,
     device: torch.device,
     out: Any,
+    count: torch.Tensor | None,
 ) -> None:
-    """The loss and metrics of the model's outputs ``out`` on ``batch`` (values checked)."""
-    count = objective.count(batch)
-    if count is not None and device.type != "meta" and float(count) < 0:
-        raise ValueError(f"count_fn returned {float(count):g}: a count of items is never negative")
+    """The loss and metrics of the model's outputs ``out`` on ``batch`` (values checked);
+    ``count``: the objective's count of the batch's items."""
     num_items = 1.0 if count is not None else None
     loss_sum, got = objective.loss(out, batch, count, num_items)
     if device.type == "meta":
