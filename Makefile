@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
 
-.PHONY: demo test install install-dev lint typecheck readme bench clean
+.PHONY: demo test install install-dev lint typecheck readme docs bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -42,9 +42,13 @@ bench: install
 	$(PY) -m bench.compile
 	$(PY) -m bench.step_overhead
 
-## Regenerate the README's settings table from the config model.
+## Regenerate the settings table (docs/api.md) from the config model.
 readme: install
 	$(PY) scripts/update_readme.py
 
+## Build the documentation site (docs/, the API reference from docstrings) into site/.
+docs: install-dev
+	$(PY) -m mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build site src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ai_distributed_training.config import SyntheticDataSpec, TrainingSettings
+from ai_distributed_training.config.sections import sections_of
 from ai_distributed_training.data import make_synthetic
 from ai_distributed_training.data.tensors import TensorReader
 from ai_distributed_training.training.context import RankContext, RankData
@@ -101,7 +102,7 @@ def _library_loop() -> float:
     )
     settings = TrainingSettings(epochs=1, batch_size=GLOBAL_BATCH, validation_split=0.0)
     strategy = DDPStrategy(dist.get_rank(), dist.get_world_size(), torch.device("cpu"))
-    result = train(_model(), data, RankContext(settings=settings, strategy=strategy))
+    result = train(_model(), data, RankContext.of(sections_of(settings), strategy=strategy))
     return result.train_time_s
 
 

@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ai_distributed_training.config import TrainingSettings
+from ai_distributed_training.config.sections import sections_of
 from ai_distributed_training.data.loading import DatasetReader, LoaderOptions
 from ai_distributed_training.training.context import RankContext, RankData
 from ai_distributed_training.training.loop import train
@@ -101,7 +102,7 @@ def weights_after(
     """The full weights after one epoch of ``train()`` on the ragged data."""
     model = build()
     settings = SETTINGS.model_copy(update=update)
-    train(model, ragged_data(), RankContext(settings=settings, strategy=strategy))
+    train(model, ragged_data(), RankContext.of(sections_of(settings), strategy=strategy))
     return strategy.full_state_dict(model)
 
 
@@ -210,7 +211,7 @@ def custom_weights(world: int, step: Callable[..., Any] = distill_step) -> dict[
     strategy = DDPStrategy(rank, world, torch.device("cpu"))
     settings = TrainingSettings(epochs=2, batch_size=50, learning_rate=0.05, train_step=step)
     model = teacher_and_student()
-    train(model, rank_data(), RankContext(settings=settings, strategy=strategy))
+    train(model, rank_data(), RankContext.of(sections_of(settings), strategy=strategy))
     weights = strategy.full_state_dict(model)
     strategy.close()
     return weights
@@ -283,8 +284,10 @@ def gan_fsdp_resume_is_bitwise(directory: str) -> bool:
         torch.manual_seed(0)
         model = Models({"G": nn.Linear(4, 8), "D": nn.Linear(8, 1)})
         strategy = FSDPStrategy(rank, world, torch.device("cpu"), blocks=[])
-        checkpointer = Checkpointer(Path(directory), writes=rank == 0, keep=20, config={})
-        ctx = RankContext(settings=settings, strategy=strategy, checkpointer=checkpointer)
+        checkpointer = Checkpointer(
+            Path(directory), writes=rank == 0, keep=20, config={}, every=settings.checkpoint_every
+        )
+        ctx = RankContext.of(sections_of(settings), strategy=strategy, checkpointer=checkpointer)
         train(model, rank_data(), ctx, resume)
         return strategy.full_state_dict(model)
 

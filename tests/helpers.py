@@ -12,6 +12,7 @@ from torch import nn
 
 from ai_distributed_training import TrainingResult
 from ai_distributed_training.config import SyntheticDataSpec, TrainingSettings
+from ai_distributed_training.config.sections import sections_of
 from ai_distributed_training.data import make_synthetic
 from ai_distributed_training.data.types import TensorReader
 from ai_distributed_training.training.context import RankContext, RankData
@@ -75,7 +76,7 @@ LOOP_SETTINGS = TrainingSettings(epochs=2, batch_size=64, learning_rate=1e-2)
 def train_with(strategy: Strategy) -> dict[str, torch.Tensor]:
     """The full weights after ``train()`` with ``strategy`` (dropout off: ranks agree)."""
     model = build_model(dropout=0.0)
-    train(model, rank_data(), RankContext(settings=LOOP_SETTINGS, strategy=strategy))
+    train(model, rank_data(), RankContext.of(sections_of(LOOP_SETTINGS), strategy=strategy))
     return strategy.full_state_dict(model)
 
 
@@ -109,7 +110,7 @@ def optimizer_matrix() -> dict[str, tuple[float, bool]]:
                 else FSDPStrategy(rank, world, cpu, blocks=["Linear"])
             )
             model = build_model(dropout=0.0)
-            ctx = RankContext(settings=settings, strategy=strategy)
+            ctx = RankContext.of(sections_of(settings), strategy=strategy)
             loss = train(model, rank_data(), ctx).history[-1]["train_loss"]
             weights = strategy.full_state_dict(model)
             out[f"{name}/{optimizer}"] = (loss, strategy.replicas_identical(weights))
@@ -133,8 +134,10 @@ def resume_is_bitwise(directory: str, compile_backend: str | None = None) -> boo
         torch.manual_seed(100 + rank)  # each rank's own dropout stream
         model = build_model(dropout=0.2)
         strategy = DDPStrategy(rank, world, torch.device("cpu"), compile_backend=compile_backend)
-        checkpointer = Checkpointer(Path(directory), writes=rank == 0, keep=20, config={})
-        ctx = RankContext(settings=settings, strategy=strategy, checkpointer=checkpointer)
+        checkpointer = Checkpointer(
+            Path(directory), writes=rank == 0, keep=20, config={}, every=settings.checkpoint_every
+        )
+        ctx = RankContext.of(sections_of(settings), strategy=strategy, checkpointer=checkpointer)
         train(model, rank_data(), ctx, resume)
         weights = strategy.full_state_dict(model)
         strategy.close()

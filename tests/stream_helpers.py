@@ -87,6 +87,7 @@ def uneven_shards_on_this_rank() -> tuple[int, int, bool]:
     from torch import nn
 
     from ai_distributed_training.config import TrainingSettings
+    from ai_distributed_training.config.sections import sections_of
     from ai_distributed_training.data import resolve_data
     from ai_distributed_training.training.context import RankContext, RankData
     from ai_distributed_training.training.loop import train
@@ -103,7 +104,7 @@ def uneven_shards_on_this_rank() -> tuple[int, int, bool]:
     model = nn.Linear(FEATURES, 2)
     strategy = DDPStrategy(rank, world, torch.device("cpu"))
     settings = TrainingSettings(epochs=1, batch_size=20, learning_rate=0.01)
-    result = train(model, data, RankContext(settings=settings, strategy=strategy))
+    result = train(model, data, RankContext.of(sections_of(settings), strategy=strategy))
     in_sync = strategy.replicas_identical(strategy.full_state_dict(model))
     strategy.close()
     return result.steps, result.samples_seen, in_sync

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import os
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .config import TrainingSettings, validate
+from .config.sections import sections_of
 from .data import DataSource, SyntheticSource, resolve_data
-from .errors import ConfigError, TrainingInterrupted
+from .errors import ConfigError, TrainingInterrupted, warn_user
 from .host import terminating_signals_raise
 from .models import resolve_model
 from .planner import HardwareProfile, Plan, make_plan, resolve_profile
@@ -77,10 +77,9 @@ class DistributedTraining:
         joined = environment.joined
         if joined is not None:  # already a rank of a launched job: join it, start nothing
             if settings.get("nodes", joined.world_size) != joined.world_size:
-                warnings.warn(
+                warn_user(
                     f"nodes={settings['nodes']} ignored: this process is rank {joined.rank} "
-                    f"of a torchrun job of {joined.world_size} workers",
-                    stacklevel=3,  # the caller: _train, train_distributed
+                    f"of a torchrun job of {joined.world_size} workers"
                 )
             settings["nodes"] = joined.world_size
         prepared = prepare(model, data, self.resolve_settings(**settings), joined)
@@ -121,7 +120,8 @@ class DistributedTraining:
             data, resolved.task, resolved.target, resolved.num_classes, resolved.collate_fn
         )
         profile = resolve_profile(hardware, calibrate)
-        return make_plan(model_source, data_source, resolved, profile, counts, threshold)
+        sections = sections_of(resolved)
+        return make_plan(model_source, data_source, sections, profile, counts, threshold)
 
 
 class GPUAcceleratedTraining(DistributedTraining):

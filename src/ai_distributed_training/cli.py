@@ -57,6 +57,21 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    _train_parser(sub)
+    _plan_parser(sub)
+    report = sub.add_parser("report", help="re-render a run's report.html and plots")
+    report.add_argument("run_dir", metavar="RUN_DIR")
+
+    doctor = sub.add_parser("doctor", help="check this environment can run distributed jobs")
+    doctor.add_argument("--runs-dir", default="runs", help="run directory root to check")
+    doctor.add_argument(
+        "--ray-address", metavar="ADDR", help="also check this Ray cluster can be reached"
+    )
+    return parser
+
+
+def _train_parser(sub: Any) -> None:
+    """``adt train``: the API's settings from a YAML file and ``--set``, hosts, Ray."""
     train = sub.add_parser(
         "train",
         help="train a model across N worker processes",
@@ -92,6 +107,9 @@ def _parser() -> argparse.ArgumentParser:
         help="override a setting; dotted for nesting (data.samples=3000)",
     )
 
+
+def _plan_parser(sub: Any) -> None:
+    """``adt plan``: the same inputs as ``adt train``, node counts, hardware, outputs."""
     plan = sub.add_parser(
         "plan",
         help="predict memory, speed and the right node count (trains nothing)",
@@ -124,16 +142,6 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument(
         "--save-hardware", metavar="FILE", help="write the hardware profile used, to edit"
     )
-
-    report = sub.add_parser("report", help="re-render a run's report.html and plots")
-    report.add_argument("run_dir", metavar="RUN_DIR")
-
-    doctor = sub.add_parser("doctor", help="check this environment can run distributed jobs")
-    doctor.add_argument("--runs-dir", default="runs", help="run directory root to check")
-    doctor.add_argument(
-        "--ray-address", metavar="ADDR", help="also check this Ray cluster can be reached"
-    )
-    return parser
 
 
 def _host_settings(args: argparse.Namespace) -> dict[str, Any]:

@@ -7,7 +7,10 @@ is accepted. A failure inside a worker reaches the caller as :class:`WorkerFaile
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
+import warnings
 from dataclasses import dataclass
 
 
@@ -135,3 +138,17 @@ class TrainingInterrupted(SystemExit):
 
     def __str__(self) -> str:
         return f"training interrupted by {self.signal}; every worker was stopped"
+
+
+#: This package's folder: frames from files under it are the library's own.
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def warn_user(message: str, category: type[Warning] = UserWarning) -> None:
+    """Warn about the user's call, pointing at the user's line: the first frame outside this
+    package (``warnings.warn``'s ``stacklevel`` counted for us, however deep the library's
+    own calls go; Python 3.12's ``skip_file_prefixes`` does the same)."""
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        level, frame = level + 1, frame.f_back  # type: ignore[assignment]
+    warnings.warn(message, category, stacklevel=level + 1)

@@ -48,22 +48,47 @@ def write_report(run_dir: str | Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed
-    import matplotlib.pyplot as plt
-
     run_dir = Path(run_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
     config_path = run_dir / "config.yaml"
     config = yaml.safe_load(config_path.read_text()) if config_path.exists() else {}
     steps, epochs = read_records(run_dir)
+    made = [
+        name
+        for name, fig in (
+            *_curves(epochs),
+            ("metrics.png", _other_metrics(epochs)),
+            ("throughput.png", _throughput(steps + epochs)),
+            ("workers.png", _step_time_per_rank(epochs)),
+        )
+        if fig is not None and _save(fig, run_dir / name)
+    ]
+    out = run_dir / REPORT_FILE
+    out.write_text(_html(summary, config, made, run_dir))
+    return out
 
-    made: list[str] = []
 
-    def save(fig: Any, name: str) -> None:
-        fig.tight_layout()
-        fig.savefig(run_dir / name, dpi=100)
-        plt.close(fig)
-        made.append(name)
+def _save(fig: Any, path: Path) -> bool:
+    import matplotlib.pyplot as plt
 
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def _axes(title: str) -> tuple[Any, Any]:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    return fig, ax
+
+
+def _curves(epochs: list[dict[str, Any]]) -> list[tuple[str, Any]]:
+    """Loss and accuracy per epoch, train and validation (where every epoch has them)."""
+    out = []
     xs = [e["epoch"] for e in epochs]
     for metric, name in (("loss", "loss.png"), ("accuracy", "accuracy.png")):
         series = {
@@ -71,57 +96,60 @@ def write_report(run_dir: str | Path) -> Path:
             for split in ("train", "val")
             if epochs and all(e.get(f"{split}_{metric}") is not None for e in epochs)
         }
-        if not series:
-            continue
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        for split, values in series.items():
-            ax.plot(xs, values, marker="o", label=split)
-        ax.set(xlabel="epoch", ylabel=metric, title=PLOTS[name])
-        ax.legend()
-        ax.grid(alpha=0.3)
-        save(fig, name)
+        if series:
+            fig, ax = _axes(PLOTS[name])
+            for split, values in series.items():
+                ax.plot(xs, values, marker="o", label=split)
+            ax.set(xlabel="epoch", ylabel=metric)
+            ax.legend()
+            out.append((name, fig))
+    return out
 
+
+def _other_metrics(epochs: list[dict[str, Any]]) -> Any:
+    """The user's metrics per epoch (None: there are none)."""
     others = sorted(
         k for k in (epochs[0] if epochs else {})
         if k.startswith(("train_", "val_")) and k.split("_", 1)[1] not in ("loss", "accuracy")
         and all(isinstance(e.get(k), (int, float)) for e in epochs)
     )  # fmt: skip
-    if others:
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        for key in others:
-            ax.plot(xs, [float(e[key]) for e in epochs], marker="o", label=key)
-        ax.set(xlabel="epoch", ylabel="value", title=PLOTS["metrics.png"])
-        ax.legend()
-        ax.grid(alpha=0.3)
-        save(fig, "metrics.png")
-
-    points = [(r["step"], r["samples_per_second"]) for r in steps + epochs]
-    if points:
-        points.sort()
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker=".")
-        ax.set(
-            xlabel="optimizer step", ylabel="samples/s (all workers)", title=PLOTS["throughput.png"]
+    if not others:
+        return None
+    fig, ax = _axes(PLOTS["metrics.png"])
+    for key in others:
+        ax.plot(
+            [e["epoch"] for e in epochs], [float(e[key]) for e in epochs], marker="o", label=key
         )
-        ax.grid(alpha=0.3)
-        save(fig, "throughput.png")
+    ax.set(xlabel="epoch", ylabel="value")
+    ax.legend()
+    return fig
 
-    if epochs:
-        times = [
-            sum(col) / len(col)
-            for col in zip(*(e["worker_step_time_s"] for e in epochs), strict=True)
-        ]
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.bar(range(len(times)), [t * 1000 for t in times])
-        ax.set(xlabel="rank", ylabel="ms per step", title=PLOTS["workers.png"])
-        ax.set_xticks(range(len(times)))
-        ax.grid(alpha=0.3, axis="y")
-        save(fig, "workers.png")
 
-    page = _html(summary, config, made, run_dir)
-    out = run_dir / REPORT_FILE
-    out.write_text(page)
-    return out
+def _throughput(records: list[dict[str, Any]]) -> Any:
+    """Samples per second over the optimizer steps (None: no records)."""
+    points = sorted((r["step"], r["samples_per_second"]) for r in records)
+    if not points:
+        return None
+    fig, ax = _axes(PLOTS["throughput.png"])
+    ax.plot([p[0] for p in points], [p[1] for p in points], marker=".")
+    ax.set(xlabel="optimizer step", ylabel="samples/s (all workers)")
+    return fig
+
+
+def _step_time_per_rank(epochs: list[dict[str, Any]]) -> Any:
+    """Each rank's mean step time over the epochs (None: no epochs)."""
+    if not epochs:
+        return None
+    times = [
+        sum(col) / len(col) for col in zip(*(e["worker_step_time_s"] for e in epochs), strict=True)
+    ]
+    fig, ax = _axes(PLOTS["workers.png"])
+    ax.bar(range(len(times)), [t * 1000 for t in times])
+    ax.set(xlabel="rank", ylabel="ms per step")
+    ax.set_xticks(range(len(times)))
+    ax.grid(False)
+    ax.grid(alpha=0.3, axis="y")
+    return fig
 
 
 def _table(rows: dict[str, Any]) -> str:

@@ -9,7 +9,6 @@ import logging
 import os
 import stat
 import time
-import warnings
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -17,27 +16,25 @@ from typing import Any
 
 import torch.distributed as dist
 
-from .config import settings_as_plain_data
-from .errors import ConfigError, WorkerFailedError
+from .errors import ConfigError, WorkerFailedError, warn_user
 from .host import DirectoryLockedError, directory_lock
 from .launch.base import Launcher
 from .launch.elastic import ElasticLauncher
 from .models.keras import load_weights
-from .prepare import PreparedJob
 from .report import write_report
 from .result import TrainingResult
 from .rundir import SUMMARY_FILE, announce, checkpoint_dir, create_run_dir, write_config
 from .topology import RankEnv
 from .training.checkpoint import load_newest_valid, of_run, run_checkpoints, step_of
 from .training.identity import new_run_id
-from .training.job import Job
+from .training.job import Job, RankOutput, ResolvedJob
 from .training.rank import join_process_group, run_rank
 
 STATUS = "distributed_trained"
 STATUS_ACCELERATED = "distributed_trained_with_acceleration"
 
 
-def run(prepared: PreparedJob, *, started: float, inputs: dict[str, Any]) -> TrainingResult:
+def run(prepared: ResolvedJob, *, started: float, inputs: dict[str, Any]) -> TrainingResult:
     """Train ``prepared`` and return its result. ``started``: ``time.perf_counter()`` when the
     call began; ``inputs``: how the model and data inputs appear in ``config.yaml``.
 
@@ -45,7 +42,7 @@ def run(prepared: PreparedJob, *, started: float, inputs: dict[str, Any]) -> Tra
         ConfigError: ``checkpoint_dir`` is in use by another job (two jobs must not write
         checkpoints into one directory at once).
     """
-    config = {**inputs, **settings_as_plain_data(prepared.settings)}
+    config = {**inputs, **prepared.config}
     joined = prepared.topology.joined
     if joined is not None:
         return _join(prepared, started, config, joined)
@@ -54,11 +51,11 @@ def run(prepared: PreparedJob, *, started: float, inputs: dict[str, Any]) -> Tra
 
 
 @contextlib.contextmanager
-def _checkpoint_dir_lock(prepared: PreparedJob) -> Iterator[None]:
+def _checkpoint_dir_lock(prepared: ResolvedJob) -> Iterator[None]:
     """Hold ``checkpoint_dir`` for this job (host 0's caller, for a job over several hosts);
     a run directory's own checkpoints are this run's alone and need no lock."""
-    settings, topology = prepared.settings, prepared.topology
-    directory = checkpoint_dir(settings, None)  # checked writable first (a ConfigError if not)
+    given, topology = prepared.checkpoint.directory, prepared.topology
+    directory = checkpoint_dir(given, None)  # checked writable first (a ConfigError if not)
     if directory is None or topology.node_rank != 0:
         yield
         return
@@ -67,13 +64,13 @@ def _checkpoint_dir_lock(prepared: PreparedJob) -> Iterator[None]:
             yield
     except PermissionError as err:  # its .lock file is another user's
         raise ConfigError(
-            f"checkpoint_dir={settings.checkpoint_dir!r}: its lock file cannot be opened "
+            f"checkpoint_dir={given!r}: its lock file cannot be opened "
             f"({err.strerror}: {err.filename}; {_owner(err.filename)}); the directory is "
             "another user's: give this job a checkpoint_dir of your own"
         ) from None
     except DirectoryLockedError as err:
         raise ConfigError(
-            f"checkpoint_dir={settings.checkpoint_dir!r}: {err}; two jobs must not share a "
+            f"checkpoint_dir={given!r}: {err}; two jobs must not share a "
             "checkpoint directory at once (each would resume and prune the other's checkpoints): "
             "give this one another checkpoint_dir, or wait for the other to finish"
         ) from None
@@ -89,7 +86,7 @@ def _owner(path: str | None) -> str:
 
 
 def _job(
-    prepared: PreparedJob,
+    prepared: ResolvedJob,
     run_dir: Path | None,
     ckpt_dir: Path | None,
     config: dict[str, Any],
@@ -97,45 +94,37 @@ def _job(
     run_id: str,
     pin_cpus: bool = False,
 ) -> Job:
-    """What each rank gets: the prepared inputs, where to write, the resolved config."""
-    return Job(
-        settings=prepared.settings,
-        model=prepared.model,
-        data=prepared.data,
-        validation=prepared.validation,
-        threads_per_worker=prepared.threads_per_worker,
-        log_level=prepared.log_level,
+    """What each rank gets: the resolved job, where to write, the config with the inputs."""
+    return Job.of(
+        prepared,
         run_dir=str(run_dir) if run_dir else None,
         checkpoint_dir=str(ckpt_dir) if ckpt_dir else None,
         config=config,
         pin_cpus=pin_cpus,
         run_id=run_id,
-        fingerprint=prepared.fingerprint,
-        resume_path=str(prepared.resume_path) if prepared.resume_path else None,
-        resume_dir=str(prepared.resume_dir) if prepared.resume_dir else None,
     )
 
 
-def _launch(prepared: PreparedJob, started: float, config: dict[str, Any]) -> TrainingResult:
+def _launch(prepared: ResolvedJob, started: float, config: dict[str, Any]) -> TrainingResult:
     """Start the workers (this host's, or Ray's) and wait for them."""
-    settings, topology = prepared.settings, prepared.topology
-    run_dir = create_run_dir(settings, prepared.model.name)
-    ckpt_dir = checkpoint_dir(settings, run_dir)
-    if topology.hosts and settings.checkpoint_dir is None:
+    launch, topology, plan = prepared.launch, prepared.topology, prepared.checkpoint.plan
+    run_dir = create_run_dir(prepared.tracking.runs_dir, prepared.model.name)
+    ckpt_dir = checkpoint_dir(prepared.checkpoint.directory, run_dir)
+    if topology.hosts and prepared.checkpoint.directory is None:
         ckpt_dir = None  # each host's run directory is its own: only a shared dir will do
     write_config(run_dir, config)
-    pin_cpus = settings.cpu_affinity and not settings.use_gpus and settings.launcher == "elastic"
+    pin_cpus = launch.cpu_affinity and not launch.use_gpus and launch.launcher == "elastic"
     job = _job(prepared, run_dir, ckpt_dir, config, run_id=new_run_id(), pin_cpus=pin_cpus)
-    origin = job.resume_path or job.resume_dir
-    resuming = f" (resuming from {origin})" if origin else ""
-    via = " on Ray" if settings.launcher == "ray" else ""
+    origin = plan.path or plan.directory
+    resuming = f" (resuming from {origin}: {plan.reason})" if origin else ""
+    via = " on Ray" if launch.launcher == "ray" else ""
     message = f"Starting distributed training across {topology.world_size} nodes{via}{resuming}..."
     announce(run_dir, logging.INFO, message)
     announce(run_dir, logging.INFO, f"Data: {prepared.data.info.description}")
     for note in prepared.notes:
         announce(run_dir, logging.WARNING, note)
     try:
-        out = make_launcher(prepared).launch(job, progress=partial(_progress, ckpt_dir, job))
+        out = make_launcher(launch.launcher).launch(job, progress=partial(_progress, ckpt_dir, job))
     except WorkerFailedError as err:
         newest = load_newest_valid(ckpt_dir, of_run(job.run_id)) if ckpt_dir else None
         err.note_checkpoint(str(newest[0]) if newest else None)
@@ -145,38 +134,29 @@ def _launch(prepared: PreparedJob, started: float, config: dict[str, Any]) -> Tr
     return _finish(prepared, out, run_dir, ckpt_dir, started)
 
 
-def make_launcher(prepared: PreparedJob) -> Launcher:
-    """The launcher the ``launcher`` setting names, set up for this job."""
-    settings, topology = prepared.settings, prepared.topology
-    if settings.launcher == "ray":
+def make_launcher(name: str) -> Launcher:
+    """The launcher the ``launcher`` setting names (each reads what it needs from the job)."""
+    if name == "ray":
         from .launch.ray_launcher import RayLauncher  # Ray is an optional extra
 
-        return RayLauncher(
-            settings=settings,
-            threads_per_worker=prepared.threads_per_worker,
-        )
-    return ElasticLauncher(
-        local_world_size=topology.local_world_size,
-        max_restarts=settings.max_restarts,
-        hosts=topology.hosts,
-    )
+        return RayLauncher()
+    return ElasticLauncher()
 
 
 def _join(
-    prepared: PreparedJob, started: float, config: dict[str, Any], env: RankEnv
+    prepared: ResolvedJob, started: float, config: dict[str, Any], env: RankEnv
 ) -> TrainingResult:
     """Train as one rank of a job someone else launched (torchrun: ``RANK``, ``WORLD_SIZE``,
     ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT`` set), in this very process: every rank runs
     the caller's script and every rank returns the full result; global rank 0 alone writes the
     run directory, whose path the others learn through the process group."""
-    settings = prepared.settings
     owns_group = not dist.is_initialized()
-    join_process_group(settings, env)
+    join_process_group(prepared.launch, env)
     try:
         dirs: list[Any] = [None, None, new_run_id()]
         if env.rank == 0:
-            dirs[0] = create_run_dir(settings, prepared.model.name)
-            dirs[1] = checkpoint_dir(settings, dirs[0])
+            dirs[0] = create_run_dir(prepared.tracking.runs_dir, prepared.model.name)
+            dirs[1] = checkpoint_dir(prepared.checkpoint.directory, dirs[0])
             write_config(dirs[0], config)
             message = f"Starting distributed training across {env.world_size} nodes (torchrun)..."
             announce(dirs[0], logging.INFO, message)
@@ -198,8 +178,8 @@ def _progress(ckpt_dir: Path | None, job: Job) -> int:
 
 
 def _finish(
-    prepared: PreparedJob,
-    out: dict[str, Any],
+    prepared: ResolvedJob,
+    out: RankOutput,
     run_dir: Path | None,
     ckpt_dir: Path | None,
     started: float,
@@ -207,7 +187,7 @@ def _finish(
     """The result of a finished job from a rank's output (weights included), written to the
     run directory when there is one."""
     model = prepared.model.build(prepared.data.info)
-    load_weights(model, out["state_dict"])
+    load_weights(model, out.state_dict)
     result = TrainingResult(
         model,
         **_facts(prepared, out),
@@ -216,10 +196,9 @@ def _finish(
         wall_time_s=time.perf_counter() - started,
     )
     if not result["weights_in_sync"]:
-        warnings.warn(
+        warn_user(
             "the workers ended with different weights: something outside the "
-            "optimizer changed parameters on some ranks (see weights_in_sync)",
-            stacklevel=6,  # the caller: _finish, _launch/_join, run, _train, train_distributed
+            "optimizer changed parameters on some ranks (see weights_in_sync)"
         )
     if run_dir:
         (run_dir / SUMMARY_FILE).write_text(json.dumps(dict(result), indent=2) + "\n")
@@ -228,43 +207,42 @@ def _finish(
     return result
 
 
-def _facts(prepared: PreparedJob, out: dict[str, Any]) -> dict[str, Any]:
+def _facts(prepared: ResolvedJob, out: RankOutput) -> dict[str, Any]:
     """The result's keys (but the model, the directories and the wall time), in their order."""
-    settings, info = prepared.settings, prepared.data.info
-    history: list[dict[str, float]] = out["history"]
+    info, history = prepared.data.info, out.history
     last = history[-1]
     scored = "train_accuracy" in last  # classification, unless the model's own loss is used
-    names = ["loss", *(["accuracy"] if scored else []), *settings.metrics]
+    names = ["loss", *(["accuracy"] if scored else []), *prepared.step.metrics]
     names += [  # a train_step's own named metrics
         k.removeprefix("train_") for k in last if k.startswith("train_") and k[6:] not in names
     ]
     metric_names = [f"{split}_{name}" for name in names for split in ("train", "val")]
-    gpus = settings.use_gpus
+    gpus = prepared.launch.use_gpus
     return {
         "model_name": prepared.model.name,
-        "nodes_used": out["world_size"],
+        "nodes_used": out.world_size,
         "status": STATUS_ACCELERATED if gpus else STATUS,
         "device": "GPUs" if gpus else "CPUs",
         "backend": "nccl" if gpus else "gloo",
         "task": info.task,
         "data": info.description,
-        "epochs": len(history),  # fewer than settings.epochs when stopped early
-        "global_batch_size": settings.batch_size,
-        "steps": out["steps"],
-        "samples_seen": out["samples_seen"],
+        "epochs": len(history),  # fewer than the epochs setting when stopped early
+        "global_batch_size": prepared.loop.batch_size,
+        "steps": out.steps,
+        "samples_seen": out.samples_seen,
         "final_loss": last["train_loss"],
         "metrics": {k: last.get(k) for k in metric_names},
         "history": history,
-        "samples_per_second": out["samples_seen"] / out["train_time_s"],
-        "train_time_s": out["train_time_s"],
+        "samples_per_second": out.samples_seen / out.train_time_s,
+        "train_time_s": out.train_time_s,
         "threads_per_worker": prepared.threads_per_worker,
-        "cpus_per_worker": out["cpus_per_worker"],
-        "peak_memory_per_worker_bytes": out["peak_memory_per_worker_bytes"],
-        "model_state_bytes_per_worker": out["model_state_bytes_per_worker"],
-        "strategy": settings.strategy,
-        "weights_in_sync": out["weights_in_sync"],
-        "stopped_early": out["stopped_early"],
-        "restarts": out["restarts"],
-        "skipped_steps": out["skipped_steps"],
-        "resumed_from": out["resumed_from"],
+        "cpus_per_worker": out.cpus_per_worker,
+        "peak_memory_per_worker_bytes": out.peak_memory_per_worker_bytes,
+        "model_state_bytes_per_worker": out.model_state_bytes_per_worker,
+        "strategy": prepared.parallel.strategy,
+        "weights_in_sync": out.weights_in_sync,
+        "stopped_early": out.stopped_early,
+        "restarts": out.restarts,
+        "skipped_steps": out.skipped_steps,
+        "resumed_from": out.resumed_from,
     }

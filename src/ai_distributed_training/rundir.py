@@ -14,7 +14,6 @@ from typing import Any
 
 import yaml
 
-from .config import TrainingSettings
 from .errors import ConfigError
 from .host import check_writable_dir
 from .training.tracking import EVENTS_FILE, JOB_LOGGER
@@ -42,18 +41,15 @@ def runs_of(runs_dir: Path, model_name: str) -> list[Path]:
     return [path for _, path in sorted(found, reverse=True)]
 
 
-def create_run_dir(settings: TrainingSettings, model_name: str) -> Path | None:
+def create_run_dir(runs_dir: str | None, model_name: str) -> Path | None:
     """``<runs_dir>/<timestamp>-<model_name>/``, new and writable; None when runs_dir is None.
 
     Raises:
         ConfigError: the directory cannot be created or written (before any worker starts).
     """
-    if settings.runs_dir is None:
+    if runs_dir is None:
         return None
-    stem = (
-        Path(settings.runs_dir).resolve()
-        / f"{time.strftime('%Y%m%d-%H%M%S')}-{run_dir_name(model_name)}"
-    )
+    stem = Path(runs_dir).resolve() / f"{time.strftime('%Y%m%d-%H%M%S')}-{run_dir_name(model_name)}"
     for attempt in range(1000):
         path = stem if attempt == 0 else stem.with_name(f"{stem.name}-{attempt}")
         try:
@@ -64,27 +60,26 @@ def create_run_dir(settings: TrainingSettings, model_name: str) -> Path | None:
             continue
         except OSError as err:
             raise ConfigError(
-                f"runs_dir={settings.runs_dir!r} cannot be written: {err}; pass a writable "
+                f"runs_dir={runs_dir!r} cannot be written: {err}; pass a writable "
                 "directory, or runs_dir=None for no run directory"
             ) from None
-    raise ConfigError(f"runs_dir={settings.runs_dir!r}: too many runs named {stem.name}")
+    raise ConfigError(f"runs_dir={runs_dir!r}: too many runs named {stem.name}")
 
 
-def checkpoint_dir(settings: TrainingSettings, run_dir: Path | None) -> Path | None:
-    """Where checkpoints go: ``checkpoint_dir``, else ``<run_dir>/checkpoints``, else none.
+def checkpoint_dir(directory: str | None, run_dir: Path | None) -> Path | None:
+    """Where checkpoints go: ``directory`` (the checkpoint_dir setting), else
+    ``<run_dir>/checkpoints``, else none.
 
     Raises:
         ConfigError: the directory cannot be created or written (before any worker starts).
     """
-    if settings.checkpoint_dir is None:
+    if directory is None:
         return run_dir / "checkpoints" if run_dir else None
-    path = Path(settings.checkpoint_dir).resolve()
+    path = Path(directory).resolve()
     try:
         check_writable_dir(path)
     except OSError as err:
-        raise ConfigError(
-            f"checkpoint_dir={settings.checkpoint_dir!r} cannot be written: {err}"
-        ) from None
+        raise ConfigError(f"checkpoint_dir={directory!r} cannot be written: {err}") from None
     return path
 
 

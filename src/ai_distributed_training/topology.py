@@ -28,8 +28,7 @@ from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import TrainingSettings
-from .errors import ConfigError
+from .config.sections import Hosts, LaunchSection
 
 
 @dataclass(frozen=True)
@@ -181,17 +180,6 @@ def detect_environment(environ: MutableMapping[str, str] = os.environ) -> Enviro
 
 
 @dataclass(frozen=True, kw_only=True)
-class Hosts:
-    """This host's part in a job across ``nnodes`` hosts (torchrun's vocabulary)."""
-
-    nnodes: int
-    node_rank: int
-    rdzv_endpoint: str  # HOST:PORT, served by node_rank 0's agent
-    local_addr: str | None = None  # what other hosts reach this one at
-    rdzv_timeout_s: float = 120.0
-
-
-@dataclass(frozen=True, kw_only=True)
 class Topology:
     """The job's shape as this process sees it; built once by :meth:`of`."""
 
@@ -205,63 +193,19 @@ class Topology:
     hosts: Hosts | None = None
 
     @classmethod
-    def of(cls, settings: TrainingSettings, joined: RankEnv | None = None) -> Topology:
-        """The topology of ``settings`` (and of the job this process joined, if any).
-
-        Raises:
-            ConfigError: multi-host settings that do not fit together.
-        """
+    def of(cls, launch: LaunchSection, joined: RankEnv | None = None) -> Topology:
+        """The topology of the ``launch`` section (checked there), or of the job this process
+        joined, if any."""
         if joined is not None:
             return cls(
                 world_size=joined.world_size,
                 local_world_size=joined.local_world_size,
                 joined=joined,
             )
-        hosts = _check_hosts(settings)
         return cls(
-            world_size=settings.nodes,
-            nnodes=settings.nnodes,
-            node_rank=settings.node_rank,
-            local_world_size=settings.nodes // settings.nnodes,
-            hosts=hosts,
+            world_size=launch.nodes,
+            nnodes=launch.nnodes,
+            node_rank=launch.node_rank,
+            local_world_size=launch.nodes // launch.nnodes,
+            hosts=launch.hosts,
         )
-
-
-def _check_hosts(settings: TrainingSettings) -> Hosts | None:
-    """This host's part of a multi-host job, checked; None for a one-host job."""
-    nnodes, nodes = settings.nnodes, settings.nodes
-    if nnodes == 1:
-        multi_host = {
-            "rdzv_endpoint": settings.rdzv_endpoint,
-            "local_addr": settings.local_addr,
-            "node_rank": settings.node_rank or None,
-        }
-        given = {k: v for k, v in multi_host.items() if v is not None}
-        if given:
-            raise ConfigError(
-                f"{', '.join(f'{k}={v!r}' for k, v in given.items())} only apply to a job over "
-                "several hosts; set nnodes to the number of hosts (a one-host job needs none: "
-                "its rendezvous is on a free local port)"
-            )
-        return None
-    if nodes % nnodes:
-        raise ConfigError(
-            f"nodes={nodes} (all workers) does not split evenly over nnodes={nnodes} hosts; "
-            f"use a multiple of {nnodes}, e.g. nodes={nnodes * max(1, nodes // nnodes)}"
-        )
-    if not settings.node_rank < nnodes:
-        raise ConfigError(f"node_rank={settings.node_rank} must be in 0..{nnodes - 1}")
-    endpoint = settings.rdzv_endpoint or ""
-    host, _, port = endpoint.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(
-            f"rdzv_endpoint={settings.rdzv_endpoint!r}: nnodes={nnodes} needs HOST:PORT of "
-            "the rendezvous on host 0, e.g. '10.0.0.1:29500'"
-        )
-    return Hosts(
-        nnodes=nnodes,
-        node_rank=settings.node_rank,
-        rdzv_endpoint=endpoint,
-        local_addr=settings.local_addr,
-        rdzv_timeout_s=settings.rdzv_timeout_s,
-    )

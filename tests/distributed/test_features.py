@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DistributedSampler, TensorDataset
 
 from ai_distributed_training import Callback, CallbackContext, DistributedTraining, TrainingResult
+from ai_distributed_training.config.sections import sections_of
 from ai_distributed_training.report import read_records
 from ai_distributed_training.training.optim import lr_factor
 from tests.helpers import bitwise_equal
@@ -67,7 +68,7 @@ def test_lr_schedule_is_stepped_per_optimizer_step_and_reported() -> None:
     )
     result = trainer.train_distributed(MODEL, {"samples": 222, "features": 4}, nodes=2)
     steps_per_epoch = -(-199 // 50)  # 222 - 22 held out = 200 -> 4 steps
-    factor = lr_factor(trainer.resolve_settings(), 3 * steps_per_epoch)
+    factor = lr_factor(sections_of(trainer.resolve_settings()).optim, 3 * steps_per_epoch)
     for epoch, record in enumerate(result["history"], start=1):
         assert record["lr"] == pytest.approx(0.01 * factor(epoch * steps_per_epoch))
     steps, _ = read_records(Path(result["run_dir"]))

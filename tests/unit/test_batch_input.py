@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 from ai_distributed_training import ConfigError, DistributedTraining
 from ai_distributed_training.config import TrainingSettings
+from ai_distributed_training.config.sections import sections_of
 from ai_distributed_training.data import resolve_data
 from ai_distributed_training.prepare import prepare
 from ai_distributed_training.training.context import RankContext, RankData
@@ -103,7 +104,7 @@ def test_a_stream_without_len_needs_max_steps_for_a_schedule_by_fraction() -> No
 def test_a_dataloader_batch_size_is_the_global_batch_unless_batch_size_says_otherwise() -> None:
     loader = DataLoader(Records(), batch_size=8, shuffle=True, drop_last=True, num_workers=2)
     prepared = prepare(RecordsModel(), loader, TrainingSettings(nodes=2))
-    assert prepared.settings.batch_size == 8 and prepared.settings.drop_last
+    assert prepared.loop.batch_size == 8 and prepared.loop.drop_last
     assert prepared.data.options.num_workers == 2  # type: ignore[attr-defined]
     assert (
         "its RandomSampler replaced by the global-batch sampler" in prepared.data.info.description
@@ -138,8 +139,8 @@ def test_a_global_batch_with_nothing_to_average_over_is_an_error() -> None:
         reader=reader, task="classification", train_idx=torch.arange(8), val_reader=reader,
         val_idx=torch.zeros(0, dtype=torch.long),
     )  # fmt: skip
-    ctx = RankContext(
-        settings=TrainingSettings(batch_size=4), strategy=DDPStrategy(0, 1, torch.device("cpu"))
+    ctx = RankContext.of(
+        sections_of(TrainingSettings(batch_size=4)), strategy=DDPStrategy(0, 1, torch.device("cpu"))
     )
     with pytest.raises(ValueError, match=r"global batch of step 1 has 0 items"):
         train_loop(tiny_lm(), rank_data, ctx)

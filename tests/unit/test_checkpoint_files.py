@@ -17,6 +17,9 @@ import torch
 from ai_distributed_training.host import remove_stale_temporaries, write_atomically
 from ai_distributed_training.training.checkpoint import (
     COMMIT_MARKER,
+    FORMAT_KEY,
+    FORMAT_VERSION,
+    checkpoint_meta,
     checkpoint_path,
     commit_sharded,
     load_checkpoint,
@@ -76,11 +79,28 @@ def test_a_sharded_checkpoint_with_a_corrupt_shard_is_refused(tmp_path: Path) ->
         load_checkpoint(path)
 
 
-def test_checkpoints_without_a_checksum_still_load(tmp_path: Path) -> None:
-    """Checkpoints written before checksums existed resume as before."""
+def test_checkpoints_of_the_first_format_load_in_todays(tmp_path: Path) -> None:
+    """Checkpoints written before checksums, format numbers, strategies, run ids and
+    fingerprints resume: one function fills in what they lack, as today's format says."""
     path = checkpoint_path(tmp_path, 4)
     torch.save(state(4), path)
-    assert load_checkpoint(path)["loop"] == {"step": 4}
+    loaded = load_checkpoint(path)
+    assert loaded["loop"] == {"step": 4, "samples": None}  # the loop counts them again
+    assert loaded[FORMAT_KEY] == FORMAT_VERSION == 2
+    assert (loaded["strategy"], loaded["run_id"], loaded["fingerprint"]) == ("ddp", None, {})
+    assert checkpoint_meta(path)["strategy"] == "ddp"
+
+
+def test_a_checkpoint_of_a_newer_format_is_refused_by_name(tmp_path: Path) -> None:
+    path = checkpoint_path(tmp_path, 4)
+    torch.save({**state(4), FORMAT_KEY: FORMAT_VERSION + 1}, path)
+    with pytest.raises(ValueError, match=r"checkpoint format 3 is newer than this version's 2"):
+        load_checkpoint(path)
+
+
+def test_todays_checkpoints_carry_their_format(tmp_path: Path) -> None:
+    path = save_checkpoint(tmp_path, 4, state(4), keep=2)
+    assert torch.load(path, weights_only=True)[FORMAT_KEY] == FORMAT_VERSION
 
 
 @pytest.fixture

@@ -17,8 +17,14 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ai_distributed_training.config import TrainingSettings
+from ai_distributed_training.config.sections import sections_of
 from ai_distributed_training.data.loading import DatasetReader, LoaderOptions, Micro
-from ai_distributed_training.training.checkpoint import list_checkpoints, load_checkpoint
+from ai_distributed_training.training.checkpoint import (
+    FORMAT_KEY,
+    list_checkpoints,
+    load_checkpoint,
+    upgraded,
+)
 from ai_distributed_training.training.context import RankContext, RankData
 from ai_distributed_training.training.loop import LoopResult, train
 from ai_distributed_training.training.resume import Checkpointer
@@ -28,10 +34,12 @@ from tests.helpers import SAMPLES, build_model, rank_data
 
 
 def one_rank(settings: TrainingSettings, ckpt_dir: Path | None = None) -> RankContext:
-    return RankContext(
-        settings=settings,
+    return RankContext.of(
+        sections_of(settings),
         strategy=DDPStrategy(0, 1, torch.device("cpu")),
-        checkpointer=Checkpointer(ckpt_dir, writes=True, keep=10, config={}),
+        checkpointer=Checkpointer(
+            ckpt_dir, writes=True, keep=10, config={}, every=settings.checkpoint_every
+        ),
     )
 
 
@@ -142,7 +150,8 @@ def test_a_checkpoint_from_before_token_counts_resumes(tmp_path: Path) -> None:
     expected = train(full, rank_data(), one_rank(s, tmp_path))
     mid = [p for p in list_checkpoints(tmp_path) if load_checkpoint(p)["loop"]["step_in_epoch"]]
     old = load_checkpoint(mid[0])  # the newest mid-epoch one
-    del old["loop"]["samples"]
+    del old["loop"]["samples"], old[FORMAT_KEY]
+    old = upgraded(old)  # as load_checkpoint reads such a file
     for rank in old["ranks"]:
         rank["epoch_stats"] = rank["epoch_stats"][:6]  # the layout before ITEMS and SCORED
     resumed = build_model(seed=99)

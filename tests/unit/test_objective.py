@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ai_distributed_training.config import TrainingSettings
+from ai_distributed_training.config.sections import sections_of
 from ai_distributed_training.data.structure import num_samples, to_device
 from ai_distributed_training.training.metrics import Meter
 from ai_distributed_training.training.objective import NoTargetError, Objective, prediction
@@ -42,7 +43,10 @@ class DictModel(nn.Module):
 
 
 def test_a_tuple_batch_calls_the_model_with_every_input_and_keeps_the_last_as_target() -> None:
-    model, objective = TwoInputs(), Objective.of(TwoInputs(), "classification", SETTINGS)
+    model, objective = (
+        TwoInputs(),
+        Objective.of(TwoInputs(), "classification", sections_of(SETTINGS).step),
+    )
     batch = (torch.randn(6, 4), torch.randint(0, 5, (6,)), torch.randint(0, 2, (6,)))
     out = objective.call(model, batch)
     loss_sum, count = objective.loss(out, batch, objective.count(batch), None)
@@ -52,7 +56,7 @@ def test_a_tuple_batch_calls_the_model_with_every_input_and_keeps_the_last_as_ta
 
 def test_a_dict_batch_is_passed_by_name_less_the_keys_forward_does_not_take() -> None:
     model = DictModel()
-    objective = Objective.of(model, "classification", SETTINGS)
+    objective = Objective.of(model, "classification", sections_of(SETTINGS).step)
     batch = {
         "x": torch.randn(5, 4),
         "scale": torch.ones(5),
@@ -77,7 +81,7 @@ def test_forward_and_loss_fn_settings_replace_the_defaults() -> None:
         return per.sum(), torch.tensor(len(per) + 1)  # a (sum, count) pair
 
     settings = TrainingSettings(forward=forward, loss_fn=loss_fn)
-    objective = Objective.of(model, "classification", settings)
+    objective = Objective.of(model, "classification", sections_of(settings).step)
     batch = {"features": torch.randn(3, 4), "weight": torch.ones(3), "y": torch.tensor([0, 1, 2])}
     loss_sum, count = objective.loss(objective.call(model, batch), batch, None, None)
     assert count is not None and float(count) == 4.0 and loss_sum.ndim == 0
@@ -104,7 +108,7 @@ def test_outputs_of_any_shape_give_their_prediction() -> None:
 
 def test_no_target_and_no_own_loss_is_a_clear_error() -> None:
     model = DictModel()
-    objective = Objective.of(model, "custom", SETTINGS)
+    objective = Objective.of(model, "custom", sections_of(SETTINGS).step)
     batch = {"x": torch.randn(2, 4), "scale": torch.ones(2)}
     with pytest.raises(NoTargetError, match=r"keys \['scale', 'x'\] and no target key"):
         objective.loss(objective.call(model, batch), batch, None, None)
@@ -112,7 +116,7 @@ def test_no_target_and_no_own_loss_is_a_clear_error() -> None:
 
 def test_a_loss_fn_returning_a_vector_is_refused() -> None:
     settings = TrainingSettings(loss_fn=lambda out, y: F.cross_entropy(out, y, reduction="none"))
-    objective = Objective.of(nn.Linear(4, 2), "classification", settings)
+    objective = Objective.of(nn.Linear(4, 2), "classification", sections_of(settings).step)
     batch = (torch.randn(3, 4), torch.tensor([0, 1, 0]))
     with pytest.raises(ValueError, match=r"scalar tensor .* it returned \[3\]"):
         objective.loss(objective.call(nn.Linear(4, 2), batch), batch, None, None)
@@ -120,7 +124,7 @@ def test_a_loss_fn_returning_a_vector_is_refused() -> None:
 
 def test_per_position_targets_count_their_valid_positions() -> None:
     """Token-level classification: outputs (N, T, C), targets (N, T), -100 ignored."""
-    objective = Objective.of(nn.Linear(4, 3), "classification", SETTINGS)
+    objective = Objective.of(nn.Linear(4, 3), "classification", sections_of(SETTINGS).step)
     y = torch.tensor([[0, 1, -100], [2, -100, -100]])
     batch = (torch.randn(2, 3, 4), y)
     out = objective.call(nn.Linear(4, 3), batch)
@@ -144,7 +148,7 @@ def test_a_hugging_face_causal_lm_uses_its_own_loss_and_shifted_token_counts() -
         n_layer=1, n_head=2, n_embd=8, vocab_size=11, n_positions=8, bos_token_id=0, eos_token_id=0
     )
     model = GPT2LMHeadModel(config).eval()  # no dropout: two calls agree
-    objective = Objective.of(model, "classification", SETTINGS)
+    objective = Objective.of(model, "classification", sections_of(SETTINGS).step)
     assert objective.takes_num_items and objective.shifts_labels
     ids = torch.randint(0, 11, (2, 6))
     labels = ids.clone()
@@ -168,7 +172,7 @@ def test_user_metrics_and_accuracy_on_dict_batches() -> None:
         return outputs["logits"].softmax(1).max(1).values * (batch["labels"] >= 0)
 
     settings = TrainingSettings(metrics={"confident": confident})
-    objective = Objective.of(model, "classification", settings)
+    objective = Objective.of(model, "classification", sections_of(settings).step)
     batch = {"x": torch.randn(4, 4), "scale": torch.ones(4), "labels": torch.tensor([0, 1, 2, 0])}
     out = objective.call(model, batch)
     loss_sum, _ = objective.loss(out, batch, None, None)

@@ -48,7 +48,7 @@ def write_checkpoint(
     """A checkpoint as a run of ``model`` on DATA with ``settings`` writes it."""
     resolved = TrainingSettings(**settings)
     data = resolve_data(DATA)
-    parts = fingerprint(resolve_model(model).skeleton(data.info), data, resolved)
+    parts = fingerprint(resolve_model(model).skeleton(data.info), data, dict(resolved))
     state = {
         "model": {"w": torch.zeros(2)},
         "loop": {"step": step, "epoch": 1},
@@ -71,7 +71,7 @@ def test_resume_auto_continues_a_compatible_run(tmp_path: Path) -> None:
     path = write_checkpoint(tmp_path, 8, "earlier", seed=1)
     settings = TrainingSettings(seed=1, epochs=5, resume="auto", checkpoint_dir=str(tmp_path))
     prepared = prepare(MODEL, DATA, settings)  # more epochs: still compatible
-    assert (prepared.resume_dir, prepared.resume_path) == (tmp_path, None)
+    assert (prepared.checkpoint.plan.directory, prepared.checkpoint.plan.path) == (tmp_path, None)
     assert path.parent == tmp_path
 
 
@@ -88,9 +88,9 @@ def test_resume_auto_without_checkpoint_dir_finds_the_newest_compatible_run(
     write_checkpoint(tmp_path / "20260101-110000-ident" / "checkpoints", 9, "b", seed=5)
     write_checkpoint(tmp_path / "20260101-120000-other" / "checkpoints", 9, "c")
     settings = TrainingSettings(resume="auto", runs_dir=str(tmp_path))
-    assert prepare(MODEL, DATA, settings).resume_dir == older.parent
+    assert prepare(MODEL, DATA, settings).checkpoint.plan.directory == older.parent
     fresh = TrainingSettings(resume="auto", runs_dir=str(tmp_path / "none"))
-    assert prepare(MODEL, DATA, fresh).resume_dir is None
+    assert prepare(MODEL, DATA, fresh).checkpoint.plan.directory is None
 
 
 def test_restarts_and_pruning_see_only_their_own_run(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ai_distributed_training.config import TrainingSettings
+from ai_distributed_training.config.sections import sections_of
 from ai_distributed_training.training.optim import build_optimizer
 from ai_distributed_training.training.strategies import local_gradients_finite
 
@@ -43,7 +44,7 @@ def test_gradients_finite_without_gradients() -> None:
 
 @pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
 def test_builtin_optimizers_are_fused_on_cpu(name: str) -> None:
-    opt = build_optimizer(TrainingSettings(optimizer=name), nn.Linear(2, 2))
+    opt = build_optimizer(sections_of(TrainingSettings(optimizer=name)).optim, nn.Linear(2, 2))
     assert opt.defaults["fused"] is True
 
 
@@ -51,7 +52,7 @@ def test_fused_adamw_matches_the_default_implementation() -> None:
     torch.manual_seed(0)
     a, b = nn.Linear(8, 4), nn.Linear(8, 4)
     b.load_state_dict(a.state_dict())
-    fused = build_optimizer(TrainingSettings(weight_decay=0.1), a)
+    fused = build_optimizer(sections_of(TrainingSettings(weight_decay=0.1)).optim, a)
     plain = torch.optim.AdamW(b.parameters(), lr=1e-3, weight_decay=0.1)
     x = torch.randn(16, 8)
     for _ in range(5):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from ai_distributed_training.config import TrainingSettings, validate
+from ai_distributed_training.config.sections import sections_of
 from ai_distributed_training.data import resolve_data
 from ai_distributed_training.errors import ConfigError
 from ai_distributed_training.models import resolve_model
@@ -22,21 +23,23 @@ INFO = resolve_data({"samples": 64, "features": 10}).info
 def test_replica_bytes_counts_parameters_gradients_and_adamw_state() -> None:
     settings = TrainingSettings(batch_size=1, nodes=1)
     params = 10 * 100 + 100 + 100 * 2 + 2
-    activations = replica_bytes(MODEL, INFO, settings) - 16 * params
+    activations = replica_bytes(MODEL, INFO, sections_of(settings)) - 16 * params
     assert 0 < activations < 4 * 1000  # one sample's saved activations, a few hundred floats
 
 
 def test_auto_picks_fsdp_only_when_the_replica_does_not_fit() -> None:
     settings = TrainingSettings(strategy="auto")
-    need = replica_bytes(MODEL, INFO, settings)
-    assert choose_strategy(MODEL, INFO, settings, budget_bytes=10 * need) == "ddp"
-    assert choose_strategy(MODEL, INFO, settings, budget_bytes=need) == "fsdp"  # over 80%
+    need = replica_bytes(MODEL, INFO, sections_of(settings))
+    assert choose_strategy(MODEL, INFO, sections_of(settings), budget_bytes=10 * need) == "ddp"
+    assert (
+        choose_strategy(MODEL, INFO, sections_of(settings), budget_bytes=need) == "fsdp"
+    )  # over 80%
 
 
 def test_auto_is_resolved_before_any_worker_starts() -> None:
     settings = TrainingSettings(strategy="auto", nodes=2, batch_size=8)
     prepared = prepare({"model_name": "m"}, {"samples": 64, "features": 10}, settings)
-    assert prepared.settings.strategy == "ddp"  # a small MLP fits this host many times
+    assert prepared.parallel.strategy == "ddp"  # a small MLP fits this host many times
 
 
 def test_unknown_strategy_is_named() -> None:

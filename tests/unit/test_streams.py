@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from ai_distributed_training import ConfigError
 from ai_distributed_training.config import TrainingSettings
+from ai_distributed_training.config.sections import sections_of
 from ai_distributed_training.data import resolve_data
 from ai_distributed_training.data.streams import StreamSource
 from ai_distributed_training.prepare import prepare
@@ -45,10 +46,12 @@ def stream_data(dataset: Any) -> RankData:
 
 def ctx(ckpt: Path | None = None, **settings: Any) -> RankContext:
     base = {"epochs": 2, "batch_size": 16, "learning_rate": 0.01, **settings}
-    return RankContext(
-        settings=TrainingSettings(**base),
+    return RankContext.of(
+        sections_of(TrainingSettings(**base)),
         strategy=DDPStrategy(0, 1, torch.device("cpu")),
-        checkpointer=Checkpointer(ckpt, writes=True, keep=20, config={}),
+        checkpointer=Checkpointer(
+            ckpt, writes=True, keep=20, config={}, every=base.get("checkpoint_every")
+        ),
     )
 
 
@@ -96,9 +99,12 @@ def test_stream_checks_before_launch() -> None:
     prepare(model(), NoLen(IDS), TrainingSettings(nodes=2, lr_schedule="cosine", max_steps=5))
     with pytest.raises(ConfigError, match=r"num_workers=2: a stream is read in each training"):
         prepare(model(), DataLoader(Rows(IDS), batch_size=8, num_workers=2), TrainingSettings())
-    with pytest.warns(UserWarning, match=r"no state_dict\(\)/load_state_dict\(\): after a restart"):
+    with pytest.warns(
+        UserWarning, match=r"no state_dict\(\)/load_state_dict\(\): after a restart"
+    ) as got:
         prepared = prepare(model(), Rows(IDS, stateful=False), TrainingSettings(nodes=2))
-    assert prepared.settings.validation_split == 0.0
+    assert got[0].filename == __file__  # the user's line, however deep the library warned
+    assert prepared.loop.validation_split == 0.0
     assert (
         "read whole by every rank, re-read and skipped on resume" in prepared.data.info.description
     )

@@ -10,6 +10,7 @@ import torch
 
 from ai_distributed_training import ConfigError
 from ai_distributed_training.config import TrainingSettings
+from ai_distributed_training.config.sections import sections_of
 from ai_distributed_training.prepare import prepare
 from ai_distributed_training.training.context import RankContext
 from ai_distributed_training.training.loop import train
@@ -22,8 +23,8 @@ GAN = {"G": gan_generator, "D": gan_discriminator}
 
 
 def one_rank(**settings: Any) -> RankContext:
-    return RankContext(
-        settings=TrainingSettings(**settings), strategy=DDPStrategy(0, 1, torch.device("cpu"))
+    return RankContext.of(
+        sections_of(TrainingSettings(**settings)), strategy=DDPStrategy(0, 1, torch.device("cpu"))
     )
 
 
@@ -64,12 +65,12 @@ def test_custom_step_settings_are_checked_before_launch(
 
 def test_a_dict_of_models_trains_without_validation() -> None:
     prepared = prepare(GAN, DATA, TrainingSettings(nodes=2, train_step=gan_step))
-    assert prepared.settings.validation_split == 0.0 and prepared.model.name == "G+D"
+    assert prepared.loop.validation_split == 0.0 and prepared.model.name == "G+D"
 
 
 def test_a_train_step_holds_no_samples_out_it_would_never_validate_on() -> None:
     prepared = prepare({"model_name": "m"}, DATA, TrainingSettings(nodes=2, train_step=gan_step))
-    assert prepared.settings.validation_split == 0.0
+    assert prepared.loop.validation_split == 0.0
     with pytest.raises(ConfigError, match=r"a train_step is not validated"):
         prepare(
             {"model_name": "m"}, DATA, TrainingSettings(train_step=gan_step, validation_data=DATA)

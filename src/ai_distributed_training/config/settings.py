@@ -417,14 +417,6 @@ class TrainingSettings(StrictModel):
     )
 
 
-def check_warmup(settings: TrainingSettings) -> None:
-    if settings.warmup_steps is not None and settings.warmup_ratio is not None:
-        raise ConfigError(
-            f"warmup_steps={settings.warmup_steps} and warmup_ratio="
-            f"{settings.warmup_ratio} were both given; pass one of them"
-        )
-
-
 def settings_markdown_table() -> str:
     """The README's settings table, generated from :class:`TrainingSettings` (so it cannot
     drift from the code)."""

@@ -58,33 +58,7 @@ def resolve_data(
         )
     if isinstance(data, (tuple, list)) and len(data) == 2:
         return tensors_source(data[0], data[1], description="arrays", task=task)
-    source: DataSource
-    if isinstance(data, Mapping) and "tokens" in data:
-        extra = sorted(set(data) - {"tokens", "vocab_size"})
-        if extra:
-            raise ConfigError(f"unknown key(s) {extra} beside 'tokens'; accepted: 'vocab_size'")
-        source = tokens_source(data["tokens"], data.get("vocab_size"))
-    elif isinstance(data, Mapping) and {"seq_len", "vocab_size"} & set(data):
-        source = SyntheticTokenSource.from_spec(validate(TokenDataSpec, data, "data key"))
-    elif isinstance(data, Mapping):
-        source = SyntheticSource.from_spec(validate(SyntheticDataSpec, data, "data key"))
-    elif isinstance(data, DataLoader):
-        source = loader_source(data, num_classes, collate_fn)
-    elif isinstance(data, IterableDataset):
-        source = StreamSource.from_stream(data, LoaderOptions(collate_fn=collate_fn), num_classes)
-    elif sliceable(data, collate_fn, num_classes):
-        x, y = data.tensors
-        source = tensors_source(x, y, description="a TensorDataset, sliced as tensors", task=task)
-    elif isinstance(data, Dataset):
-        options = LoaderOptions(collate_fn=collate_fn)
-        source = DatasetSource.from_dataset(data, num_classes, options)
-    else:
-        raise ConfigTypeError(
-            f"data of type {type(data).__name__} is not accepted; pass a synthetic spec dict "
-            "{'samples': N, 'features': F}, a pair (X, y) of tensors or arrays, a torch "
-            "Dataset or IterableDataset or a DataLoader over one, or a path to a "
-            f"{'/'.join(FILE_SUFFIXES)} file or a directory of .npy/.parquet shards"
-        )
+    source = _source_of(data, task, num_classes, collate_fn)
     # A spec or a dataset states its own targets: a different task setting is a contradiction.
     if task is not None and task != source.info.task:
         raise ConfigError(
@@ -92,3 +66,33 @@ def resolve_data(
             f"{source.info.task!r} (set the task in the data spec or dataset)"
         )
     return source
+
+
+def _source_of(
+    data: Any, task: Task | None, num_classes: int | None, collate_fn: Callable[..., Any] | None
+) -> DataSource:
+    """The source of an in-memory input other than an ``(X, y)`` pair, by its kind."""
+    if isinstance(data, Mapping) and "tokens" in data:
+        extra = sorted(set(data) - {"tokens", "vocab_size"})
+        if extra:
+            raise ConfigError(f"unknown key(s) {extra} beside 'tokens'; accepted: 'vocab_size'")
+        return tokens_source(data["tokens"], data.get("vocab_size"))
+    if isinstance(data, Mapping) and {"seq_len", "vocab_size"} & set(data):
+        return SyntheticTokenSource.from_spec(validate(TokenDataSpec, data, "data key"))
+    if isinstance(data, Mapping):
+        return SyntheticSource.from_spec(validate(SyntheticDataSpec, data, "data key"))
+    if isinstance(data, DataLoader):
+        return loader_source(data, num_classes, collate_fn)
+    if isinstance(data, IterableDataset):
+        return StreamSource.from_stream(data, LoaderOptions(collate_fn=collate_fn), num_classes)
+    if sliceable(data, collate_fn, num_classes):
+        x, y = data.tensors
+        return tensors_source(x, y, description="a TensorDataset, sliced as tensors", task=task)
+    if isinstance(data, Dataset):
+        return DatasetSource.from_dataset(data, num_classes, LoaderOptions(collate_fn=collate_fn))
+    raise ConfigTypeError(
+        f"data of type {type(data).__name__} is not accepted; pass a synthetic spec dict "
+        "{'samples': N, 'features': F}, a pair (X, y) of tensors or arrays, a torch "
+        "Dataset or IterableDataset or a DataLoader over one, or a path to a "
+        f"{'/'.join(FILE_SUFFIXES)} file or a directory of .npy/.parquet shards"
+    )

@@ -93,12 +93,8 @@ class TensorFileSource:
         return TensorReader(blob["X"], blob["y"])
 
 
-def tensors_source(
-    x: Any, y: Any, description: str, integral_is_class: bool = False, task: Task | None = None
-) -> TensorSource:
-    """Validate ``(X, y)`` and infer the task (or apply ``task`` when given);
-    ``integral_is_class`` reads whole-number float targets (from a table file) as class labels."""
-    xt, yt = _as_tensor(x, "X"), _as_tensor(y, "y")
+def _checked_pair(xt: torch.Tensor, yt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(X, y)`` with a sample dimension, the same length, samples, and real values."""
     if xt.ndim == 0 or yt.ndim == 0:
         raise ConfigError(
             f"X and y must have a sample dimension; got shapes "
@@ -115,8 +111,13 @@ def tensors_source(
                 f"imaginary part; pass torch.view_as_real({name}) (real and imaginary parts as "
                 "a last dimension of 2)"
             )
-    xt = model_inputs(xt)
-    _check_finite(xt, "X")
+    return xt, yt
+
+
+def _targets_for(yt: torch.Tensor, task: Task | None, integral_is_class: bool) -> torch.Tensor:
+    """The targets as the task reads them: booleans as classes, floats for regression, whole
+    numbers as class labels for classification (and, from a table, whole non-negative floats
+    of one column)."""
     if yt.dtype == torch.bool:
         yt = yt.long()
     if task == "regression":
@@ -134,6 +135,18 @@ def tensors_source(
         integral = bool((yt == yt.round()).all()) and yt.min() >= 0
         if integral_is_class and task != "regression" and yt.ndim == 1 and integral:
             yt = yt.long()
+    return yt
+
+
+def tensors_source(
+    x: Any, y: Any, description: str, integral_is_class: bool = False, task: Task | None = None
+) -> TensorSource:
+    """Validate ``(X, y)`` and infer the task (or apply ``task`` when given);
+    ``integral_is_class`` reads whole-number float targets (from a table file) as class labels."""
+    xt, yt = _checked_pair(_as_tensor(x, "X"), _as_tensor(y, "y"))
+    xt = model_inputs(xt)
+    _check_finite(xt, "X")
+    yt = _targets_for(yt, task, integral_is_class)
     inferred: Task
     if yt.is_floating_point():
         inferred = "regression"

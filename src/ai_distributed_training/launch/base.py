@@ -6,16 +6,17 @@ either way."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
-from ..training.job import Job
+from ..training.job import Job, RankOutput
 
 
 class Launcher(Protocol):
     """Creates the workers of a job and waits for them."""
 
-    def launch(self, job: Job, *, progress: Callable[[], int]) -> dict[str, Any]:
-        """Train ``job`` on this launcher's workers; returns global rank 0's output (see
+    def launch(self, job: Job, *, progress: Callable[[], int]) -> RankOutput:
+        """Train ``job`` on this launcher's workers (as many, where and restarted as its
+        ``launch`` section and topology say); returns global rank 0's output (see
         :func:`..training.rank.run_rank`). ``progress()`` gives the newest checkpoint step
         this run has written (-1: none), for deciding whether a restart can help.
 

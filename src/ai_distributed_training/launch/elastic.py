@@ -32,10 +32,10 @@ from torch.distributed.elastic.rendezvous import registry as rdzv_registry
 from torch.distributed.elastic.rendezvous.api import RendezvousError
 from torch.distributed.launcher.api import LaunchConfig
 
+from ..config.sections import Hosts
 from ..errors import RankFailure, RendezvousFailedError, TrainingInterrupted, WorkerFailedError
 from ..host import interface_with_address, restored_environ, restored_signal_handlers
-from ..topology import Hosts
-from ..training.job import Job
+from ..training.job import Job, RankOutput
 from . import worker
 from .handover import JobFiles, new_job_dir, remove_stale_job_dirs
 from .restarts import PolicyAgent, RestartPolicy, root_cause_first
@@ -81,29 +81,26 @@ def _set_worker_environ() -> None:
 
 @dataclass(frozen=True, kw_only=True)
 class ElasticLauncher:
-    """This host's workers through torch elastic: ``local_world_size`` worker processes (the
-    job's all, or with ``hosts`` this host's share of a job over several), restarted together
-    up to ``max_restarts`` times. The job travels as files (:class:`.handover.JobFiles`): data
-    staged once and memory-mapped by every worker."""
+    """This host's workers through torch elastic: the topology's ``local_world_size`` worker
+    processes (the job's all, or with ``hosts`` this host's share of a job over several),
+    restarted together up to the ``max_restarts`` setting's times. The job travels as files
+    (:class:`.handover.JobFiles`): data staged once and memory-mapped by every worker."""
 
-    local_world_size: int
-    max_restarts: int
-    hosts: Hosts | None = None
-
-    def launch(self, job: Job, *, progress: Callable[[], int]) -> dict[str, Any]:
+    def launch(self, job: Job, *, progress: Callable[[], int]) -> RankOutput:
         remove_stale_job_dirs()
+        hosts = job.topology.hosts
         run_dir = Path(job.run_dir) if job.run_dir else None
         files = JobFiles(job_dir=new_job_dir(), run_dir=run_dir)
         try:
             job_path = files.write_job(job)
             launch_local(
                 [worker.__name__, str(job_path)],
-                self.local_world_size,
+                job.topology.local_world_size,
                 log_dir=files.job_dir / "elastic",
-                max_restarts=self.max_restarts,
-                hosts=self.hosts,
+                max_restarts=job.launch.max_restarts,
+                hosts=hosts,
                 # Across hosts every agent must restart together: elastic's plain rule there.
-                policy=None if self.hosts else RestartPolicy(progress),
+                policy=None if hosts else RestartPolicy(progress),
             )
             return files.read_result()
         finally:

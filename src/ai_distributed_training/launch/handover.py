@@ -15,13 +15,12 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import cloudpickle
 import torch
 
 from ..host import remove_stale, write_atomically
-from ..training.job import Job
+from ..training.job import Job, RankOutput
 
 JOB_FILE = "job.pkl"
 SYS_PATH_FILE = "sys_path.json"
@@ -86,13 +85,12 @@ class JobFiles:
         assert isinstance(files, JobFiles) and isinstance(job, Job)
         return files, job
 
-    def write_result(self, result: dict[str, Any]) -> None:
+    def write_result(self, result: RankOutput) -> None:
         """Rank 0's result, its weights apart (they may be large, and stay as model.pt)."""
-        write_atomically(result.pop("state_dict"), self.weights_path)
-        write_atomically(result, self.result_path)
+        write_atomically(result.state_dict, self.weights_path)
+        write_atomically(result.facts(), self.result_path)
 
-    def read_result(self) -> dict[str, Any]:
-        """What :meth:`write_result` wrote, the weights back under ``state_dict``."""
-        out: dict[str, Any] = torch.load(self.result_path, weights_only=True)
-        out["state_dict"] = torch.load(self.weights_path, weights_only=True)
-        return out
+    def read_result(self) -> RankOutput:
+        """What :meth:`write_result` wrote."""
+        facts = torch.load(self.result_path, weights_only=True)
+        return RankOutput.of(facts, torch.load(self.weights_path, weights_only=True))

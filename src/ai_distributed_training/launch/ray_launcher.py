@@ -29,10 +29,10 @@ from typing import Any, cast
 import cloudpickle
 import torch
 
-from ..config import TrainingSettings
+from ..config.sections import LaunchSection
 from ..errors import ConfigError, RankFailure, WorkerFailedError
 from ..host import available_cores, restored_environ, restored_signal_handlers
-from ..training.job import Job
+from ..training.job import Job, RankOutput
 from .ray_worker import TRACEBACK_ATTR
 from .restarts import WORKER_DIED, RestartPolicy, root_cause_first
 
@@ -134,7 +134,7 @@ def _check_reachable(address: str | None) -> None:
         ) from None
 
 
-def workers_fit(settings: TrainingSettings, cluster: RayCluster) -> int:
+def workers_fit(launch: LaunchSection, cluster: RayCluster) -> int:
     """CPUs (= torch threads) per worker: ``threads_per_worker``, else the cluster's CPUs shared
     by the workers (at most a node's). Checked against the cluster, since Ray would wait
     forever for resources it does not have.
@@ -142,14 +142,14 @@ def workers_fit(settings: TrainingSettings, cluster: RayCluster) -> int:
     Raises:
         ConfigError: the workers do not fit on the cluster.
     """
-    nodes = settings.nodes
+    nodes = launch.nodes
     share = min(cluster.cpus // nodes, cluster.largest_node_cpus)
-    threads = settings.threads_per_worker or max(1, int(share))
+    threads = launch.threads_per_worker or max(1, int(share))
     short = cluster.cpus < nodes * threads or threads > cluster.largest_node_cpus
-    if settings.use_gpus and cluster.gpus < nodes:
+    if launch.use_gpus and cluster.gpus < nodes:
         short = True
     if short:
-        gpus = f" and {nodes} GPUs" if settings.use_gpus else ""
+        gpus = f" and {nodes} GPUs" if launch.use_gpus else ""
         raise ConfigError(
             f"nodes={nodes} Ray workers with {threads} CPU(s) each need {nodes * threads} CPUs"
             f"{gpus}, but the Ray cluster at {cluster.address} has {cluster.cpus:g} CPUs "
@@ -162,20 +162,17 @@ def workers_fit(settings: TrainingSettings, cluster: RayCluster) -> int:
 
 @dataclass(frozen=True, kw_only=True)
 class RayLauncher:
-    """The workers of a job as Ray Train workers: ``nodes`` of them, each with
+    """The workers of a job as Ray Train workers: ``nodes`` of them, each with the job's
     ``threads_per_worker`` CPUs (its torch threads; Ray places them, no pinning) and a GPU
     with ``use_gpus``. The job travels through Ray's object store."""
 
-    settings: TrainingSettings
-    threads_per_worker: int
-
-    def launch(self, job: Job, *, progress: Callable[[], int]) -> dict[str, Any]:
+    def launch(self, job: Job, *, progress: Callable[[], int]) -> RankOutput:
         """See :class:`.base.Launcher`. A failed run is fitted again (the workers resume from
         its newest checkpoint) while restarts are left and ``progress`` shows that a restart
         can help (see :class:`.restarts.RestartPolicy`)."""
         from ray.train.v2.api.exceptions import TrainingFailedError
 
-        ray, settings = import_ray(), self.settings
+        ray, settings = import_ray(), job.launch
         connect(settings.ray_address)
         shared_job = ray.put(cloudpickle.dumps(job))  # once, however many fits
         policy = RestartPolicy(progress)
@@ -196,8 +193,8 @@ class RayLauncher:
                     raise WorkerFailedError(failed.failures, reason) from None
                 restarts_left -= 1
         returned = getattr(result, "return_value")  # noqa: B009  (Ray Train V2's Result)
-        out: dict[str, Any] = torch.load(io.BytesIO(returned), weights_only=True)
-        return out
+        facts, state_dict = torch.load(io.BytesIO(returned), weights_only=True)
+        return RankOutput.of(facts, state_dict)
 
     def _trainer(self, job: Job, shared_job: Any) -> Any:
         """One fit of the job's workers, which load it from ``shared_job`` (its reference in
@@ -208,8 +205,8 @@ class RayLauncher:
 
         from .ray_worker import train_worker
 
-        settings = self.settings
-        resources = {"CPU": self.threads_per_worker, **({"GPU": 1} if settings.use_gpus else {})}
+        settings = job.launch
+        resources = {"CPU": job.threads_per_worker, **({"GPU": 1} if settings.use_gpus else {})}
         storage = settings.ray_storage_path or (
             str(Path(job.run_dir).resolve()) if job.run_dir else None
         )
@@ -232,7 +229,7 @@ class RayLauncher:
                 name=f"adt-{job.run_id}",
                 storage_path=storage,
                 failure_config=FailureConfig(max_failures=0),  # restarts: see launch
-                checkpoint_config=CheckpointConfig(num_to_keep=settings.keep_checkpoints),
+                checkpoint_config=CheckpointConfig(num_to_keep=job.checkpoint.keep),
             ),
         )
 

@@ -60,7 +60,7 @@ def train_worker(config: dict[str, Any]) -> bytes | None:
     if env.rank != 0:
         return None
     buffer = io.BytesIO()
-    torch.save(out, buffer)
+    torch.save((out.facts(), out.state_dict), buffer)
     return buffer.getvalue()
 
 

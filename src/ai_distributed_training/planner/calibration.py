@@ -88,14 +88,8 @@ def _time_optimizer(parameters: int) -> float:
         return median_seconds(opt.step, runs=10, warmup=3) / parameters
 
 
-def calibrate(ranks: tuple[int, ...] | None = None) -> HardwareProfile:
-    """Measure this machine: compute speed in-process, all-reduce latency and bandwidth with
-    real gloo processes at each rank count of ``ranks`` (default: 2 and twice the cores, capped
-    at 8), and a worker's baseline memory. Takes ~15-30 s."""
-    # Imported here: each calibration process runs it as __main__ (see run._launch).
-    from . import calibration_worker
-
-    cores = available_cores()
+def _compute_profile(cores: int) -> HardwareProfile:
+    """This machine's compute, measured in-process (its links are filled in by calibrate)."""
     flops = count_probe().flops_per_sample
     per_parameter = _time_optimizer(1_000_000)
     one = _time_steps(1, PROBE_BATCH)
@@ -107,10 +101,7 @@ def calibrate(ranks: tuple[int, ...] | None = None) -> HardwareProfile:
         threading = (PROBE_BATCH * cores * flops / max(many - tiny, 1e-9)) / (cores * slot_flops)
     else:
         threading = 1.0
-    measured: dict[int, Link] = {}
-    slowdown: dict[int, float] = {}
-    baseline = 0
-    profile = HardwareProfile(  # compute only so far: what the in-training probe is held to
+    return HardwareProfile(
         name=f"{THIS_MACHINE}: {socket.gethostname()}, {cores} cores, calibrated "
         f"{time.strftime('%Y-%m-%d %H:%M')}",
         kind="cpu",
@@ -125,25 +116,42 @@ def calibrate(ranks: tuple[int, ...] | None = None) -> HardwareProfile:
         intra_host=Link(latency_s=0, bandwidth_bytes_per_s=1),
         inter_host=Link(latency_s=0, bandwidth_bytes_per_s=1),
     )
+
+
+def _measure_ranks(n: int, threads: int, profile: HardwareProfile) -> tuple[Link, float, int]:
+    """All-reduce link, compute slowdown and a worker's baseline bytes, from ``n`` real gloo
+    processes of ``threads`` threads each."""
+    # Imported here: each calibration process runs it as __main__ (see run._launch).
+    from . import calibration_worker
+
     probe = count_probe()
+    with tempfile.TemporaryDirectory(prefix="adt-calibrate-") as tmp:
+        out = Path(tmp) / "allreduce.json"
+        launch_local([calibration_worker.__name__, str(out), str(threads)], n, Path(tmp) / "logs")
+        found = json.loads(out.read_text())
+    link = Link(**found["link"])
+    # Scale the idle fit so it gives the sync time measured inside DDP training.
+    idle = link.allreduce_s(4 * probe.parameters, n)
+    factor = max(1.0, found["training_sync_s"] / idle) if idle > 0 else 1.0
+    scaled = Link(
+        latency_s=link.latency_s * factor, bandwidth_bytes_per_s=link.bandwidth_bytes_per_s / factor
+    )
+    expected = compute_seconds(PROBE_BATCH, probe, profile, n, threads)
+    return scaled, max(1.0, found["training_compute_s"] / expected), int(found["baseline_bytes"])
+
+
+def calibrate(ranks: tuple[int, ...] | None = None) -> HardwareProfile:
+    """Measure this machine: compute speed in-process, all-reduce latency and bandwidth with
+    real gloo processes at each rank count of ``ranks`` (default: 2 and twice the cores, capped
+    at 8), and a worker's baseline memory. Takes ~15-30 s."""
+    cores = available_cores()
+    profile = _compute_profile(cores)  # what the in-training probe is held to
+    measured: dict[int, Link] = {}
+    slowdown: dict[int, float] = {}
+    baseline = 0
     for n in ranks or sorted({2, min(8, 2 * cores)}):
-        threads = max(1, cores // n)
-        with tempfile.TemporaryDirectory(prefix="adt-calibrate-") as tmp:
-            out = Path(tmp) / "allreduce.json"
-            args = [calibration_worker.__name__, str(out), str(threads)]
-            launch_local(args, n, Path(tmp) / "logs")
-            found = json.loads(out.read_text())
-        link = Link(**found["link"])
-        # Scale the idle fit so it gives the sync time measured inside DDP training.
-        idle = link.allreduce_s(4 * probe.parameters, n)
-        factor = max(1.0, found["training_sync_s"] / idle) if idle > 0 else 1.0
-        measured[n] = Link(
-            latency_s=link.latency_s * factor,
-            bandwidth_bytes_per_s=link.bandwidth_bytes_per_s / factor,
-        )
-        expected = compute_seconds(PROBE_BATCH, probe, profile, n, threads)
-        slowdown[n] = max(1.0, found["training_compute_s"] / expected)
-        baseline = max(baseline, int(found["baseline_bytes"]))
+        measured[n], slowdown[n], used = _measure_ranks(n, max(1, cores // n), profile)
+        baseline = max(baseline, used)
     within = measured[min(measured)]
     return profile.model_copy(
         update={

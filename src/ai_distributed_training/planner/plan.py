@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from ..config import TrainingSettings
+from ..config.sections import OptimSection, Sections
 from ..data import (
     DataInfo,
     DataSource,
@@ -198,9 +198,9 @@ def _communication_s(
     return total - hidden
 
 
-def _optimizer_name(settings: TrainingSettings) -> str:
+def _optimizer_name(optim: OptimSection) -> str:
     """The optimizer whose state the plan counts (a user's factory: counted as AdamW)."""
-    return settings.optimizer if isinstance(settings.optimizer, str) else "adamw"
+    return optim.optimizer if isinstance(optim.optimizer, str) else "adamw"
 
 
 def _bytes_per_parameter(optimizer: str) -> int:
@@ -223,32 +223,23 @@ def _memory(
 def make_plan(
     model: ModelSource,
     data: DataSource,
-    settings: TrainingSettings,
+    sections: Sections,
     hardware: HardwareProfile,
     nodes: tuple[int, ...] = DEFAULT_NODES,
     threshold: float = 0.8,
 ) -> Plan:
     """Predict every node count in ``nodes`` for this model, data, settings and hardware."""
-    info = data.info
+    info, loop = data.info, sections.loop
     check_plannable(info, "the planner", model)
     count = count_source(model, info)
-    timed = _time_model_here(model, info, settings, count, hardware)
+    timed = _time_model_here(model, info, sections, count, hardware)
     # This model's own speed on this machine beats the probe's; it rates this plan's compute
     # only: the profile itself (what --save-hardware writes) stays model-independent.
     rated = hardware if timed is None else hardware.model_copy(update={"slot_flops": timed})
-    held_out = 0.0 if settings.validation_data is not None else settings.validation_split
-    n_train = info.samples - int(info.samples * held_out)
-    if info.stream and not info.samples:  # a stream of unknown length
-        if settings.max_steps is None:
-            raise ConfigError(
-                "the planner predicts the time of the steps in all; a stream without len() "
-                "does not say how many: pass max_steps"
-            )
-        n_train = settings.max_steps * settings.batch_size
-    batch = settings.batch_size
+    n_train, batch = _training_samples(info, sections), loop.batch_size
     # GPU memory holds no dataset (batches are copied over from host memory).
     data_bytes = data_bytes_per_worker(data) if hardware.kind == "cpu" else 0
-    optimizer = _optimizer_name(settings)
+    optimizer = _optimizer_name(sections.optim)
     rows: list[Row] = []
     for n in sorted(set(nodes)):
         hosts, per_host, threads = _placement(n, hardware)
@@ -267,7 +258,7 @@ def make_plan(
                 threads_per_worker=threads,
                 per_worker_batch=share,
                 per_worker_samples_per_epoch=_epoch_share(n_train, batch, n),
-                steps_per_epoch=num_steps(n_train, batch, settings.drop_last),
+                steps_per_epoch=num_steps(n_train, batch, loop.drop_last),
                 compute_s=compute,
                 communication_s=comm,
                 step_time_s=step,
@@ -283,6 +274,20 @@ def make_plan(
     return Plan(count, hardware, batch, n_train, threshold, rows)
 
 
+def _training_samples(info: DataInfo, sections: Sections) -> int:
+    """Training samples per epoch (a stream of unknown length: those of ``max_steps``)."""
+    loop = sections.loop
+    held_out = 0.0 if sections.data.validation_data is not None else loop.validation_split
+    if not (info.stream and not info.samples):
+        return info.samples - int(info.samples * held_out)
+    if loop.max_steps is None:
+        raise ConfigError(
+            "the planner predicts the time of the steps in all; a stream without len() "
+            "does not say how many: pass max_steps"
+        )
+    return loop.max_steps * loop.batch_size
+
+
 #: Models up to this many bytes of training state are timed for real by plans on this machine.
 TIME_MODEL_LIMIT_BYTES = 1 << 30
 
@@ -290,7 +295,7 @@ TIME_MODEL_LIMIT_BYTES = 1 << 30
 def _time_model_here(
     model: ModelSource,
     info: DataInfo,
-    settings: TrainingSettings,
+    sections: Sections,
     count: ModelCount,
     hw: HardwareProfile,
 ) -> float | None:
@@ -303,9 +308,9 @@ def _time_model_here(
     try:
         with torch_threads(1):
             net = copy.deepcopy(model.module) if model.module is not None else model.build(info)
-            optimizer = build_optimizer(settings, net)
-            loss_sum = loss_sum_fn(info.task, settings.loss_fn)
-            batch = max(1, min(256, settings.batch_size))
+            optimizer = build_optimizer(sections.optim, net)
+            loss_sum = loss_sum_fn(info.task, sections.step.loss_fn)
+            batch = max(1, min(256, sections.loop.batch_size))
             x, y = example_batch(info, batch)
             if not info.tokens:
                 x = torch.randn_like(x)
@@ -348,22 +353,22 @@ def _with_efficiency(rows: list[Row], hw: HardwareProfile, threshold: float) -> 
     return out
 
 
-def replica_bytes(model: ModelSource, info: DataInfo, settings: TrainingSettings) -> int:
+def replica_bytes(model: ModelSource, info: DataInfo, sections: Sections) -> int:
     """One DDP worker's model state and activations: parameters + gradients (4 + 4 bytes each,
     fp32), optimizer state, and the activations of its share of a global batch."""
     count = count_source(model, info)
-    state = _bytes_per_parameter(_optimizer_name(settings)) * count.parameters
-    share = -(-settings.batch_size // settings.nodes)
+    state = _bytes_per_parameter(_optimizer_name(sections.optim)) * count.parameters
+    share = -(-sections.loop.batch_size // sections.launch.nodes)
     return int(state + share * count.activation_bytes_per_sample)
 
 
 def choose_strategy(
-    model: ModelSource, info: DataInfo, settings: TrainingSettings, budget_bytes: int
+    model: ModelSource, info: DataInfo, sections: Sections, budget_bytes: int
 ) -> str:
     """``strategy="auto"``: ``"fsdp"`` when a full replica would take more than 80% of a
     worker's memory budget (its GPU, or its share of the host's memory), else ``"ddp"``."""
     check_plannable(info, "strategy='auto'", model)
-    return "fsdp" if replica_bytes(model, info, settings) > 0.8 * budget_bytes else "ddp"
+    return "fsdp" if replica_bytes(model, info, sections) > 0.8 * budget_bytes else "ddp"
 
 
 def check_plannable(info: DataInfo, what: str, model: ModelSource) -> None:

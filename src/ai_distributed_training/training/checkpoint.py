@@ -38,6 +38,11 @@ COMMIT_MARKER = "COMMITTED"
 META_FILE = "meta.pt"
 #: The content checksum stored inside each checkpoint file (and each sharded one's meta.pt).
 CHECKSUM_KEY = "checksum"
+#: The checkpoint format this version writes, stored under ``FORMAT_KEY``. Format 1 (no key):
+#: every checkpoint written before formats were numbered, some without ``strategy``,
+#: ``run_id``, ``fingerprint`` or the loop's ``samples``. Format 2 has them all.
+FORMAT_VERSION = 2
+FORMAT_KEY = "format"
 #: A sharded checkpoint's shard files and their checksums, in its meta.pt.
 SHARD_CHECKSUMS_KEY = "shard_checksums"
 
@@ -66,19 +71,45 @@ def checkpoint_meta(path: Path) -> dict[str, Any]:
         meta = torch.load(path / META_FILE, map_location="cpu", weights_only=True)
     else:
         meta = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    keys = ("strategy", "run_id", "fingerprint", "loop")
-    return {k: meta[k] for k in keys if k in meta}
+    keys = (FORMAT_KEY, "strategy", "run_id", "fingerprint", "resumed_from", "loop")
+    return upgraded({k: meta[k] for k in keys if k in meta})
+
+
+def upgraded(state: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint (or its facts) of any format this version reads, in today's format: the
+    one place that knows what older formats lack. (The layout of the per-rank metric sums is
+    the meter's own: :meth:`~.metrics.Meter.upgrade`.)
+
+    Raises:
+        ValueError: a checkpoint from a newer version of the library.
+    """
+    version = int(state.get(FORMAT_KEY, 1))
+    if version > FORMAT_VERSION:
+        raise ValueError(
+            f"checkpoint format {version} is newer than this version's {FORMAT_VERSION}: "
+            "upgrade ai-distributed-training to resume it"
+        )
+    if version < 2:
+        state.setdefault("strategy", "ddp")  # the only strategy before FSDP
+        state.setdefault("run_id", None)  # before run ids: belongs to no run
+        state.setdefault("fingerprint", {})  # before fingerprints: taken as it is
+        state.setdefault("resumed_from", None)
+        if isinstance(state.get("loop"), dict):
+            state["loop"].setdefault("samples", None)  # the loop counts them again
+    state[FORMAT_KEY] = FORMAT_VERSION
+    return state
 
 
 def written_with(path: Path) -> str:
     """The strategy that wrote the checkpoint ``path`` (read without loading its tensors)."""
-    return str(checkpoint_meta(path).get("strategy", "ddp"))
+    return str(checkpoint_meta(path)["strategy"])
 
 
 def run_of(path: Path) -> str | None:
     """The run id of the call that wrote ``path``; None if unreadable or older than run ids."""
     try:
-        return checkpoint_meta(path).get("run_id")
+        run_id: str | None = checkpoint_meta(path)["run_id"]
+        return run_id
     except Exception:  # truncated or corrupt: belongs to no one we can name
         return None
 
@@ -118,7 +149,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         state = _load_verified(path)
     if not isinstance(state, dict) or "loop" not in state or not {"model", "dcp_dir"} & set(state):
         raise ValueError(f"{path.name} is not a checkpoint of this library")
-    return state
+    return upgraded(state)
 
 
 def _load_verified(path: Path) -> Any:
@@ -203,7 +234,7 @@ def save_checkpoint(directory: Path, step: int, state: dict[str, Any], keep: int
     its run (``state["run_id"]``)."""
     directory.mkdir(parents=True, exist_ok=True)
     path = checkpoint_path(directory, step)
-    write_verified(state, path)
+    write_verified({**state, FORMAT_KEY: FORMAT_VERSION}, path)
     prune(directory, keep, state.get("run_id"))
     return path
 
@@ -213,7 +244,8 @@ def commit_sharded(path: Path, meta: dict[str, Any], keep: int) -> Path:
     ``meta.pt`` with every shard file's checksum, then the commit marker, last; keep the newest
     ``keep`` checkpoints."""
     shards = {f.name: file_digest(f) for f in sorted(path.iterdir()) if f.is_file()}
-    write_verified({**meta, SHARD_CHECKSUMS_KEY: shards}, path / META_FILE)
+    meta = {**meta, FORMAT_KEY: FORMAT_VERSION, SHARD_CHECKSUMS_KEY: shards}
+    write_verified(meta, path / META_FILE)
     write_atomically({"committed": True}, path / COMMIT_MARKER)
     prune(path.parent, keep, meta.get("run_id"))
     return path

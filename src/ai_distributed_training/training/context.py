@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ..config import TrainingSettings
+from ..config.sections import LoopSection, OptimSection, Sections, StepSection
 from ..data import BatchReader, Task
 from ..data.streams import StreamReader
 from .faults import FaultInjector
@@ -22,9 +22,12 @@ class RankContext:
     """This rank's collaborators: the strategy (every collective goes through it), the job log
     and tracker (real on global rank 0, no-ops elsewhere), the checkpointer, the fault injector
     and the compute dtype of autocast (None: fp32). Left out, each collaborator is a no-op one
-    (no log, no files, no checkpoints, no faults): what a one-rank unit test needs."""
+    (no log, no files, no checkpoints, no faults): what a one-rank unit test needs. The
+    sections are the job's: the loop's arithmetic, the optimizer's, the step's."""
 
-    settings: TrainingSettings
+    loop: LoopSection
+    optim: OptimSection
+    step: StepSection
     strategy: Strategy
     job_log: JobLog = field(default_factory=lambda: JobLog(enabled=False))
     tracker: Tracker = field(default_factory=Tracker)
@@ -33,6 +36,12 @@ class RankContext:
     )
     faults: FaultInjector = field(default_factory=lambda: FaultInjector([], rank=0, attempt=0))
     compute_dtype: torch.dtype | None = None
+
+    @classmethod
+    def of(cls, sections: Sections, **collaborators: Any) -> RankContext:
+        """The context of a job's ``sections`` (see :func:`~..config.sections.sections_of`),
+        with the collaborators given by keyword (``strategy`` at least)."""
+        return cls(loop=sections.loop, optim=sections.optim, step=sections.step, **collaborators)
 
     @property
     def rank(self) -> int:

@@ -107,10 +107,10 @@ class StepContext:
         if name not in self.optimizers:
             raise KeyError(f"no optimizer named {name!r}; the models are {sorted(self.models)}")
         self.calls[f"step:{name}"] += 1
-        ctx, settings, optimizer = self._ctx, self._ctx.settings, self.optimizers[name]
+        ctx, optimizer = self._ctx, self.optimizers[name]
         model = self.models[name]
         if not self.scaler.is_enabled() and not ctx.strategy.gradients_finite(model):
-            if not settings.skip_nonfinite_steps:
+            if not ctx.loop.skip_nonfinite_steps:
                 raise NonFiniteStepError(
                     f"non-finite gradients of model {name!r} at step {self.global_step} (rank "
                     f"{self.rank}); pass skip_nonfinite_steps=True to skip such updates"
@@ -159,7 +159,7 @@ class CustomStep:
         if not self.settled:
             self._settle(micro.samples, global_count, step, batch)
             self.settled = True
-        ctx.begin(micro.samples, global_count, step, self.ctx.settings.seed)
+        ctx.begin(micro.samples, global_count, step, self.ctx.loop.seed)
         returned = self.train_step(ctx, batch)
         sums, counts = self._values(returned, micro.samples)
         self._check_agreement(step, bool(torch.isfinite(sums).all()))
@@ -182,7 +182,7 @@ class CustomStep:
             }
         )
         rng = capture_rng()
-        ctx.begin(samples, global_count, step, self.ctx.settings.seed)
+        ctx.begin(samples, global_count, step, self.ctx.loop.seed)
         self.train_step(ctx, batch)
         for name, model in ctx.models.items():
             model.load_state_dict(saved["models"][name])
@@ -233,7 +233,7 @@ class CustomStep:
                 "call ctx.backward and ctx.step(name) equally often"
             )
         bad = [r for r, row in enumerate(every) if row[-1] == 0]
-        if bad and not self.ctx.settings.skip_nonfinite_steps:
+        if bad and not self.ctx.loop.skip_nonfinite_steps:
             raise NonFiniteStepError(
                 f"train_step returned a non-finite value at step {step} on rank(s) {bad}; pass "
                 "skip_nonfinite_steps=True to skip such updates"

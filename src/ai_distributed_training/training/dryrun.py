@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, is_dataclass, replace
 from typing import Any
 
@@ -21,7 +22,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..config import TrainingSettings
+from ..config.sections import LoopSection, OptimSection, StepSection
 from ..data import DataInfo, DataSource, example_batch
 from ..data.loading import Micro
 from ..data.streams import StreamSource
@@ -102,16 +103,19 @@ def module_copy(module: nn.Module, *, real: bool) -> nn.Module | None:
         return None
 
 
-def dry_run(module: nn.Module, data: DataSource, settings: TrainingSettings) -> DryRunFacts | None:
-    """Run ``module`` (from :func:`dry_run_module`), the loss and the metrics on 2 samples: in
-    eval mode, without gradients, on its device. None: skipped (see the module docstring).
+def dry_run(
+    module: nn.Module, data: DataSource, step: StepSection, task: str | None
+) -> DryRunFacts | None:
+    """Run ``module`` (from :func:`dry_run_module`), the loss and the metrics of ``step`` on 2
+    samples: in eval mode, without gradients, on its device; ``task``: the setting (None:
+    inferred). None: skipped (see the module docstring).
 
     Raises:
         ConfigError: the model, the loss or a metric fails on a batch like the data's.
     """
     device = next((p.device for p in module.parameters()), torch.device("cpu"))
     batch = to_device(_two_samples(data), device)
-    objective = Objective.of(module, data.info.task, settings)
+    objective = Objective.of(module, data.info.task, step)
     module.eval()  # no dropout, no BatchNorm statistics
     seen: list[int] = []
     hooks = [
@@ -126,10 +130,10 @@ def dry_run(module: nn.Module, data: DataSource, settings: TrainingSettings) -> 
             if count is not None and device.type != "meta" and float(count) < 0:
                 raise ValueError(f"count_fn returned {float(count):g}: never a negative count")
             out = objective.call(module, batch, 1.0 if count is not None else None)
-            classes = float_classes(_shape(_predicted(out)), batch, data, settings.task)
+            classes = float_classes(_shape(_predicted(out)), batch, data, task)
             if classes is not None:  # scored as the classes they are
                 objective = replace(objective, task="classification")
-            _loss_and_metrics(batch, objective, settings, device, out, count)
+            _loss_and_metrics(batch, objective, step.metrics, device, out, count)
     except NoTargetError as err:
         raise ConfigError(str(err)) from None
     except NotImplementedError:
@@ -150,7 +154,14 @@ def dry_run(module: nn.Module, data: DataSource, settings: TrainingSettings) -> 
     return DryRunFacts(predicted, target, min(seen, default=None), classes)
 
 
-def dry_run_step(module: nn.Module, data: DataSource, settings: TrainingSettings) -> None:
+def dry_run_step(
+    module: nn.Module,
+    data: DataSource,
+    *,
+    optim: OptimSection,
+    loop: LoopSection,
+    step: StepSection,
+) -> None:
     """Run the user's ``train_step`` once on two samples, as one rank of one: on ``module``
     (a copy of the caller's models, from :func:`dry_run_module`), with its own optimizers and
     schedulers, their steps included, the caller's random generators restored. A wrong
@@ -168,18 +179,19 @@ def dry_run_step(module: nn.Module, data: DataSource, settings: TrainingSettings
 
     batch = _two_samples(data)
     samples = num_samples(batch)
-    ctx = RankContext(settings=settings, strategy=DDPStrategy(0, 1, torch.device("cpu")))
+    strategy = DDPStrategy(0, 1, torch.device("cpu"))
+    ctx = RankContext(optim=optim, loop=loop, step=step, strategy=strategy)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     rng = capture_rng()
     try:
-        step, _ = custom_parts(module, ctx, scaler, total_steps=100)
-        step.forward_backward([Micro(batch, samples)], samples, 1)
+        custom, _ = custom_parts(module, ctx, scaler, total_steps=100)
+        custom.forward_backward([Micro(batch, samples)], samples, 1)
     except Exception as err:
         cause = environment_cause(err)
         if cause is not None:
             log.debug("dry run of the train_step skipped: %s", cause)
             return
-        name = getattr(settings.train_step, "__name__", "train_step")
+        name = getattr(step.train_step, "__name__", "train_step")
         raise ConfigError(
             f"train_step {name} fails on two samples of the data ({_describe(batch)}), run "
             f"once in the caller on copies of the models: {type(err).__name__}: {err}"
@@ -277,7 +289,7 @@ def _shape(t: Any) -> tuple[int, ...] | None:
 def _loss_and_metrics(
     batch: Any,
     objective: Objective,
-    settings: TrainingSettings,
+    metrics: dict[str, Callable[..., Any]],
     device: torch.device,
     out: Any,
     count: torch.Tensor | None,
@@ -290,7 +302,7 @@ def _loss_and_metrics(
         return  # no values to check
     if got is not None and float(got) < 0:
         raise ValueError(f"loss_fn's count is {float(got):g}: a count of items is never negative")
-    meter = Meter(objective.task, settings.metrics, device)
+    meter = Meter(objective.task, metrics, device)
     samples = num_samples(batch)
     items = got if got is not None else count if count is not None else samples
     scored, args = objective.scored(out, batch), objective.metric_args(out, batch)

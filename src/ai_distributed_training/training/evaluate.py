@@ -25,12 +25,12 @@ def evaluate(
     batch, not counted): a sharded model all-gathers its weights inside each forward, with
     every rank."""
     model.eval()
-    strategy, batch_size = ctx.strategy, ctx.settings.batch_size
+    strategy, batch_size = ctx.strategy, ctx.loop.batch_size
     totals = meter.zeros()
     share = rank_share(data.val_idx, strategy.rank, strategy.world_size)
     longest = -(-len(data.val_idx) // strategy.world_size)  # the first share is the longest
     plan = [share[start : start + batch_size] for start in range(0, longest, batch_size)]
-    for micro in read(data.val_reader, plan, sample_seed(ctx.settings.seed, 0)):
+    for micro in read(data.val_reader, plan, sample_seed(ctx.loop.seed, 0)):
         batch = to_device(micro.batch, ctx.device)
         count = objective.count(batch)
         num_items = 1.0 if count is not None else None  # a model's own loss then is its sum

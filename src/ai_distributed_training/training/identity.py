@@ -17,7 +17,6 @@ from typing import Any
 
 from torch import nn
 
-from ..config import TrainingSettings
 from ..data import DataSource
 from ..data.types import source_files
 from ..errors import DataChangedError
@@ -60,9 +59,10 @@ def new_run_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
-def fingerprint(model: nn.Module, data: DataSource, settings: TrainingSettings) -> dict[str, str]:
+def fingerprint(model: nn.Module, data: DataSource, settings: Mapping[str, Any]) -> dict[str, str]:
     """What must match for a run to continue from another's checkpoint, as named parts;
-    ``model``: the model's structure (its :meth:`~..models.ModelSource.skeleton` will do)."""
+    ``model``: the model's structure (its :meth:`~..models.ModelSource.skeleton` will do);
+    ``settings``: the settings by name (at least :data:`MATH_SETTINGS`)."""
     info = data.info
     spec = getattr(data, "spec", None)  # a synthetic spec states its seed and sizes
     described = (info.samples, info.input_shape, info.task, info.num_outputs, info.description)
@@ -71,7 +71,7 @@ def fingerprint(model: nn.Module, data: DataSource, settings: TrainingSettings) 
         "data": _short_hash(repr((described, spec.model_dump() if spec is not None else None))),
     }
     for name in MATH_SETTINGS:
-        parts[name] = _describe(getattr(settings, name))
+        parts[name] = _describe(settings[name])
     parts.update(data_file_parts(data))
     return parts
 

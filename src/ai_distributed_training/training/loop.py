@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..config import TrainingSettings
+from ..config.sections import LoopSection
 from ..data.loading import Micro, read, sample_seed
 from ..models import Models
 from .callbacks import CallbackRunner
@@ -58,17 +58,16 @@ def train(
     *,
     make_step: Callable[..., Step] = TrainStep,
 ) -> LoopResult:
-    """Train ``model`` for ``settings.epochs`` epochs, from the checkpoint ``resume`` if given,
+    """Train ``model`` for ``ctx.loop.epochs`` epochs, from the checkpoint ``resume`` if given,
     validating on ``data``'s validation positions. Collective: call on every rank.
 
     ``make_step``: builds the step from keyword arguments ``ctx``, ``data``, ``model`` (the
     wrapped one), ``optimizer``, ``scheduler``, ``scaler``, ``objective`` and ``meter``
     (default: :class:`~.step.TrainStep`)."""
-    settings = ctx.settings
-    total_steps = planned_steps(settings, training_samples(data))
+    total_steps = planned_steps(ctx.loop, training_samples(data))
     # fp16 needs loss scaling; bf16 and fp32 do not (a disabled scaler passes through).
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=ctx.compute_dtype == torch.float16)
-    if settings.train_step is not None:
+    if ctx.step.train_step is not None:
         step, parts = custom_parts(model, ctx, scaler, total_steps)
         validate: Callable[[], dict[str, float]] | None = None  # the train_step reports its own
     else:
@@ -79,13 +78,13 @@ def train(
     return loop.run()
 
 
-def planned_steps(settings: TrainingSettings, n_train: int) -> int:
+def planned_steps(loop: LoopSection, n_train: int) -> int:
     """Optimizer steps the job will take: every epoch's, or ``max_steps`` if fewer (or if the
     data's length is unknown, ``n_train`` 0: a stream); 0 when unknown (a stream of unknown
     length without ``max_steps``: each epoch ends where the stream does)."""
-    total = num_steps(n_train, settings.batch_size, settings.drop_last) * settings.epochs
-    if settings.max_steps is not None:
-        return min(total, settings.max_steps) if total else settings.max_steps
+    total = num_steps(n_train, loop.batch_size, loop.drop_last) * loop.epochs
+    if loop.max_steps is not None:
+        return min(total, loop.max_steps) if total else loop.max_steps
     return total
 
 
@@ -103,16 +102,16 @@ def _built_in_parts(
     make_step: Callable[..., Step],
 ) -> tuple[Step, dict[str, Any], Callable[[], dict[str, float]]]:
     """The built-in step over the wrapped model, what the loop checkpoints, and validation."""
-    settings, strategy = ctx.settings, ctx.strategy
+    strategy = ctx.strategy
     wrapped = strategy.wrap(model)
-    optimizer = build_optimizer(settings, wrapped)
+    optimizer = build_optimizer(ctx.optim, wrapped)
     parts: dict[str, Any] = {
         "optimizer": optimizer,
-        "scheduler": build_scheduler(settings, optimizer, total_steps),
+        "scheduler": build_scheduler(ctx.optim, optimizer, total_steps),
         "scaler": scaler,
-        "meter": Meter(data.task, settings.metrics, ctx.device),
+        "meter": Meter(data.task, ctx.step.metrics, ctx.device),
     }
-    objective = Objective.of(model, data.task, settings)
+    objective = Objective.of(model, data.task, ctx.step)
     step = make_step(ctx=ctx, data=data, model=wrapped, objective=objective, **parts)
     validate = partial(
         evaluate, strategy.unwrap(wrapped), data, ctx, objective=objective, meter=parts["meter"]
@@ -126,24 +125,23 @@ def custom_parts(
     """The user's train_step over each model wrapped on its own, with an optimizer and a
     scheduler per model (by name), and what the loop checkpoints (also the dry run's, on one
     rank of one)."""
-    settings, strategy = ctx.settings, ctx.strategy
+    optim, strategy = ctx.optim, ctx.strategy
     models = {name: strategy.wrap(part) for name, part in parts_of(model).items()}
-    choices = settings.optimizer if isinstance(settings.optimizer, dict) else {}
+    choices = optim.optimizer if isinstance(optim.optimizer, dict) else {}
     optimizers = {
-        name: build_optimizer(settings, m, choices.get(name, settings.optimizer))  # type: ignore[arg-type]
+        name: build_optimizer(optim, m, choices.get(name, optim.optimizer))  # type: ignore[arg-type]
         for name, m in models.items()
     }
-    factories = settings.scheduler if isinstance(settings.scheduler, dict) else {}
+    factories = optim.scheduler if isinstance(optim.scheduler, dict) else {}
     schedulers = {
-        n: build_scheduler(settings, o, total_steps, factories.get(n))
-        for n, o in optimizers.items()
+        n: build_scheduler(optim, o, total_steps, factories.get(n)) for n, o in optimizers.items()
     }
-    meter = Meter("custom", settings.metrics, ctx.device, step_metrics=[])
+    meter = Meter("custom", ctx.step.metrics, ctx.device, step_metrics=[])
     step_ctx = StepContext(
         rank_ctx=ctx, models=models, optimizers=optimizers, schedulers=schedulers, scaler=scaler
     )
-    assert settings.train_step is not None
-    step = CustomStep(ctx=ctx, step_ctx=step_ctx, train_step=settings.train_step, meter=meter)
+    assert ctx.step.train_step is not None
+    step = CustomStep(ctx=ctx, step_ctx=step_ctx, train_step=ctx.step.train_step, meter=meter)
     several = isinstance(model, Models)  # a dict of models, even of one
     parts = {
         "model": model,  # the unwrapped container: what checkpoints and results hold
@@ -184,35 +182,35 @@ class Loop:
             **({"scaler": scaler} if scaler.is_enabled() else {}),
             "loop": self.pos,
         }
-        settings = ctx.settings
+        loop = ctx.loop
         n_train = training_samples(data)
         #: Steps per epoch (a stream of unknown length: 0, its end is found by reading it).
-        self.steps_per_epoch = num_steps(n_train, settings.batch_size, settings.drop_last)
+        self.steps_per_epoch = num_steps(n_train, loop.batch_size, loop.drop_last)
         self.feed = StreamFeed(data.stream, ctx) if data.stream is not None else None
         #: Training samples per epoch: all of them, or the full global batches' (drop_last).
-        self.epoch_samples = min(n_train, self.steps_per_epoch * settings.batch_size)
-        self.hooks = CallbackRunner(list(ctx.settings.callbacks), ctx.rank, ctx.world_size)
+        self.epoch_samples = min(n_train, self.steps_per_epoch * loop.batch_size)
+        self.hooks = CallbackRunner(list(ctx.loop.callbacks), ctx.rank, ctx.world_size)
         self.window = meter.zeros()  # stats since the last step record
         self.window_started = self.epoch_started = time.perf_counter()
 
     def restore(self, resume: dict[str, Any]) -> None:
         """Continue from checkpoint ``resume``: weights, optimizer, position, RNG, sums."""
         ctx = self.ctx
-        self.epoch_stats = restore(resume, ctx.strategy, self.stateful, ctx.settings.seed)
+        self.epoch_stats = restore(resume, ctx.strategy, self.stateful, ctx.loop.seed)
         self.epoch_stats = self.meter.upgrade(self.epoch_stats).to(ctx.device)
         if self.feed is not None and self.pos.step_in_epoch:  # mid-epoch: where it stood
             self.feed.resume_state = stream_state(resume, ctx.rank, ctx.world_size)
-        if "samples" not in resume["loop"]:  # a checkpoint from before the count was kept
-            batch = ctx.settings.batch_size
+        if resume["loop"]["samples"] is None:  # a checkpoint from before the count was kept
+            batch = ctx.loop.batch_size
             self.pos.samples = self.epoch_samples * (self.pos.epoch - 1)
             self.pos.samples += min(self.pos.step_in_epoch * batch, self.epoch_samples)
         ctx.job_log.info("resuming at epoch %d, step %d", self.pos.epoch, self.pos.step)
 
     def run(self) -> LoopResult:
         """Train the remaining epochs (collective: every rank)."""
-        ctx, pos, epochs = self.ctx, self.pos, self.ctx.settings.epochs
+        ctx, pos, epochs = self.ctx, self.pos, self.ctx.loop.epochs
         ctx.tracker.start(
-            planned_steps(ctx.settings, training_samples(self.data)), self.steps_per_epoch, epochs
+            planned_steps(ctx.loop, training_samples(self.data)), self.steps_per_epoch, epochs
         )
         self.hooks("on_train_start", pos.epoch, pos.step, {})
         stopped_early = False
@@ -265,11 +263,11 @@ class Loop:
     def indexed(self, epoch: int) -> Iterator[tuple[list[Micro], int]]:
         """The epoch's remaining global batches of indexed data: this rank's micro-batches of
         each (read ahead in order) and the global batch's size."""
-        ctx, settings = self.ctx, self.ctx.settings
-        order = epoch_order(len(self.data.train_idx), settings.seed, epoch - 1)
+        ctx, loop = self.ctx, self.ctx.loop
+        order = epoch_order(len(self.data.train_idx), loop.seed, epoch - 1)
         steps = range(self.pos.step_in_epoch, self.steps_per_epoch)
-        batches = [global_batch(order, s, settings.batch_size) for s in steps]
-        accumulation = settings.gradient_accumulation_steps
+        batches = [global_batch(order, s, loop.batch_size) for s in steps]
+        accumulation = loop.gradient_accumulation_steps
         plan = [
             micro
             for batch in batches
@@ -277,7 +275,7 @@ class Loop:
                 rank_share(batch, ctx.rank, ctx.world_size)
             ].tensor_split(accumulation)
         ]
-        micros = read(self.data.reader, plan, sample_seed(settings.seed, epoch))
+        micros = read(self.data.reader, plan, sample_seed(loop.seed, epoch))
         for batch in batches:
             yield list(itertools.islice(micros, accumulation)), len(batch)
 
@@ -288,21 +286,21 @@ class Loop:
 
     def after_step(self, epoch: int, stats: torch.Tensor) -> None:
         """Per-step callbacks, then (mid-epoch only) step records, evaluation, checkpoints."""
-        ctx, pos, settings = self.ctx, self.pos, self.ctx.settings
+        ctx, pos, loop = self.ctx, self.pos, self.ctx.loop
         if self.hooks.wants_step_metrics:
             summed = ctx.strategy.all_reduce(stats[[LOSS, ITEMS]].clone(), dist.ReduceOp.SUM)
             loss = {"train_loss": float(summed[0]) / max(float(summed[1]), 1.0)}
             self.hooks("on_step_end", epoch, pos.step, loss)
         if pos.step_in_epoch == self.steps_per_epoch or self.out_of_steps():
             return  # the end of the epoch does all of it
-        if pos.step % settings.log_every_steps == 0:
+        if pos.step % loop.log_every_steps == 0:
             self.record_window(epoch)
-        if settings.eval_every and pos.step % settings.eval_every == 0 and self.validates:
+        if loop.eval_every and pos.step % loop.eval_every == 0 and self.validates:
             assert self.validate is not None
             evaluation = self.validate()
             ctx.tracker.record({"type": "eval", "epoch": epoch, "step": pos.step, **evaluation})
             ctx.job_log.info("step %d: %s", pos.step, _fmt(evaluation))
-        if settings.checkpoint_every and pos.step % settings.checkpoint_every == 0:
+        if ctx.checkpointer.due(pos.step):
             self.save()
 
     def record_window(self, epoch: int) -> None:
@@ -339,7 +337,7 @@ class Loop:
         record = {"type": "epoch", "step": pos.step, **metrics, "epoch_time_s": seconds}
         ctx.tracker.record({**record, **per_worker(gathered)})
         shown = _fmt({k: v for k, v in metrics.items() if k != "epoch"})
-        ctx.job_log.info("epoch %d/%d: %s", epoch, ctx.settings.epochs, shown)
+        ctx.job_log.info("epoch %d/%d: %s", epoch, ctx.loop.epochs, shown)
         pos.epoch, pos.step_in_epoch = epoch + 1, 0
         self.epoch_stats = self.meter.zeros()
         self.save()
@@ -355,7 +353,7 @@ class Loop:
             assert self.validate is not None
             metrics.update(self.validate())
         metrics["lr"] = self._lr()
-        if self.ctx.settings.max_grad_norm is not None:
+        if self.ctx.optim.max_grad_norm is not None:
             metrics["clipped_fraction"] = float(totals[CLIPPED]) / max(float(totals[STEPS]), 1)
         metrics["samples_per_second"] = float(totals[COUNT]) / seconds
         return metrics
@@ -366,7 +364,7 @@ class Loop:
 
     def out_of_steps(self) -> bool:
         """Whether ``max_steps`` optimizer steps are done."""
-        limit = self.ctx.settings.max_steps
+        limit = self.ctx.loop.max_steps
         return limit is not None and self.pos.step >= limit
 
     def _lr(self) -> float:

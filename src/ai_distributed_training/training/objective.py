@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config.sections import StepSection
 from ..data import Task
 from ..data.structure import IGNORE_INDEX, LABEL_KEYS, label_key, num_samples, target_of
 
@@ -55,8 +56,9 @@ class Objective:
     shifts_labels: bool = False
 
     @classmethod
-    def of(cls, model: nn.Module, task: Task, settings: Any) -> Objective:
-        """The objective of ``model`` (the unwrapped module) under ``settings``."""
+    def of(cls, model: nn.Module, task: Task, step: StepSection) -> Objective:
+        """The objective of ``model`` (the unwrapped module) under the ``step`` section's
+        ``forward``, ``loss_fn`` and ``count_fn``."""
         params = inspect.signature(model.forward).parameters.values()
         any_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
         names = frozenset(p.name for p in params)
@@ -68,9 +70,9 @@ class Objective:
         shifts = getattr(loss_function, "__name__", "") == "ForCausalLMLoss" and not encoder_decoder
         return cls(
             task=task,
-            forward=settings.forward,
-            loss_fn=settings.loss_fn,
-            count_fn=settings.count_fn,
+            forward=step.forward,
+            loss_fn=step.loss_fn,
+            count_fn=step.count_fn,
             accepts=None if any_kw else names,
             takes_num_items=bool(takes),
             shifts_labels=shifts,

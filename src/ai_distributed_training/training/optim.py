@@ -10,26 +10,23 @@ import torch
 from torch import nn
 from torch.torch_version import TorchVersion
 
-from ..config import TrainingSettings
+from ..config.sections import OptimizerChoice, OptimSection
 from ..data import Task
 from .objective import default_loss
 
 LossSum = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-OptimizerChoice = str | Callable[..., Any]
-
-
 def build_optimizer(
-    settings: TrainingSettings, model: nn.Module, choice: OptimizerChoice | None = None
+    optim: OptimSection, model: nn.Module, choice: OptimizerChoice | None = None
 ) -> torch.optim.Optimizer:
-    """The optimizer ``choice`` names (default: ``settings.optimizer``), or the user's
+    """The optimizer ``choice`` names (default: ``optim.optimizer``), or the user's
     factory's, for ``model``'s parameters."""
-    params, lr, wd = list(model.parameters()), settings.learning_rate, settings.weight_decay
+    params, lr, wd = list(model.parameters()), optim.learning_rate, optim.weight_decay
     if choice is None:
-        if isinstance(settings.optimizer, dict):
+        if isinstance(optim.optimizer, dict):
             raise ValueError("a dict of optimizers needs a dict of models (see train_step)")
-        choice = settings.optimizer
+        choice = optim.optimizer
     if callable(choice):
         optimizer = choice(params)
         if not isinstance(optimizer, torch.optim.Optimizer):
@@ -40,9 +37,7 @@ def build_optimizer(
         return optimizer
     fused = _fused_supported(params, choice)
     if choice == "sgd":
-        return torch.optim.SGD(
-            params, lr=lr, momentum=settings.momentum, weight_decay=wd, fused=fused
-        )
+        return torch.optim.SGD(params, lr=lr, momentum=optim.momentum, weight_decay=wd, fused=fused)
     if choice == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=wd, fused=fused)
     return torch.optim.AdamW(params, lr=lr, weight_decay=wd, fused=fused)
@@ -70,14 +65,14 @@ def _fused_supported(params: list[nn.Parameter], choice: str) -> bool:
     )
 
 
-def lr_factor(settings: TrainingSettings, total_steps: int) -> Callable[[int], float]:
+def lr_factor(optim: OptimSection, total_steps: int) -> Callable[[int], float]:
     """The multiplier of the base learning rate before optimizer step ``i`` (0-based):
     linear warmup from 0, then constant, linear decay to 0, or cosine decay to 0."""
-    if settings.warmup_steps is not None:
-        warmup = settings.warmup_steps
+    if optim.warmup_steps is not None:
+        warmup = optim.warmup_steps
     else:
-        warmup = round((settings.warmup_ratio or 0.0) * total_steps)
-    schedule = settings.lr_schedule
+        warmup = round((optim.warmup_ratio or 0.0) * total_steps)
+    schedule = optim.lr_schedule
 
     def factor(i: int) -> float:
         if i < warmup:
@@ -93,15 +88,15 @@ def lr_factor(settings: TrainingSettings, total_steps: int) -> Callable[[int], f
 
 
 def build_scheduler(
-    settings: TrainingSettings,
+    optim: OptimSection,
     optimizer: torch.optim.Optimizer,
     total_steps: int,
     factory: Callable[..., Any] | None = None,
 ) -> torch.optim.lr_scheduler.LRScheduler:
     """A scheduler stepped once per optimizer step (its state goes into checkpoints): the
     user's ``factory(optimizer)`` (the ``scheduler`` setting), else ``lr_schedule``'s."""
-    if factory is None and not isinstance(settings.scheduler, dict):
-        factory = settings.scheduler
+    if factory is None and not isinstance(optim.scheduler, dict):
+        factory = optim.scheduler
     if factory is not None:
         scheduler = factory(optimizer)
         if not isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler):
@@ -110,7 +105,7 @@ def build_scheduler(
                 "torch.optim.lr_scheduler.LRScheduler"
             )
         return scheduler
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(settings, total_steps))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(optim, total_steps))
 
 
 def loss_sum_fn(task: Task, user_loss: Callable[..., Any] | None) -> LossSum:

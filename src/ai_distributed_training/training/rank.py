@@ -15,20 +15,20 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
-from ..config import TrainingSettings
+from ..config.sections import LaunchSection
 from ..data.streams import StreamReader
 from ..host import allowed_cpus, cpu_share, keep_freed_memory, peak_rss_bytes, pin_process
 from ..topology import RankEnv
 from .context import RankContext, RankData
 from .faults import FaultInjector
 from .identity import check_data_unchanged
-from .job import Job
-from .loop import train
+from .job import Job, RankOutput
+from .loop import LoopResult, train
 from .resume import Checkpointer, CheckpointHook, agreed_resume_point
 from .sharding import train_val_split
 from .strategies import Strategy, make_strategy
@@ -37,34 +37,32 @@ from .tracking import JobLog, RankZeroTracker, Tracker
 log = logging.getLogger(__name__)
 
 
-def run_rank(
-    job: Job, env: RankEnv, *, on_checkpoint: CheckpointHook | None = None
-) -> dict[str, Any]:
+def run_rank(job: Job, env: RankEnv, *, on_checkpoint: CheckpointHook | None = None) -> RankOutput:
     """Train this rank's part of ``job``; returns the result (the same on every rank).
     ``on_checkpoint``: told of each checkpoint saved, on every rank (see
     :data:`.resume.CheckpointHook`)."""
-    settings = job.settings
+    parallel = job.parallel
     set_up_process(job, env)
     # Opened before the process group starts its threads: loader processes fork now.
     data = open_data(job)
     owns_group = not dist.is_initialized()  # joined in the caller's process: theirs stays
-    device, backend = join_process_group(settings, env)
-    compute_dtype = autocast_dtype(settings.precision, device)
-    blocks = settings.fsdp_blocks or job.model.blocks()
+    device, backend = join_process_group(job.launch, env)
+    compute_dtype = autocast_dtype(parallel.precision, device)
+    blocks = list(parallel.fsdp_blocks or job.model.blocks())
     strategy = make_strategy(
-        settings.strategy,
+        parallel.strategy,
         env,
         device,
         blocks,
         compute_dtype,
-        find_unused_parameters=settings.find_unused_parameters,
-        sync_batchnorm=settings.sync_batchnorm,
-        compile_backend=compile_backend(settings.compile),
+        find_unused_parameters=parallel.find_unused_parameters,
+        sync_batchnorm=parallel.sync_batchnorm,
+        compile_backend=compile_backend(parallel.compile),
     )
     # Roles are decided once: global rank 0 logs the job and writes files, others don't.
     run_dir = Path(job.run_dir) if job.run_dir else None
     tracker = (
-        RankZeroTracker(run_dir, settings.progress, settings.tensorboard)
+        RankZeroTracker(run_dir, job.tracking.progress, job.tracking.tensorboard)
         if env.rank == 0
         else Tracker()
     )
@@ -99,7 +97,7 @@ def set_up_process(job: Job, env: RankEnv) -> None:
     if job.pin_cpus:  # before the process group starts gloo's threads (they'd follow anyway)
         pin_process(cpu_share(allowed_cpus(), env.local_rank, env.local_world_size))
     torch.set_num_threads(job.threads_per_worker)
-    if job.settings.deterministic:
+    if job.loop.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before CUDA starts
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.deterministic = True
@@ -122,65 +120,80 @@ def _train_rank(
     tracker: Tracker,
     compute_dtype: torch.dtype | None,
     hooks: _RankHooks,
-) -> dict[str, Any]:
+) -> RankOutput:
     """Build, resume, train and gather the result (collective: every rank)."""
-    settings, rank = job.settings, strategy.rank
-    torch.manual_seed(settings.seed)  # identical initial weights on every rank
+    seed, rank = job.loop.seed, strategy.rank
+    torch.manual_seed(seed)  # identical initial weights on every rank
     model = strategy.build_model(job.model, job.data.info)
-    torch.manual_seed(settings.seed + 1 + rank)  # per-rank stream (e.g. dropout)
+    torch.manual_seed(seed + 1 + rank)  # per-rank stream (e.g. dropout)
     ckpt_dir = Path(job.checkpoint_dir) if job.checkpoint_dir else None
     attempt, run_id, resume, resumed_from = agreed_resume_point(
         strategy, job, ckpt_dir, hooks.restart_count
     )
     ctx = RankContext(
-        settings=settings,
+        loop=job.loop,
+        optim=job.optim,
+        step=job.step,
         strategy=strategy,
         job_log=JobLog(enabled=rank == 0),
         tracker=tracker,
         checkpointer=Checkpointer(
             ckpt_dir,
             writes=rank == 0,
-            keep=settings.keep_checkpoints,
+            keep=job.checkpoint.keep,
+            every=job.checkpoint.every,
             config=job.config,
             run_id=run_id,
             fingerprint=job.fingerprint,
             resumed_from=resumed_from,
             on_saved=hooks.on_checkpoint,
         ),
-        faults=FaultInjector(settings.fault_injection, rank, attempt),
+        faults=FaultInjector(list(job.launch.fault_injection), rank, attempt),
         compute_dtype=compute_dtype,
     )
     _check_data_files(job, ctx.job_log)
     loop = train(model, data, ctx, resume)
-    state_dict = strategy.full_state_dict(model)  # collective: a sharded model is gathered
+    return _gather_output(model, loop, strategy, restarts=attempt, resumed_from=resumed_from)
+
+
+def _gather_output(
+    model: nn.Module,
+    loop: LoopResult,
+    strategy: Strategy,
+    *,
+    restarts: int,
+    resumed_from: str | None,
+) -> RankOutput:
+    """The full weights and the per-rank facts, gathered (collective: every rank)."""
+    state_dict = strategy.full_state_dict(model)  # a sharded model is gathered
     # Parameters only: buffers such as BatchNorm's running statistics are each rank's own.
     parameters = {name for name, _ in model.named_parameters()}
     in_sync = strategy.replicas_identical({k: v for k, v in state_dict.items() if k in parameters})
     # Per-rank facts in one collective: peak memory (what the planner predicts), the CPUs
     # this rank could use, its model-state bytes; one tuple per rank, in rank order.
     facts = strategy.all_gather_object((peak_rss_bytes(), allowed_cpus(), loop.model_state_bytes))
-    return {
-        "state_dict": state_dict,
-        "history": loop.history,
-        "steps": loop.steps,
-        "samples_seen": loop.samples_seen,
-        "train_time_s": loop.train_time_s,
-        "weights_in_sync": in_sync,
-        "stopped_early": loop.stopped_early,
-        "skipped_steps": loop.skipped_steps,
-        "restarts": attempt,
-        "resumed_from": resumed_from,
-        "world_size": strategy.world_size,
-        "peak_memory_per_worker_bytes": [peak for peak, _, _ in facts],
-        "cpus_per_worker": [cpus for _, cpus, _ in facts],
-        "model_state_bytes_per_worker": [state for _, _, state in facts],
-    }
+    return RankOutput(
+        state_dict=state_dict,
+        history=loop.history,
+        steps=loop.steps,
+        samples_seen=loop.samples_seen,
+        train_time_s=loop.train_time_s,
+        weights_in_sync=in_sync,
+        stopped_early=loop.stopped_early,
+        skipped_steps=loop.skipped_steps,
+        restarts=restarts,
+        resumed_from=resumed_from,
+        world_size=strategy.world_size,
+        peak_memory_per_worker_bytes=[peak for peak, _, _ in facts],
+        cpus_per_worker=[cpus for _, cpus, _ in facts],
+        model_state_bytes_per_worker=[state for _, _, state in facts],
+    )
 
 
 def _check_data_files(job: Job, job_log: JobLog) -> None:
     """The data files this rank reads are as the caller found them (a change between a kill
     and this restart is refused; with ``allow_data_change``, said in events.log)."""
-    allowed = job.settings.allow_data_change
+    allowed = job.checkpoint.allow_data_change
     for change in check_data_unchanged(job.data, job.fingerprint, allowed):
         job_log.warning("continuing on changed data (allow_data_change=True): %s", change)
 
@@ -197,7 +210,7 @@ def open_data(job: Job) -> RankData:
     elif stream is not None:  # read in order: no held-out split
         val_reader, train_idx, val_idx = reader, no_idx, no_idx
     else:  # the held-out split, read through a reader of its own (own loader processes)
-        split = train_val_split(len(reader), job.settings.validation_split, job.settings.seed)
+        split = train_val_split(len(reader), job.loop.validation_split, job.loop.seed)
         train_idx, val_idx = split
         val_reader = job.data.open() if len(val_idx) else reader
     for opened in (reader, val_reader):
@@ -247,20 +260,20 @@ def wait_for_rank0_store(rank: int, timeout_s: float) -> None:
             time.sleep(0.01)
 
 
-def join_process_group(settings: TrainingSettings, env: RankEnv) -> tuple[torch.device, str]:
+def join_process_group(launch: LaunchSection, env: RankEnv) -> tuple[torch.device, str]:
     """This rank's device and backend (NCCL on its GPU, else gloo), joining the job's process
     group from torchrun's environment unless this process is already in one."""
-    if settings.use_gpus:
+    if launch.use_gpus:
         device = torch.device("cuda", env.local_rank)
         torch.cuda.set_device(device)
         backend = "nccl"
     else:
         device, backend = torch.device("cpu"), "gloo"
     if not dist.is_initialized():
-        wait_for_rank0_store(env.rank, settings.collective_timeout_s)
+        wait_for_rank0_store(env.rank, launch.collective_timeout_s)
         dist.init_process_group(
             backend,
-            timeout=timedelta(seconds=settings.collective_timeout_s),
+            timeout=timedelta(seconds=launch.collective_timeout_s),
             device_id=device if device.type == "cuda" else None,
         )
     return device, backend

@@ -2,7 +2,8 @@
 
 The file format (atomic files, newest-valid lookup, RNG capture) is :mod:`.checkpoint`'s; the
 strategies write the model and optimizer (DDP: one file by rank 0; FSDP: sharded, every rank).
-This module decides which checkpoint every rank resumes from, saves the loop's position and
+This module decides which checkpoint a run resumes from (before launch: :func:`plan_resume`;
+in every rank: :func:`agreed_resume_point`), saves the loop's position and
 each rank's RNG and partial sums beside the model, and puts them all back.
 """
 
@@ -17,8 +18,19 @@ from typing import Any, Protocol
 
 import torch
 
-from .checkpoint import capture_rng, load_checkpoint, load_newest_valid, of_run, restore_rng
-from .identity import compatible
+from ..config.sections import CheckpointSection, ResumePlan
+from ..errors import ConfigError, DataChangedError
+from .checkpoint import (
+    capture_rng,
+    checkpoint_meta,
+    is_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    load_newest_valid,
+    of_run,
+    restore_rng,
+)
+from .identity import changed_data_files, compatible, differences
 from .job import Job
 from .strategies.base import Strategy
 
@@ -77,13 +89,14 @@ class Checkpointer:
         writes: bool,
         keep: int,
         config: dict[str, Any],
+        every: int | None = None,
         run_id: str | None = None,
         fingerprint: dict[str, str] | None = None,
         resumed_from: str | None = None,
         on_saved: CheckpointHook | None = None,
     ) -> None:
         self.directory, self.writes, self.keep, self.config = directory, writes, keep, config
-        self.on_saved = on_saved
+        self.every, self.on_saved = every, on_saved
         #: Who wrote each checkpoint, what a run must match to continue from it, and where
         #: this run started from (so a restart still knows).
         self.identity = {
@@ -92,6 +105,11 @@ class Checkpointer:
             "resumed_from": resumed_from,
         }
         self.last: Path | None = None
+
+    def due(self, step: int) -> bool:
+        """Whether global step ``step`` is one of the periodic checkpoints (``every``); epoch
+        ends always save."""
+        return self.every is not None and step % self.every == 0
 
     def save(
         self,
@@ -172,25 +190,26 @@ def find_resume_point(
     from (what the result reports as ``resumed_from``; None: a fresh start).
 
     After a restart (attempt > 0): the newest valid checkpoint this run wrote in ``ckpt_dir``,
-    never another run's. Before this run wrote any, and in the first attempt: ``job``'s
-    ``resume_path``, else the newest valid compatible checkpoint in its ``resume_dir``, else
-    none."""
+    never another run's. Before this run wrote any, and in the first attempt: the job's
+    resume plan (a checkpoint path, else the newest valid compatible checkpoint in its
+    directory), else none."""
+    plan = job.checkpoint.plan
     if attempt > 0 and ckpt_dir is not None:
         found = load_newest_valid(ckpt_dir, of_run(run_id))
         if found is not None:
             log.info("resuming from %s", found[0])
             return found[0], found[1], found[1].get("resumed_from")
-    if job.resume_path:
-        log.info("resuming from %s", job.resume_path)
-        return Path(job.resume_path), load_checkpoint(Path(job.resume_path)), job.resume_path
-    if job.resume_dir:
+    if plan.path is not None:
+        log.info("resuming from %s (%s)", plan.path, plan.reason)
+        return plan.path, load_checkpoint(plan.path), str(plan.path)
+    if plan.directory is not None:
         found = load_newest_valid(
-            Path(job.resume_dir), partial(compatible, job.fingerprint, data_files=False)
+            plan.directory, partial(compatible, job.fingerprint, data_files=False)
         )
         if found is not None:
             log.info("resuming from %s", found[0])
             return found[0], found[1], str(found[0])
-    if attempt > 0 or job.resume_dir:
+    if attempt > 0 or plan.directory is not None:
         log.info("no checkpoint to resume from: starting from scratch")
     return None, None, None
 
@@ -218,3 +237,114 @@ def agreed_resume_point(
             "every host must see the same checkpoint_dir (a shared filesystem)"
         )
     return attempt, run_id, state, origin
+
+
+# --- the resume setting, resolved before any worker starts ---------------------------------------
+
+
+def plan_resume(
+    checkpoint: CheckpointSection,
+    fingerprint: dict[str, str],
+    earlier_runs: Callable[[], list[Path]],
+    notes: list[str],
+) -> ResumePlan:
+    """Where the first attempt starts from; only checkpoints' small facts are read. The
+    workers then take the plan's path, or the newest valid compatible checkpoint in its
+    directory (:func:`find_resume_point`).
+
+    A path as given (its model must be this one's: other data, other settings may follow).
+    ``"auto"``: the newest checkpoint in ``checkpoint.directory`` (refused, naming what
+    differs, if its run is not compatible), or without one the newest compatible earlier run
+    of this model (``earlier_runs()``: their checkpoint folders, newest first). A data file
+    changed since is refused (:class:`~..errors.DataChangedError`), or with
+    ``allow_data_change`` said in ``notes``.
+
+    Raises:
+        ConfigError: no such checkpoint, or one of an incompatible run.
+    """
+    if checkpoint.resume is None:
+        return ResumePlan()
+    path: Path | None = None
+    directory: Path | None = None
+    newest: tuple[Path, dict[str, Any]] | None
+    if checkpoint.resume != "auto":
+        path = Path(checkpoint.resume)
+        if not is_checkpoint(path):
+            raise ConfigError(
+                f"resume={checkpoint.resume!r}: no such checkpoint; pass 'auto' or the path of a "
+                "step-*.pt checkpoint file or a committed step-*.dcp directory"
+            )
+        newest, reason = (path, checkpoint_meta(path)), f"resume={checkpoint.resume!r}"
+    elif checkpoint.directory is not None:
+        directory = Path(checkpoint.directory)
+        newest, reason = _newest_readable(directory), "resume='auto': the checkpoint_dir's newest"
+    else:
+        directory = _newest_compatible(earlier_runs(), fingerprint)
+        newest = _newest_readable(directory) if directory else None
+        reason = "resume='auto': the newest compatible earlier run of this model"
+    if newest is None:
+        return ResumePlan()
+    if path is None:  # a path given is a choice of weights: other data may follow
+        notes += _check_data_files(*newest, fingerprint, checkpoint.allow_data_change)
+    _check_compatible(*newest, fingerprint, only_model=path is not None)
+    strategy = str(newest[1]["strategy"])
+    return ResumePlan(
+        path=path, directory=directory, reason=reason, found=newest[0], strategy=strategy
+    )
+
+
+def _check_data_files(
+    path: Path, meta: dict[str, Any], fingerprint: dict[str, str], allowed: bool
+) -> list[str]:
+    """Refuse to continue the checkpoint ``path`` if a data file changed since it was written
+    (its run trained on the old contents: the two would mix silently), unless ``allowed``;
+    returns what the run's events.log says of it then."""
+    changed = changed_data_files(fingerprint, meta["fingerprint"])
+    if changed and not allowed:
+        raise DataChangedError(changed, f"the checkpoint {path}")
+    return [f"continuing {path} on changed data (allow_data_change=True): {c}" for c in changed]
+
+
+def _newest_readable(directory: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint in ``directory`` whose facts can be read, with those facts (the
+    workers verify the whole of it)."""
+    for path in list_checkpoints(directory):
+        try:
+            return path, checkpoint_meta(path)
+        except Exception:  # truncated or corrupt: the workers skip it, with a warning
+            continue
+    return None
+
+
+def _check_compatible(
+    path: Path, meta: dict[str, Any], fingerprint: dict[str, str], only_model: bool
+) -> None:
+    """Refuse a checkpoint whose run differs from this one in what changes the math (a
+    checkpoint given by its path: in the model only); checkpoints from before fingerprints are
+    taken as they are."""
+    theirs = meta["fingerprint"]
+    if not theirs:
+        return
+    mine = {"model": fingerprint["model"]} if only_model else fingerprint
+    theirs = {"model": theirs.get("model", "")} if only_model else theirs
+    differ = differences(mine, theirs, data_files=False)  # those: _check_data_files
+    if differ:
+        raise ConfigError(
+            f"resume={str(path) if only_model else 'auto'!r}: the checkpoint {path} belongs to "
+            f"a run that differs in {', '.join(differ)}; resume it with the same model, data "
+            "and settings, or start afresh (resume=None, or another checkpoint_dir)"
+        )
+
+
+def _newest_compatible(folders: list[Path], fingerprint: dict[str, str]) -> Path | None:
+    """The first of ``folders`` (earlier runs' checkpoint folders, newest first) holding a
+    checkpoint this run can continue but for its data files' contents (a change there is
+    refused, not silently passed over)."""
+    for folder in folders:
+        for path in list_checkpoints(folder):
+            try:
+                if compatible(fingerprint, checkpoint_meta(path), data_files=False):
+                    return folder
+            except Exception:  # unreadable: not a candidate
+                continue
+    return None

@@ -36,10 +36,10 @@ def clip_and_step(
     ``optimizer`` through ``scaler`` (a disabled scaler just steps it); returns whether the
     norm was clipped. The non-finite check comes first, at the caller."""
     clipped = False
-    if ctx.settings.max_grad_norm is not None:
+    if ctx.optim.max_grad_norm is not None:
         scaler.unscale_(optimizer)
-        norm = ctx.strategy.clip_grad_norm(model, ctx.settings.max_grad_norm)
-        clipped = norm > ctx.settings.max_grad_norm
+        norm = ctx.strategy.clip_grad_norm(model, ctx.optim.max_grad_norm)
+        clipped = norm > ctx.optim.max_grad_norm
     scaler.step(optimizer)
     return clipped
 
@@ -201,7 +201,7 @@ class TrainStep:
         bad = strategy.all_gather(torch.tensor([local_bad], device=strategy.device))
         ranks = [r for r in range(strategy.world_size) if bad[r, 0] > 0] or "unknown"
         where = f"step {pos.step} (epoch {epoch}) on rank(s) {ranks}"
-        if not self.ctx.settings.skip_nonfinite_steps:
+        if not self.ctx.loop.skip_nonfinite_steps:
             raise NonFiniteLossError(
                 f"non-finite loss at {where}; the last good checkpoint is intact: "
                 f"{self.ctx.checkpointer.last or 'none written yet'}; pass "

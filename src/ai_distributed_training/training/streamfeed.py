@@ -43,7 +43,7 @@ class StreamFeed:
 
     def _next(self) -> tuple[list[Micro], int]:
         """One global batch: this rank's samples of it, and how many all ranks got together."""
-        ctx, batch_size = self.ctx, self.ctx.settings.batch_size
+        ctx, batch_size = self.ctx, self.ctx.loop.batch_size
         if self.reader.sharded:  # each rank reads its share from its own shard
             start, stop = shard_bounds(batch_size, ctx.rank, ctx.world_size)
             items = self.reader.take(stop - start)
@@ -54,7 +54,7 @@ class StreamFeed:
             global_count = len(whole)
             start, stop = shard_bounds(global_count, ctx.rank, ctx.world_size)
             items = whole[start:stop]
-        parts = _split(items, ctx.settings.gradient_accumulation_steps)
+        parts = _split(items, ctx.loop.gradient_accumulation_steps)
         micros = [
             Micro(self.reader.collated(part), len(part))
             if part

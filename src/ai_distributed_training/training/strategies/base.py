@@ -158,7 +158,7 @@ def state_digest(state: Mapping[str, torch.Tensor]) -> str:
 
 def written_by(resume: Mapping[str, Any], strategy: str) -> None:
     """Refuse a checkpoint another strategy wrote (their model/optimizer states differ)."""
-    found = resume.get("strategy", "ddp")
+    found = resume["strategy"]
     if found != strategy:
         raise RuntimeError(
             f"the checkpoint to resume from was written with strategy={found!r}; resume it "
