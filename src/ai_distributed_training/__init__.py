@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from .errors import (
         ConfigError,
         ConfigTypeError,
+        NonFiniteError,
         RankFailure,
         RendezvousFailedError,
         TrainingInterrupted,
@@ -38,6 +39,7 @@ _EXPORTS = {
     "EarlyStopping": "training.callbacks",
     "GPUAcceleratedTraining": "api",
     "ModelSpec": "config",
+    "NonFiniteError": "errors",
     "RankFailure": "errors",
     "RendezvousFailedError": "errors",
     "SyntheticDataSpec": "config",
@@ -56,6 +58,7 @@ __all__ = [
     "EarlyStopping",
     "GPUAcceleratedTraining",
     "ModelSpec",
+    "NonFiniteError",
     "RankFailure",
     "RendezvousFailedError",
     "SyntheticDataSpec",

@@ -35,6 +35,12 @@ class DataChangedError(ConfigError):
         )
 
 
+class NonFiniteError(RuntimeError):
+    """A NaN or inf in a step (a loss, a gradient, a value a train_step returned), found at the
+    same step on every rank: the job stops, naming the step, the model and the ranks whose loss
+    was not finite (setting ``skip_nonfinite_steps`` skips such updates instead)."""
+
+
 @dataclass(frozen=True)
 class RankFailure:
     """What one failed worker reported: its global rank and why it stopped."""

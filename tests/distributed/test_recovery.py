@@ -109,9 +109,8 @@ def test_nan_loss_stops_the_job_naming_step_and_rank_and_keeps_the_checkpoint() 
             max_restarts=0,
             fault_injection=[{"kind": "nan", "rank": 1, "step": 6}],
         )
-    assert "NonFiniteLossError: non-finite loss at step 6 (epoch 1) on rank(s) [1]" in str(
-        info.value
-    )
+    expected = "NonFiniteError: non-finite gradients of model 'model' at step 6 (a non-finite"
+    assert f"{expected} loss on rank(s) [1])" in str(info.value)
     assert info.value.last_checkpoint is not None
     assert load_checkpoint(Path(info.value.last_checkpoint))["loop"]["step"] == 4  # intact
 

@@ -28,7 +28,7 @@ from ai_distributed_training.training.checkpoint import (
 from ai_distributed_training.training.context import RankContext, RankData
 from ai_distributed_training.training.loop import LoopResult, train
 from ai_distributed_training.training.resume import Checkpointer
-from ai_distributed_training.training.step import TrainStep
+from ai_distributed_training.training.step import StepRunner
 from ai_distributed_training.training.strategies import DDPStrategy
 from tests.helpers import SAMPLES, build_model, rank_data
 
@@ -79,7 +79,7 @@ def test_the_step_is_a_replaceable_part() -> None:
     """``train(make_step=...)`` runs the loop over another step object."""
     seen: list[tuple[int, int]] = []
 
-    class CountingStep(TrainStep):
+    class CountingStep(StepRunner):
         def forward_backward(
             self, micros: Sequence[Micro], global_count: int, step: int
         ) -> torch.Tensor:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import torch
 
-from ai_distributed_training import ConfigError
+from ai_distributed_training import ConfigError, NonFiniteError
 from ai_distributed_training.config import TrainingSettings
 from ai_distributed_training.config.sections import sections_of
 from ai_distributed_training.prepare import prepare
@@ -116,9 +116,7 @@ def test_a_non_finite_train_step_fails_or_is_skipped() -> None:
         ctx.step("model")
         return {"loss": loss * float("nan") if ctx.global_step == 2 else loss}
 
-    from ai_distributed_training.training.custom import NonFiniteStepError
-
-    with pytest.raises(NonFiniteStepError, match=r"non-finite value at step 2 on rank\(s\) \[0\]"):
+    with pytest.raises(NonFiniteError, match=r"non-finite value at step 2 on rank\(s\) \[0\]"):
         train(build_model(), rank_data(), one_rank(train_step=nan_step, batch_size=64))
     result = train(
         build_model(),
@@ -136,11 +134,7 @@ def test_non_finite_gradients_stop_the_step() -> None:
         ctx.step("model")
         return {"loss": torch.tensor(1.0)}
 
-    from ai_distributed_training.training.custom import NonFiniteStepError
-
-    with pytest.raises(
-        NonFiniteStepError, match=r"non-finite gradients of model 'model' at step 1"
-    ):
+    with pytest.raises(NonFiniteError, match=r"non-finite gradients of model 'model' at step 1"):
         train(build_model(), rank_data(), one_rank(train_step=bad_gradients, epochs=1))
 
 

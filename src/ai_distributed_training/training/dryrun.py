@@ -174,18 +174,17 @@ def dry_run_step(
     if on_meta_device(module):
         return  # no values to step (a model too big to copy for real): the workers will tell
     from .context import RankContext  # the loop's machinery, for one rank of one
-    from .loop import custom_parts
+    from .parts import build_parts
     from .strategies import DDPStrategy
 
     batch = _two_samples(data)
     samples = num_samples(batch)
     strategy = DDPStrategy(0, 1, torch.device("cpu"))
     ctx = RankContext(optim=optim, loop=loop, step=step, strategy=strategy)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
     rng = capture_rng()
     try:
-        custom, _ = custom_parts(module, ctx, scaler, total_steps=100)
-        custom.forward_backward([Micro(batch, samples)], samples, 1)
+        parts = build_parts(module, None, ctx, total_steps=100)
+        parts.step.forward_backward([Micro(batch, samples)], samples, 1)
     except Exception as err:
         cause = environment_cause(err)
         if cause is not None:

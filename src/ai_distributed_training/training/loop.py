@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import torch
@@ -22,17 +21,13 @@ from torch import nn
 
 from ..config.sections import LoopSection
 from ..data.loading import Micro, read, sample_seed
-from ..models import Models
 from .callbacks import CallbackRunner
 from .context import RankContext, RankData
-from .custom import CustomStep, OptimizerGroup, SchedulerGroup, StepContext, parts_of
-from .evaluate import evaluate
-from .metrics import BUSY, CLIPPED, COUNT, ITEMS, LOSS, STEPS, Meter, per_worker
-from .objective import Objective
-from .optim import build_optimizer, build_scheduler
+from .metrics import BUSY, CLIPPED, COUNT, ITEMS, LOSS, STEPS, per_worker
+from .parts import LoopParts, build_parts
 from .resume import Checkpointer, LoopPosition, Stateful, restore
 from .sharding import epoch_order, global_batch, num_steps, rank_share
-from .step import Step, TrainStep
+from .step import MakeStep, StepRunner
 from .strategies import model_state_bytes
 from .streamfeed import StreamFeed, stream_state
 
@@ -56,23 +51,18 @@ def train(
     ctx: RankContext,
     resume: dict[str, Any] | None = None,
     *,
-    make_step: Callable[..., Step] = TrainStep,
+    make_step: MakeStep = StepRunner,
 ) -> LoopResult:
     """Train ``model`` for ``ctx.loop.epochs`` epochs, from the checkpoint ``resume`` if given,
     validating on ``data``'s validation positions. Collective: call on every rank.
 
-    ``make_step``: builds the step from keyword arguments ``ctx``, ``data``, ``model`` (the
-    wrapped one), ``optimizer``, ``scheduler``, ``scaler``, ``objective`` and ``meter``
-    (default: :class:`~.step.TrainStep`)."""
-    total_steps = planned_steps(ctx.loop, training_samples(data))
-    # fp16 needs loss scaling; bf16 and fp32 do not (a disabled scaler passes through).
-    scaler = torch.amp.GradScaler(ctx.device.type, enabled=ctx.compute_dtype == torch.float16)
-    if ctx.step.train_step is not None:
-        step, parts = custom_parts(model, ctx, scaler, total_steps)
-        validate: Callable[[], dict[str, float]] | None = None  # the train_step reports its own
-    else:
-        step, parts, validate = _built_in_parts(model, data, ctx, scaler, total_steps, make_step)
-    loop = Loop(ctx=ctx, data=data, step=step, validate=validate, **parts)
+    ``make_step``: builds the loop's step from keyword arguments ``ctx`` (the
+    :class:`~.step.StepContext`) and ``step_fn`` (the library's step or your ``train_step``);
+    default :class:`~.step.StepRunner`."""
+    parts = build_parts(
+        model, data, ctx, planned_steps(ctx.loop, training_samples(data)), make_step
+    )
+    loop = Loop(ctx=ctx, data=data, parts=parts)
     if resume is not None:
         loop.restore(resume)
     return loop.run()
@@ -93,93 +83,22 @@ def training_samples(data: RankData) -> int:
     return data.stream.length if data.stream is not None else len(data.train_idx)
 
 
-def _built_in_parts(
-    model: nn.Module,
-    data: RankData,
-    ctx: RankContext,
-    scaler: torch.amp.GradScaler,
-    total_steps: int,
-    make_step: Callable[..., Step],
-) -> tuple[Step, dict[str, Any], Callable[[], dict[str, float]]]:
-    """The built-in step over the wrapped model, what the loop checkpoints, and validation."""
-    strategy = ctx.strategy
-    wrapped = strategy.wrap(model)
-    optimizer = build_optimizer(ctx.optim, wrapped)
-    parts: dict[str, Any] = {
-        "optimizer": optimizer,
-        "scheduler": build_scheduler(ctx.optim, optimizer, total_steps),
-        "scaler": scaler,
-        "meter": Meter(data.task, ctx.step.metrics, ctx.device),
-    }
-    objective = Objective.of(model, data.task, ctx.step)
-    step = make_step(ctx=ctx, data=data, model=wrapped, objective=objective, **parts)
-    validate = partial(
-        evaluate, strategy.unwrap(wrapped), data, ctx, objective=objective, meter=parts["meter"]
-    )
-    return step, {"model": wrapped, **parts}, validate
-
-
-def custom_parts(
-    model: nn.Module, ctx: RankContext, scaler: torch.amp.GradScaler, total_steps: int
-) -> tuple[Step, dict[str, Any]]:
-    """The user's train_step over each model wrapped on its own, with an optimizer and a
-    scheduler per model (by name), and what the loop checkpoints (also the dry run's, on one
-    rank of one)."""
-    optim, strategy = ctx.optim, ctx.strategy
-    models = {name: strategy.wrap(part) for name, part in parts_of(model).items()}
-    choices = optim.optimizer if isinstance(optim.optimizer, dict) else {}
-    optimizers = {
-        name: build_optimizer(optim, m, choices.get(name, optim.optimizer))  # type: ignore[arg-type]
-        for name, m in models.items()
-    }
-    factories = optim.scheduler if isinstance(optim.scheduler, dict) else {}
-    schedulers = {
-        n: build_scheduler(optim, o, total_steps, factories.get(n)) for n, o in optimizers.items()
-    }
-    meter = Meter("custom", ctx.step.metrics, ctx.device, step_metrics=[])
-    step_ctx = StepContext(
-        rank_ctx=ctx, models=models, optimizers=optimizers, schedulers=schedulers, scaler=scaler
-    )
-    assert ctx.step.train_step is not None
-    step = CustomStep(ctx=ctx, step_ctx=step_ctx, train_step=ctx.step.train_step, meter=meter)
-    several = isinstance(model, Models)  # a dict of models, even of one
-    parts = {
-        "model": model,  # the unwrapped container: what checkpoints and results hold
-        "optimizer": OptimizerGroup(optimizers) if several else optimizers["model"],
-        "scheduler": SchedulerGroup(schedulers) if several else schedulers["model"],
-        "scaler": scaler,
-        "meter": meter,
-    }
-    return step, parts
-
-
 class Loop:
     """The epoch loop over a :class:`~.step.Step`, with its periodic work: step records,
     mid-epoch evaluation and checkpoints, epoch metrics, callbacks and early stopping."""
 
-    def __init__(
-        self,
-        *,
-        ctx: RankContext,
-        data: RankData,
-        model: nn.Module,
-        step: Step,
-        validate: Callable[[], dict[str, float]] | None,
-        optimizer: torch.optim.Optimizer | OptimizerGroup,
-        scheduler: torch.optim.lr_scheduler.LRScheduler | SchedulerGroup,
-        scaler: torch.amp.GradScaler,
-        meter: Meter,
-    ) -> None:
-        self.ctx, self.data, self.model, self.step, self.validate = ctx, data, model, step, validate
-        self.optimizer, self.scheduler, self.meter = optimizer, scheduler, meter
+    def __init__(self, *, ctx: RankContext, data: RankData, parts: LoopParts) -> None:
+        self.ctx, self.data, self.step, self.validate = ctx, data, parts.step, parts.validate
+        self.model, self.optimizer, self.scheduler = parts.model, parts.optimizer, parts.scheduler
+        self.meter = parts.meter
         self.pos = LoopPosition()
-        self.epoch_stats = meter.zeros()  # this rank's sums of the epoch so far
+        self.epoch_stats = self.meter.zeros()  # this rank's sums of the epoch so far
         #: What a checkpoint holds (the loop's position too), by name.
         self.stateful: dict[str, Stateful] = {
-            "model": ctx.strategy.unwrap(model),
-            "optimizer": optimizer,
-            "scheduler": scheduler,
-            **({"scaler": scaler} if scaler.is_enabled() else {}),
+            "model": ctx.strategy.unwrap(parts.model),
+            "optimizer": parts.optimizer,
+            "scheduler": parts.scheduler,
+            **({"scaler": parts.scaler} if parts.scaler.is_enabled() else {}),
             "loop": self.pos,
         }
         loop = ctx.loop
@@ -190,7 +109,7 @@ class Loop:
         #: Training samples per epoch: all of them, or the full global batches' (drop_last).
         self.epoch_samples = min(n_train, self.steps_per_epoch * loop.batch_size)
         self.hooks = CallbackRunner(list(ctx.loop.callbacks), ctx.rank, ctx.world_size)
-        self.window = meter.zeros()  # stats since the last step record
+        self.window = self.meter.zeros()  # stats since the last step record
         self.window_started = self.epoch_started = time.perf_counter()
 
     def restore(self, resume: dict[str, Any]) -> None:

@@ -17,7 +17,7 @@ The rules (settings ``forward``, ``loss_fn`` and ``count_fn`` override them):
   per-position targets (``labels[..., 1:]`` for a causal LM, whose loss shifts them); else the
   samples. Counted items are summed over every micro-batch of every rank BEFORE the forward
   passes, so each rank's sum is weighted by the whole global batch's count (see
-  :class:`~.step.TrainStep`), and a Hugging Face model is passed ``num_items_in_batch``.
+  :class:`~.builtin_step.BuiltinStep`), and a Hugging Face model is passed ``num_items_in_batch``.
 """
 
 from __future__ import annotations

@@ -1,51 +1,32 @@
-"""One optimizer step, the loop's replaceable part: forward and backward over micro-batches,
-then the update (non-finite check, clipping, loss scaling, optimizer, scheduler).
+"""One optimizer step, the loop's replaceable part, and the one machinery every step goes through.
 
-The loop calls :meth:`TrainStep.forward_backward` with this rank's share of a global batch (its
-micro-batches, read) and then :meth:`TrainStep.apply_gradients`; anything with those two methods
-can stand in for it.
+A step is a function ``step_fn(ctx, micros) -> stats`` over this rank's share of a global batch
+(its micro-batches, read): the library's own (:class:`~.builtin_step.BuiltinStep`) and yours
+(``train_step(ctx, batch)``, adapted by :class:`~.custom.UserStep`) alike. Both weight their
+losses for the global batch and back-propagate them with :meth:`StepContext.backward_sum`, and
+update a model with :meth:`StepContext.step`: the non-finite check, clipping, loss scaling, the
+optimizer and its scheduler live there and nowhere else. :class:`StepRunner` is what the loop
+calls: :meth:`~StepRunner.forward_backward`, then :meth:`~StepRunner.apply_gradients`; anything
+with those two methods can stand in for it.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
-from functools import partial
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..data.loading import Micro
-from ..data.structure import to_device
-from .context import RankContext, RankData
-from .metrics import CLIPPED, Meter
-from .objective import Objective
+from ..data.loading import Micro, sample_seed
+from ..errors import NonFiniteError
+from .context import RankContext
+from .metrics import CLIPPED
+from .objective import count_tensor
 from .resume import LoopPosition
 from .sharding import loss_scale
-
-
-def clip_and_step(
-    ctx: RankContext,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-) -> bool:
-    """Clip ``model``'s synchronized gradient norm to ``max_grad_norm`` (if set), then step
-    ``optimizer`` through ``scaler`` (a disabled scaler just steps it); returns whether the
-    norm was clipped. The non-finite check comes first, at the caller."""
-    clipped = False
-    if ctx.optim.max_grad_norm is not None:
-        scaler.unscale_(optimizer)
-        norm = ctx.strategy.clip_grad_norm(model, ctx.optim.max_grad_norm)
-        clipped = norm > ctx.optim.max_grad_norm
-    scaler.step(optimizer)
-    return clipped
-
-
-class NonFiniteLossError(RuntimeError):
-    """A NaN or inf loss, detected at the same step on every rank."""
 
 
 class Step(Protocol):
@@ -55,157 +36,194 @@ class Step(Protocol):
         self, micros: Sequence[Micro], global_count: int, step: int
     ) -> torch.Tensor:
         """Gradients of this rank's share of a global batch of ``global_count`` samples, read
-        as ``micros`` (its micro-batches), at global step ``step`` (1-based); returns the
-        share's stat vector."""
+        as ``micros`` (its micro-batches), at global step ``step`` (1-based), and the update;
+        returns the share's stat vector."""
         ...
 
     def apply_gradients(self, stats: torch.Tensor, pos: LoopPosition, epoch: int) -> bool:
-        """Update the weights from the gradients; False when the step was skipped (on every
-        rank together)."""
+        """Finish the step; False when it was skipped (on every rank together)."""
         ...
 
 
-class TrainStep:
-    """The built-in step: the :class:`~.objective.Objective`'s loss, each rank's SUM weighted
-    so that the strategy's average of gradients is the gradient of the mean over the whole
-    global batch: over its samples, or over its counted items (valid tokens) when the loss is
-    a mean over those."""
+class StepFn(Protocol):
+    """The body of one optimizer step over this rank's micro-batches; returns their stats."""
+
+    def __call__(self, ctx: StepContext, micros: Sequence[Micro]) -> torch.Tensor: ...
+
+
+class StepContext:
+    """What a step works with, for one optimizer step of one rank: the wrapped models, their
+    optimizers and schedulers by name, the loss scaler, and a generator seeded from
+    ``(seed, step, rank)`` (so a resumed step draws the same numbers)."""
 
     def __init__(
         self,
         *,
-        ctx: RankContext,
-        data: RankData,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        rank_ctx: RankContext,
+        models: Mapping[str, nn.Module],
+        optimizers: Mapping[str, torch.optim.Optimizer],
+        schedulers: Mapping[str, torch.optim.lr_scheduler.LRScheduler],
         scaler: torch.amp.GradScaler,
-        objective: Objective,
-        meter: Meter,
     ) -> None:
-        self.ctx, self.data, self.model = ctx, data, model
-        self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
-        self.objective, self.meter = objective, meter
-        self.settled = False  # see Strategy.settle: once per attempt, before the first step
+        self._ctx, self.optimizers = rank_ctx, dict(optimizers)
+        self.models: dict[str, nn.Module] = ByName(models)
+        self.schedulers, self.scaler = dict(schedulers), scaler
+        self.rank, self.world_size = rank_ctx.rank, rank_ctx.world_size
+        self.device = rank_ctx.device
+        self.samples, self.global_samples, self.global_step = 0, 1, 0
+        self.generator = torch.Generator(device=self.device)
+        self.calls: dict[str, int] = {}
+        self.skipped: list[str] = []
+        self.clipped = False
+        self._losses: list[torch.Tensor] = []  # this step's, for naming a non-finite one
+
+    @property
+    def rank_ctx(self) -> RankContext:
+        """The rank's collaborators (strategy, faults, logs) and sections."""
+        return self._ctx
+
+    def begin(self, samples: int, global_samples: int, global_step: int) -> None:
+        """Ready for global step ``global_step`` (1-based) on ``samples`` of this rank's."""
+        self.samples, self.global_samples, self.global_step = samples, global_samples, global_step
+        seed = self._ctx.loop.seed
+        self.generator.manual_seed(sample_seed(sample_seed(seed, global_step), self.rank))
+        self.calls = {"backward": 0, **{f"step:{name}": 0 for name in self.optimizers}}
+        self.skipped, self.clipped, self._losses = [], False, []
+        for optimizer in self.optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """Autocast to the job's compute dtype (``precision``), or nothing (fp32)."""
+        return self._ctx.autocast()
+
+    def backward(self, loss: torch.Tensor | tuple[torch.Tensor, Any]) -> None:
+        """Back-propagate ``loss`` weighted for the global batch: a mean over this rank's
+        samples, or a ``(sum, count)`` pair (its count summed over the ranks first: a
+        collective). Every rank must call it the same number of times."""
+        if not isinstance(loss, (tuple, list)):  # a mean over this rank's samples: their sum
+            _check_loss(loss, "the loss")
+            scale = loss_scale(self.global_samples, self.world_size)
+            self.backward_sum(loss * self.samples, scale)
+            return
+        total, count = loss
+        _check_loss(total, "the sum of a (sum, count) pair")
+        present = float(self.samples > 0)  # a stand-in for an empty share counts nothing
+        local = count_tensor(count, "ctx.backward's count").to(self.device) * present
+        global_count = self.all_reduce_sum(local)
+        if float(global_count) <= 0:  # the same sum on every rank: all raise together
+            raise ValueError(
+                f"ctx.backward's counts sum to {float(global_count):g} over the global "
+                "batch: a (sum, count) pair's count is the number of items the sum is "
+                "over, at least 1 in all"
+            )
+        self.backward_sum(total * present, loss_scale(float(global_count), self.world_size))
+
+    def backward_sum(self, local_sum: torch.Tensor, weight: float) -> None:
+        """Back-propagate this rank's ``local_sum`` times ``weight`` (what makes the strategy's
+        average of gradients the gradient of the global batch's mean), through the scaler."""
+        self.calls["backward"] += 1
+        self._losses.append(local_sum.detach())
+        self.scaler.scale(local_sum * weight).backward()
+
+    def step(self, name: str) -> bool:
+        """Update model ``name``: skip on non-finite gradients (or fail, per
+        ``skip_nonfinite_steps``), clip (``max_grad_norm``), step its optimizer and scheduler,
+        zero its gradients. Returns whether it stepped."""
+        if name not in self.optimizers:
+            raise KeyError(f"no optimizer named {name!r}; the models are {sorted(self.models)}")
+        self.calls[f"step:{name}"] += 1
+        ctx, optimizer, model = self._ctx, self.optimizers[name], self.models[name]
+        # With fp16 loss scaling the scaler finds non-finite gradients (and skips) itself.
+        if not self.scaler.is_enabled() and not ctx.strategy.gradients_finite(model):
+            self._non_finite(name)
+            optimizer.zero_grad(set_to_none=True)
+            return False
+        max_norm = ctx.optim.max_grad_norm
+        if max_norm is not None:
+            self.scaler.unscale_(optimizer)
+            self.clipped |= bool(ctx.strategy.clip_grad_norm(model, max_norm) > max_norm)
+        self.scaler.step(optimizer)
+        self.schedulers[name].step()
+        optimizer.zero_grad(set_to_none=True)
+        return True
+
+    def _non_finite(self, name: str) -> None:
+        """Every rank saw non-finite gradients of ``name`` (they are synchronized): name the
+        ranks whose losses caused it (a collective every rank reaches), then fail, or skip the
+        update with ``skip_nonfinite_steps``."""
+        strategy = self._ctx.strategy
+        local_bad = float(any(not bool(torch.isfinite(t).all()) for t in self._losses))
+        bad = strategy.all_gather(torch.tensor([local_bad], device=strategy.device))
+        ranks = [r for r in range(strategy.world_size) if bad[r, 0] > 0]
+        where = f"non-finite gradients of model {name!r} at step {self.global_step}"
+        where += f" (a non-finite loss on rank(s) {ranks})" if ranks else ""
+        if not self._ctx.loop.skip_nonfinite_steps:
+            raise NonFiniteError(
+                f"{where}; the last good checkpoint is intact: "
+                f"{self._ctx.checkpointer.last or 'none written yet'}; pass "
+                "skip_nonfinite_steps=True to skip such steps"
+            )
+        self._ctx.job_log.warning("skipping the update of %r: %s", name, where)
+        self.skipped.append(name)
+
+    def no_sync(self, name: str) -> contextlib.AbstractContextManager[Any]:
+        """Accumulate model ``name``'s gradients without synchronizing them (all but the last
+        backward of a split batch)."""
+        return self._ctx.strategy.no_sync(self.models[name])
+
+    def all_reduce_sum(self, local: torch.Tensor) -> torch.Tensor:
+        """The sum over the ranks of a scalar ``local`` (collective: every rank calls)."""
+        total = local.to(self.device).reshape(1)
+        return self._ctx.strategy.all_reduce(total, dist.ReduceOp.SUM)[0]
+
+
+class StepRunner:
+    """The loop's :class:`Step` around a step function (the library's or yours): begins the
+    step (gradients zeroed, the generator seeded), runs it, records whether it clipped, and
+    counts a step whose every update was skipped (non-finite) as skipped."""
+
+    def __init__(self, *, ctx: StepContext, step_fn: StepFn) -> None:
+        self.ctx, self.step_fn = ctx, step_fn
 
     def forward_backward(
         self, micros: Sequence[Micro], global_count: int, step: int
     ) -> torch.Tensor:
-        """This rank's micro-batches; gradients are synchronized on the last one only.
-
-        Counted items are summed over every micro-batch of every rank first (one scalar
-        all-reduce), so each rank weighs its sum by the global count. A ``loss_fn`` that
-        returns ``(sum, count)`` tells its count only after the forward pass: its gradients are
-        divided by the global count after the backward passes instead."""
-        ctx = self.ctx
-        self.optimizer.zero_grad(set_to_none=True)
-        batches = [to_device(micro.batch, ctx.device) for micro in micros]
-        counts = self._counts(micros, batches)
-        total = self._global(torch.stack(counts).sum(), step) if counts is not None else None
-        weight = loss_scale(float(total) if total is not None else global_count, ctx.world_size)
-        num_items = self.objective.num_items(total, ctx.world_size)
-        stats, returned = self.meter.zeros(), []
-        for i, (micro, batch) in enumerate(zip(micros, batches, strict=True)):
-            count = counts[i] if counts is not None else None
-            if not self.settled:  # a throw-away pass on this very batch: no extra data read
-                settle = partial(self._throwaway, batch, count, num_items)
-                ctx.strategy.settle(self.model, settle)
-                self.settled = True
-            last = i == len(micros) - 1
-            with contextlib.nullcontext() if last else ctx.strategy.no_sync(self.model):
-                micro_stats, got = self._micro_batch(
-                    batch, micro.samples, count, num_items, weight, step
-                )
-            stats += micro_stats
-            returned += [got] if got is not None and counts is None else []
-        if returned:
-            self._divide_gradients(self._global(torch.stack(returned).sum(), step))
+        self.ctx.begin(sum(m.samples for m in micros), global_count, step)
+        stats = self.step_fn(self.ctx, micros)
+        stats[CLIPPED] = float(self.ctx.clipped)
         return stats
-
-    def _micro_batch(
-        self,
-        batch: Any,
-        samples: int,
-        count: torch.Tensor | None,
-        num_items: float | None,
-        weight: float,
-        step: int,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Forward and backward of one micro-batch (``samples`` 0: a stand-in, weighted 0);
-        returns its stats and the count its ``loss_fn`` returned, if it returned one."""
-        ctx, objective = self.ctx, self.objective
-        with ctx.autocast():
-            out = objective.call(self.model, batch, num_items)
-        local_sum, got = objective.loss(out, batch, count, num_items)
-        local_sum = ctx.faults.loss(step, local_sum)
-        if samples == 0:
-            local_sum, got = local_sum * 0.0, None if got is None else got * 0.0
-        if got is not None and count is None:  # divided by the global count afterwards
-            weight = float(ctx.world_size)
-        self.scaler.scale(local_sum * weight).backward()
-        items = got if got is not None else samples if count is None else count
-        scored, metric_args = objective.scored(out, batch), objective.metric_args(out, batch)
-        return self.meter.batch(local_sum, items, samples, scored, metric_args), got
-
-    def _counts(self, micros: Sequence[Micro], batches: list[Any]) -> list[torch.Tensor] | None:
-        """Each micro-batch's count known before the forward pass (0 for a stand-in), or
-        None when the loss is a mean over samples."""
-        counts = [self.objective.count(batch) for batch in batches]
-        known = [c for c in counts if c is not None]
-        if len(known) < len(counts):
-            return None
-        return [c * 0.0 if m.samples == 0 else c for c, m in zip(known, micros, strict=True)]
-
-    def _global(self, local: torch.Tensor, step: int) -> torch.Tensor:
-        """The sum of every rank's ``local`` count (collective); a global count of 0 (nothing
-        to average the loss over) is an error, the same on every rank."""
-        total = self.ctx.strategy.all_reduce(
-            local.to(self.ctx.device).reshape(1), dist.ReduceOp.SUM
-        )
-        if float(total) <= 0:
-            raise ValueError(
-                f"the global batch of step {step} has {float(total):g} items to average the loss "
-                "over (every target is -100, or count_fn / loss_fn counted none); check the "
-                "labels, or drop such samples"
-            )
-        return total[0]
-
-    def _divide_gradients(self, total: torch.Tensor) -> None:
-        for p in self.model.parameters():
-            if p.grad is not None:
-                p.grad.div_(total.to(p.grad.dtype))
-
-    def _throwaway(self, batch: Any, count: torch.Tensor | None, num_items: float | None) -> None:
-        with self.ctx.autocast():
-            out = self.objective.call(self.model, batch, num_items)
-        self.objective.loss(out, batch, count, num_items)[0].backward()
 
     def apply_gradients(self, stats: torch.Tensor, pos: LoopPosition, epoch: int) -> bool:
         ctx = self.ctx
-        # With fp16 loss scaling the scaler finds non-finite gradients (and skips) itself.
-        if not self.scaler.is_enabled() and not ctx.strategy.gradients_finite(self.model):
-            self._non_finite(stats, pos, epoch)
-            self.optimizer.zero_grad(set_to_none=True)
+        ctx.scaler.update()
+        if ctx.skipped and set(ctx.skipped) == set(ctx.optimizers):
+            pos.skipped_steps += 1
             return False
-        clipped = clip_and_step(ctx, self.model, self.optimizer, self.scaler)
-        stats[CLIPPED] = float(clipped)
-        self.scaler.update()
-        self.scheduler.step()
         return True
 
-    def _non_finite(self, stats: torch.Tensor, pos: LoopPosition, epoch: int) -> None:
-        """Every rank saw non-finite gradients at this step: find which ranks' losses caused
-        it (a collective every rank reaches), then fail or count the step as skipped."""
-        strategy = self.ctx.strategy
-        local_bad = float(not torch.isfinite(stats[0]))
-        bad = strategy.all_gather(torch.tensor([local_bad], device=strategy.device))
-        ranks = [r for r in range(strategy.world_size) if bad[r, 0] > 0] or "unknown"
-        where = f"step {pos.step} (epoch {epoch}) on rank(s) {ranks}"
-        if not self.ctx.loop.skip_nonfinite_steps:
-            raise NonFiniteLossError(
-                f"non-finite loss at {where}; the last good checkpoint is intact: "
-                f"{self.ctx.checkpointer.last or 'none written yet'}; pass "
-                "skip_nonfinite_steps=True to skip such steps"
-            )
-        self.ctx.job_log.warning("skipping %s: non-finite loss", where)
-        pos.skipped_steps += 1
+
+class ByName(dict):  # type: ignore[type-arg]
+    """``ctx.models``: an unknown name says which names there are."""
+
+    def __missing__(self, name: object) -> nn.Module:
+        raise KeyError(f"no model named {name!r}; the models are {sorted(self)}")
+
+
+def _check_loss(loss: Any, what: str) -> None:
+    """A loss ``ctx.backward`` can weight and back-propagate: a scalar tensor in the graph."""
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        got = f"shape {list(loss.shape)}" if isinstance(loss, torch.Tensor) else repr(loss)
+        raise ValueError(
+            f"ctx.backward takes a scalar loss (a mean over this rank's samples) or a (sum, "
+            f"count) pair; {what} is {got:.60} (reduce it, e.g. .mean())"
+        )
+    if not loss.requires_grad:
+        raise ValueError(
+            f"ctx.backward got {what} detached from the models' graph (no grad_fn: computed "
+            "under torch.no_grad(), .detach()ed or .item()ed), so no gradient can flow"
+        )
+
+
+#: A factory of the loop's step, from keyword arguments ``ctx`` (the :class:`StepContext`) and
+#: ``step_fn``: :class:`StepRunner`, or a stand-in with the same two methods.
+MakeStep = Callable[..., Step]

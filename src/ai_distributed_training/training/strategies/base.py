@@ -137,7 +137,9 @@ def local_part(t: torch.Tensor) -> torch.Tensor:
 
 def model_state_bytes(model: nn.Module, optimizer: Any) -> int:
     """Bytes of this rank's parameters, gradients and optimizer state (its shards, if sharded);
-    ``optimizer``: anything with an optimizer's ``state`` (per-parameter dicts)."""
+    ``optimizer``: anything with an optimizer's ``state`` (per-parameter dicts). A trainable
+    parameter's gradient counts as its size whether or not it is held right now (a step
+    frees them after each update): the memory each step needs."""
 
     def size(t: Any) -> int:
         if not isinstance(t, torch.Tensor):
@@ -147,7 +149,8 @@ def model_state_bytes(model: nn.Module, optimizer: Any) -> int:
 
     params = list(model.parameters())
     state = [v for per_param in optimizer.state.values() for v in per_param.values()]
-    return sum(size(p) + size(p.grad) for p in params) + sum(size(v) for v in state)
+    grads = sum(size(p.grad if p.grad is not None else p) for p in params if p.requires_grad)
+    return sum(size(p) for p in params) + grads + sum(size(v) for v in state)
 
 
 def state_digest(state: Mapping[str, torch.Tensor]) -> str:
