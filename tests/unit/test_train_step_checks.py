@@ -174,3 +174,30 @@ def test_a_dict_of_one_model_trains() -> None:
     model = Models({"student": build_model()})
     result = train(model, rank_data(), one_rank(train_step=cross_entropy_step("student"), epochs=2))
     assert result.steps == 2
+
+
+def test_a_step_starts_from_zero_gradients_even_after_a_backward_past_a_stepped_model() -> None:
+    """A GAN's generator loss back-propagates through the discriminator after its update: the
+    next step's discriminator gradients must be its own loss's alone, not those leftovers."""
+    from ai_distributed_training.models import Models
+
+    checked: list[bool] = []
+
+    def step(ctx: Any, batch: Any) -> dict[str, Any]:
+        x, y = batch
+        a, b = ctx.models["A"], ctx.models["B"]
+        loss_b = torch.nn.functional.cross_entropy(b(x), y)
+        expected = torch.autograd.grad(loss_b, list(b.parameters()), retain_graph=True)
+        ctx.backward(loss_b)  # one rank holding the whole batch: weighted by exactly 1
+        grads = zip(b.parameters(), expected, strict=True)
+        checked.append(all(torch.allclose(p.grad, e) for p, e in grads))
+        ctx.step("B")
+        loss_a = torch.nn.functional.cross_entropy(b(a(x)), y)  # reaches B's gradients too
+        ctx.backward(loss_a)
+        ctx.step("A")
+        return {"loss": loss_b}
+
+    torch.manual_seed(0)
+    models = Models({"A": torch.nn.Linear(8, 8), "B": build_model()})
+    train(models, rank_data(), one_rank(train_step=step, epochs=2, batch_size=64))
+    assert len(checked) > 2 and all(checked)

@@ -76,6 +76,8 @@ class StepContext:
         self.skipped: list[str] = []
         self.clipped = False
         self._losses: list[torch.Tensor] = []  # this step's, for naming a non-finite one
+        #: Optimizers whose gradients step(name) zeroed with no backward since.
+        self._zeroed: set[str] = set()
 
     @property
     def rank_ctx(self) -> RankContext:
@@ -89,8 +91,10 @@ class StepContext:
         self.generator.manual_seed(sample_seed(sample_seed(seed, global_step), self.rank))
         self.calls = {"backward": 0, **{f"step:{name}": 0 for name in self.optimizers}}
         self.skipped, self.clipped, self._losses = [], False, []
-        for optimizer in self.optimizers.values():
-            optimizer.zero_grad(set_to_none=True)
+        for name, optimizer in self.optimizers.items():
+            if name not in self._zeroed:  # step(name) zeroed it already: ~40 us a call saved
+                optimizer.zero_grad(set_to_none=True)
+        self._zeroed = set()
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """Autocast to the job's compute dtype (``precision``), or nothing (fp32)."""
@@ -123,6 +127,7 @@ class StepContext:
         average of gradients the gradient of the global batch's mean), through the scaler."""
         self.calls["backward"] += 1
         self._losses.append(local_sum.detach())
+        self._zeroed.clear()  # a backward may reach any model's gradients, stepped ones too
         self.scaler.scale(local_sum * weight).backward()
 
     def step(self, name: str) -> bool:
@@ -145,6 +150,7 @@ class StepContext:
         self.scaler.step(optimizer)
         self.schedulers[name].step()
         optimizer.zero_grad(set_to_none=True)
+        self._zeroed.add(name)
         return True
 
     def _non_finite(self, name: str) -> None:
