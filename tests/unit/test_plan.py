@@ -106,8 +106,10 @@ def test_memory_formulas_and_strategy_choice() -> None:
     ).activation_bytes_per_sample
     # GPU: no dataset in GPU memory; AdamW: 16 bytes per parameter replicated
     assert row.memory_ddp_bytes == int(1000 + 16 * params + 64 * activations)
+    # FSDP: each parameter's rows split 4 ways, rounded up (the last layer's 2 rows: 1 each)
+    shard = 128 * 128 + 128 + 128 * 512 + 128 + 1 * 512 + 1
     assert row.memory_fsdp_bytes == int(
-        1000 + 16 * params / 4 + 8 * (512 * 512 + 512) + 64 * activations
+        1000 + 16 * shard + 8 * (512 * 512 + 512) + 64 * activations
     )
     assert row.strategy == "ddp" and row.memory_per_worker_bytes == row.memory_ddp_bytes
     sgd = {r.nodes: r for r in plan(hw, optimizer="sgd").rows}[4]
@@ -199,3 +201,42 @@ def test_this_machines_plan_times_the_model_without_changing_the_profile() -> No
     assert result.hardware == hw  # what --save-hardware writes: no model-specific rate in it
     # compute comes from the model's own timed steps, not the profile's absurd 1e18 FLOP/s
     assert result.rows[0].compute_s > 1000 * 256 * result.model.flops_per_sample / 1e18
+
+
+FAKE_FSDP = """
+import json, sys, torch, torch.distributed as dist
+from torch import nn
+from torch.distributed.fsdp import fully_shard
+from torch.testing._internal.distributed.fake_pg import FakeStore
+world = int(sys.argv[1])
+dist.init_process_group("fake", store=FakeStore(), rank=world - 1, world_size=world)
+net = nn.Sequential(nn.Linear(128, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 2))
+for layer in (net[0], net[2], net[4]):
+    fully_shard(layer)
+fully_shard(net)
+padded = sum(p._local_tensor.untyped_storage().nbytes() // 4 for p in net.parameters())
+print(json.dumps(padded))
+"""
+
+
+@pytest.mark.parametrize("world", [4, 4096])
+def test_the_fsdp_memory_formula_counts_dim0_padding_as_fsdp2_allocates_it(world: int) -> None:
+    """FSDP2 pads dim 0 of each parameter to a multiple of the world size: the formula's shard
+    per rank is what FSDP2 allocates on the last rank of a world of 4 and of 4,096 (the fake
+    process group: one process posing as that rank), where an even split would be ~80 values
+    and FSDP2 allocates 1,155."""
+    import json
+    import subprocess
+    import sys
+
+    net = nn.Sequential(nn.Linear(128, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU())
+    net.append(nn.Linear(512, 2))
+    count = count_model(net, (128,), "classification")
+    proc = subprocess.run(
+        [sys.executable, "-c", FAKE_FSDP, str(world)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    allocated = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert count.sharded_parameters(world) == allocated
+    if world == 4096:  # every parameter's rows padded to one per rank: 14x the even share
+        assert allocated > 10 * count.parameters / world

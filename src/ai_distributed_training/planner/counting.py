@@ -32,6 +32,17 @@ class ModelCount:
     largest_block_parameters: int  # the biggest direct child: what FSDP gathers at once
     flops_per_sample: float  # forward + backward
     activation_bytes_per_sample: float  # saved for backward
+    #: Each parameter as (rows, elements per row): its dim 0, which FSDP shards, and the rest.
+    rows: tuple[tuple[int, int], ...] = ()
+
+    def sharded_parameters(self, world_size: int) -> int:
+        """Parameters each of ``world_size`` FSDP ranks holds: FSDP2 pads dim 0 of every
+        parameter up to a multiple of the world size, so a rank holds ``ceil(rows / n)`` rows
+        of each (at 4,096 ranks a parameter of 10 rows costs every rank a whole row, most of
+        them padding). Without shapes (an older count): the even share."""
+        if not self.rows:
+            return math.ceil(self.parameters / world_size)
+        return sum(-(-rows // world_size) * per_row for rows, per_row in self.rows)
 
 
 def count_model(
@@ -52,11 +63,13 @@ def count_model(
     ]
     blocks = [sum(p.numel() for p in unit.parameters()) for unit in units]
     params = sum(p.numel() for p in model.parameters())
+    shapes = [tuple(p.shape) or (1,) for p in model.parameters()]
     return ModelCount(
         parameters=params,
         largest_block_parameters=max(blocks, default=params) or params,
         flops_per_sample=(flops_4 - flops_2) / 2,
         activation_bytes_per_sample=max(0.0, (saved_4 - saved_2) / 2),
+        rows=tuple((shape[0], math.prod(shape[1:])) for shape in shapes),
     )
 
 

@@ -211,12 +211,13 @@ def _bytes_per_parameter(optimizer: str) -> int:
 def _memory(
     n: int, batch: int, m: ModelCount, hw: HardwareProfile, data: int, optimizer: str
 ) -> tuple[int, int]:
-    """(DDP, FSDP) bytes per worker."""
-    state = _bytes_per_parameter(optimizer) * m.parameters
+    """(DDP, FSDP) bytes per worker; FSDP's shards with their dim-0 padding (see
+    :meth:`~.counting.ModelCount.sharded_parameters`), plus one gathered block."""
+    per_parameter = _bytes_per_parameter(optimizer)
     activations = batch * m.activation_bytes_per_sample
     common = hw.worker_baseline_bytes + data + activations
-    ddp = common + state
-    fsdp = common + state / n + 8 * m.largest_block_parameters
+    ddp = common + per_parameter * m.parameters
+    fsdp = common + per_parameter * m.sharded_parameters(n) + 8 * m.largest_block_parameters
     return int(ddp), int(fsdp)
 
 
