@@ -105,7 +105,11 @@ def test_transformer_on_tokens_shards_by_block_like_ddp() -> None:
     tokens = {"samples": 400, "seq_len": 16, "vocab_size": 32}
     trainer = DistributedTraining(epochs=1, batch_size=32, learning_rate=3e-3, runs_dir=None)
     ddp = trainer.train_distributed(gpt, tokens, nodes=2)
-    fsdp = trainer.train_distributed(gpt, tokens, nodes=2, strategy="fsdp")
+    # The same recomputation asked for by the setting, which takes any model's block names.
+    by_name = {**gpt, "activation_checkpointing": False}
+    fsdp = trainer.train_distributed(
+        by_name, tokens, nodes=2, strategy="fsdp", activation_checkpointing=["DecoderBlock"]
+    )
     _close(fsdp, ddp)
     history = fsdp["history"][-1]
     assert history["val_loss"] < 0.9 * math.log(32)  # learnt the chain beyond uniform guessing

@@ -238,6 +238,11 @@ def test_the_train_steps_dry_run_leaves_the_callers_models_and_generators() -> N
         (nn.Linear(4, 2), {"fsdp_blocks": ["Block"]}, r"fsdp_blocks names \['Block'\], no mod"),
         (
             nn.Linear(4, 2),
+            {"activation_checkpointing": ["Block"]},
+            r"activation_checkpointing names \['Block'\], no module class of the model",
+        ),
+        (
+            nn.Linear(4, 2),
             {"train_step": cross_entropy_step, "loss_fn": F.cross_entropy},
             r"loss_fn apply to the built-in step; your train_step computes its own",
         ),
@@ -286,3 +291,15 @@ def test_no_numpy_float_labels_regression_is_broken() -> None:
     """A true regression (non-integral float targets, one output) stays a regression."""
     job = check(nn.Linear(4, 1), (X, np.linspace(0, 1, 64)))
     assert job.data.info.task == "regression" and not job.notes
+
+
+def test_activation_checkpointing_asked_twice_for_the_built_in_transformer() -> None:
+    gpt = {"model_name": "gpt", "architecture": "transformer", "activation_checkpointing": True}
+    tokens = {"samples": 64, "seq_len": 8, "vocab_size": 16}
+    check(
+        {**gpt, "activation_checkpointing": False},
+        tokens,
+        activation_checkpointing=["DecoderBlock"],
+    )
+    with pytest.raises(ConfigError, match=r"spec's activation_checkpointing=True and the"):
+        check(gpt, tokens, activation_checkpointing=["DecoderBlock"])

@@ -210,7 +210,9 @@ from torch.distributed.fsdp import fully_shard
 from torch.testing._internal.distributed.fake_pg import FakeStore
 world = int(sys.argv[1])
 dist.init_process_group("fake", store=FakeStore(), rank=world - 1, world_size=world)
-net = nn.Sequential(nn.Linear(128, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 2))
+net = nn.Sequential(
+    nn.Linear(128, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 2)
+)
 for layer in (net[0], net[2], net[4]):
     fully_shard(layer)
 fully_shard(net)

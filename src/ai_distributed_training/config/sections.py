@@ -141,6 +141,7 @@ class ParallelSection:
     find_unused_parameters: bool
     sync_batchnorm: bool
     fsdp_blocks: tuple[str, ...] | None
+    activation_checkpointing: tuple[str, ...] | None
     compile: bool | str
     precision: Literal["auto", "fp32", "bf16", "fp16"]
     use_gpus: bool
@@ -322,7 +323,7 @@ def sections_of(settings: TrainingSettings) -> Sections:
 
 
 def _frozen(value: Any) -> Any:
-    """Lists (callbacks, faults, fsdp_blocks) as tuples: a section never changes."""
+    """Lists (callbacks, faults, block names) as tuples: a section never changes."""
     return tuple(value) if isinstance(value, list) else value
 
 

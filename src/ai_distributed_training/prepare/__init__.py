@@ -37,8 +37,8 @@ from .inputs import (
 )
 from .model_checks import (
     check_batchnorm,
+    check_block_names,
     check_fits_host,
-    check_fsdp_blocks,
     check_on_two_samples,
     check_trainable,
 )
@@ -84,7 +84,7 @@ def prepare(
     check_workers(sections, topology)
     skeleton = model_source.skeleton(data_source.info)  # built once for the checks below
     check_trainable(skeleton, model_source.name)
-    check_fsdp_blocks(sections.parallel.fsdp_blocks, skeleton)
+    check_block_names(sections, skeleton, model_source)
     check_fits_host(skeleton, model_source.name, data_source)
     notes: list[str] = []
     data_source, facts = check_on_two_samples(model_source, skeleton, data_source, sections, notes)

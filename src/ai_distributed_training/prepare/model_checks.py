@@ -5,7 +5,6 @@ dry run), labels it has outputs for, BatchNorm given enough samples per worker."
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -61,15 +60,26 @@ def check_trainable(skeleton: nn.Module, name: str) -> None:
         )
 
 
-def check_fsdp_blocks(blocks: Sequence[str] | None, skeleton: nn.Module) -> None:
-    """``fsdp_blocks`` that name module classes of the model: a name that matches none would
-    leave the whole model one FSDP unit, its memory saving lost without a word."""
+def check_block_names(sections: Sections, skeleton: nn.Module, model: ModelSource) -> None:
+    """``fsdp_blocks`` and ``activation_checkpointing`` that name module classes of the model:
+    a name that matches none would leave its saving lost without a word. The built-in
+    transformer's own ``activation_checkpointing`` and the setting are not both given."""
     present = {type(m).__name__ for m in skeleton.modules()}
-    missing = [b for b in blocks or [] if b not in present]
-    if missing:
+    parallel = sections.parallel
+    for setting, names in (
+        ("fsdp_blocks", parallel.fsdp_blocks),
+        ("activation_checkpointing", parallel.activation_checkpointing),
+    ):
+        missing = [b for b in names or [] if b not in present]
+        if missing:
+            raise ConfigError(
+                f"{setting} names {missing}, no module class of the model; its module classes "
+                f"are {sorted(present)}"
+            )
+    if parallel.activation_checkpointing and model.spec and model.spec.activation_checkpointing:
         raise ConfigError(
-            f"fsdp_blocks names {missing}, no module class of the model; its module classes "
-            f"are {sorted(present)}"
+            "the model spec's activation_checkpointing=True and the activation_checkpointing "
+            f"setting {list(parallel.activation_checkpointing)} both ask for it; pass one"
         )
 
 

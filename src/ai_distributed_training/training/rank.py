@@ -29,6 +29,7 @@ from .faults import FaultInjector
 from .identity import check_data_unchanged
 from .job import Job, RankOutput
 from .loop import LoopResult, train
+from .recompute import checkpoint_blocks
 from .resume import Checkpointer, CheckpointHook, agreed_resume_point
 from .sharding import train_val_split
 from .strategies import Strategy, make_strategy
@@ -125,6 +126,7 @@ def _train_rank(
     seed, rank = job.loop.seed, strategy.rank
     torch.manual_seed(seed)  # identical initial weights on every rank
     model = strategy.build_model(job.model, job.data.info)
+    checkpoint_blocks(model, job.parallel.activation_checkpointing or ())
     torch.manual_seed(seed + 1 + rank)  # per-rank stream (e.g. dropout)
     ckpt_dir = Path(job.checkpoint_dir) if job.checkpoint_dir else None
     attempt, run_id, resume, resumed_from = agreed_resume_point(
