@@ -22,6 +22,7 @@ PLOTS = {
     "metrics.png": "Other metrics per epoch (yours, a train_step's)",
     "throughput.png": "Training throughput over time",
     "workers.png": "Mean step time per worker (stragglers stand out)",
+    "memory.png": "Memory per worker: peak resident (GPU: allocated) and model state",
 }
 
 
@@ -60,6 +61,7 @@ def write_report(run_dir: str | Path) -> Path:
             ("metrics.png", _other_metrics(epochs)),
             ("throughput.png", _throughput(steps + epochs)),
             ("workers.png", _step_time_per_rank(epochs)),
+            ("memory.png", _memory_per_rank(summary)),
         )
         if fig is not None and _save(fig, run_dir / name)
     ]
@@ -149,6 +151,23 @@ def _step_time_per_rank(epochs: list[dict[str, Any]]) -> Any:
     ax.set_xticks(range(len(times)))
     ax.grid(False)
     ax.grid(alpha=0.3, axis="y")
+    return fig
+
+
+def _memory_per_rank(summary: dict[str, Any]) -> Any:
+    """Each rank's peak memory beside its parameters + gradients + optimizer state (None: a
+    summary without them)."""
+    peaks = summary.get("peak_memory_per_worker_bytes") or []
+    states = summary.get("model_state_bytes_per_worker") or []
+    if not peaks or len(states) != len(peaks):
+        return None
+    fig, ax = _axes(PLOTS["memory.png"])
+    ranks = range(len(peaks))
+    ax.bar([r - 0.2 for r in ranks], [b / 2**20 for b in peaks], width=0.4, label="peak")
+    ax.bar([r + 0.2 for r in ranks], [b / 2**20 for b in states], width=0.4, label="model state")
+    ax.set(xlabel="rank", ylabel="MiB")
+    ax.set_xticks(list(ranks))
+    ax.legend()
     return fig
 
 

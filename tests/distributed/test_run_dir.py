@@ -49,6 +49,7 @@ def test_run_directory_holds_every_artifact(finished_run: tuple[dict, Path]) -> 
         "accuracy.png",
         "throughput.png",
         "workers.png",
+        "memory.png",
     ):
         assert (run_dir / name).is_file(), name
 
@@ -106,7 +107,7 @@ def test_events_log_tells_the_story_once(finished_run: tuple[dict, Path]) -> Non
 def test_report_has_real_plots_and_the_summary(finished_run: tuple[dict, Path]) -> None:
     result, run_dir = finished_run
     html = (run_dir / "report.html").read_text()
-    for name in ("loss.png", "accuracy.png", "throughput.png", "workers.png"):
+    for name in ("loss.png", "accuracy.png", "throughput.png", "workers.png", "memory.png"):
         data = (run_dir / name).read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 5_000, name
         height, width = matplotlib.image.imread(run_dir / name).shape[:2]

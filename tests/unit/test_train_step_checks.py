@@ -201,3 +201,18 @@ def test_a_step_starts_from_zero_gradients_even_after_a_backward_past_a_stepped_
     models = Models({"A": torch.nn.Linear(8, 8), "B": build_model()})
     train(models, rank_data(), one_rank(train_step=step, epochs=2, batch_size=64))
     assert len(checked) > 2 and all(checked)
+
+
+def test_the_report_shows_each_ranks_memory(tmp_path: Any) -> None:
+    import json
+
+    from ai_distributed_training.report import write_report
+
+    summary = {"model_name": "m", "peak_memory_per_worker_bytes": [3 << 28, 2 << 28]}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    write_report(tmp_path)
+    assert not (tmp_path / "memory.png").exists()  # no model-state bytes beside the peaks
+    summary["model_state_bytes_per_worker"] = [1 << 20, 1 << 20]
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    html = write_report(tmp_path).read_text()
+    assert (tmp_path / "memory.png").stat().st_size > 5_000 and 'data-file="memory.png"' in html
