@@ -49,10 +49,15 @@ def test_unknown_strategy_is_named() -> None:
 
 def test_fsdp_on_gpus_computes_in_bf16_and_reduces_in_fp32() -> None:
     env = RankEnv(rank=0, local_rank=0, world_size=2)
-    gpu = make_strategy("fsdp", env, torch.device("cuda", 0), ["Linear"], torch.bfloat16)
+    fsdp, ddp = (sections_of(TrainingSettings(strategy=s)).parallel for s in ("fsdp", "ddp"))
+    cuda, cpu_device = torch.device("cuda", 0), torch.device("cpu")
+    gpu = make_strategy(fsdp, env=env, device=cuda, blocks=["Linear"], compute_dtype=torch.bfloat16)
     assert isinstance(gpu, FSDPStrategy)  # built without touching CUDA: nothing wrapped yet
     policy = gpu.options["mp_policy"]
     assert (policy.param_dtype, policy.reduce_dtype) == (torch.bfloat16, torch.float32)
-    cpu = make_strategy("fsdp", env, torch.device("cpu"), ["Linear"], torch.bfloat16)
+    cpu = make_strategy(
+        fsdp, env=env, device=cpu_device, blocks=["Linear"], compute_dtype=torch.bfloat16
+    )
     assert isinstance(cpu, FSDPStrategy) and cpu.options == {}  # fp32 on CPU
-    assert not isinstance(make_strategy("ddp", env, torch.device("cpu"), [], None), FSDPStrategy)
+    plain = make_strategy(ddp, env=env, device=cpu_device, blocks=[], compute_dtype=None)
+    assert not isinstance(plain, FSDPStrategy)

@@ -51,14 +51,7 @@ def run_rank(job: Job, env: RankEnv, *, on_checkpoint: CheckpointHook | None = N
     compute_dtype = autocast_dtype(parallel.precision, device)
     blocks = list(parallel.fsdp_blocks or job.model.blocks())
     strategy = make_strategy(
-        parallel.strategy,
-        env,
-        device,
-        blocks,
-        compute_dtype,
-        find_unused_parameters=parallel.find_unused_parameters,
-        sync_batchnorm=parallel.sync_batchnorm,
-        compile_backend=compile_backend(parallel.compile),
+        parallel, env=env, device=device, blocks=blocks, compute_dtype=compute_dtype
     )
     # Roles are decided once: global rank 0 logs the job and writes files, others don't.
     run_dir = Path(job.run_dir) if job.run_dir else None
@@ -82,13 +75,6 @@ def run_rank(job: Job, env: RankEnv, *, on_checkpoint: CheckpointHook | None = N
         # and the launcher could see them fail before the root cause and stop it by a signal.
         if owns_group and not failed:
             dist.destroy_process_group()
-
-
-def compile_backend(setting: bool | str) -> str | None:
-    """The ``compile`` setting as torch.compile's backend name (None: eager)."""
-    if setting is True:
-        return "inductor"
-    return setting or None
 
 
 def set_up_process(job: Job, env: RankEnv) -> None:

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ...config.sections import ParallelSection
 from ...topology import RankEnv
 from .base import Strategy, local_gradients_finite, local_part, model_state_bytes
 from .ddp import DDP_BUCKET_MB, DDPStrategy
@@ -22,33 +23,31 @@ __all__ = [
 
 
 def make_strategy(
-    name: str,
+    parallel: ParallelSection,
+    *,
     env: RankEnv,
     device: torch.device,
     blocks: Sequence[str],
     compute_dtype: torch.dtype | None,
-    *,
-    find_unused_parameters: bool = False,
-    sync_batchnorm: bool = False,
-    compile_backend: str | None = None,
 ) -> Strategy:
-    """The strategy object named by the ``strategy`` setting (``auto`` is resolved by the
-    caller before any worker starts); ``blocks``: the module classes FSDP shards one by one;
-    ``compile_backend``: the torch.compile backend of the models it wraps (None: eager)."""
-    if name == "fsdp":
+    """The strategy object the ``parallel`` section names (``auto`` is resolved by the caller
+    before any worker starts), with its options; ``blocks``: the module classes FSDP shards
+    one by one; ``compute_dtype``: autocast's (None: fp32)."""
+    backend = "inductor" if parallel.compile is True else parallel.compile or None
+    if parallel.strategy == "fsdp":
         # Imported here: FSDP's modules (DCP, DTensor) add ~0.5 s to every worker's start-up.
         from .fsdp import FSDPStrategy
 
         # Mixed precision on GPU: blocks compute in bf16 (fp16), gradients are reduced in fp32.
         param_dtype = compute_dtype if device.type == "cuda" else None
         return FSDPStrategy(
-            env.rank, env.world_size, device, blocks, param_dtype, compile_backend=compile_backend
+            env.rank, env.world_size, device, blocks, param_dtype, compile_backend=backend
         )
     return DDPStrategy(
         env.rank,
         env.world_size,
         device,
-        find_unused_parameters=find_unused_parameters,
-        sync_batchnorm=sync_batchnorm,
-        compile_backend=compile_backend,
+        find_unused_parameters=parallel.find_unused_parameters,
+        sync_batchnorm=parallel.sync_batchnorm,
+        compile_backend=backend,
     )
