@@ -303,3 +303,12 @@ def test_activation_checkpointing_asked_twice_for_the_built_in_transformer() -> 
     )
     with pytest.raises(ConfigError, match=r"spec's activation_checkpointing=True and the"):
         check(gpt, tokens, activation_checkpointing=["DecoderBlock"])
+
+
+def test_the_batchnorm_share_counts_no_held_out_split_beside_validation_data() -> None:
+    """With validation_data nothing is held out: 64 samples, batch 56 over 2 workers leave a
+    last batch of 8 (4 each), not the 1 each a 10% held-out split (58 samples) would leave."""
+    bn = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
+    with pytest.raises(ConfigError, match=r"BatchNorm1d layers need at least 2 sample"):
+        check(bn, (X, LABELS), batch_size=56, validation_split=0.1)
+    check(bn, (X, LABELS), batch_size=56, validation_split=0.1, validation_data=(X, LABELS))

@@ -115,10 +115,6 @@ class ResumePlan:
     found: Path | None = None
     strategy: str | None = None
 
-    @property
-    def resumes(self) -> bool:
-        return self.path is not None or self.directory is not None
-
 
 @dataclass(frozen=True, kw_only=True)
 class CheckpointSection:

@@ -77,8 +77,11 @@ def prepare(
     resolved |= from_stream
     check_fits_data(model_source, data_source.info)
     validation = resolve_validation(sections, data_source.info)
-    held_out = resolved.get("validation_split", sections.loop.validation_split)
-    check_sizes(sections, data_source.info, 0.0 if validation else held_out)
+    # The fraction held out for validation: none beside validation_data, a train_step, a stream.
+    held_out = (
+        0.0 if validation else resolved.get("validation_split", sections.loop.validation_split)
+    )
+    check_sizes(sections, data_source.info, held_out)
     topology = Topology.of(sections.launch, joined)
     threads = check_placement(sections, topology)
     check_workers(sections, topology)

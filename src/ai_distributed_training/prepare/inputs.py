@@ -133,8 +133,8 @@ def check_sizes(sections: Sections, info: DataInfo, held_out: float) -> None:
     if nodes > n_train and not info.stream:  # a stream's length may be unknown (0)
         raise ConfigError(
             f"nodes={nodes} is more than the {n_train} training samples "
-            f"({info.samples} samples, validation_split="
-            f"{sections.loop.validation_split}); use at most {n_train} nodes"
+            f"({info.samples} samples, validation_split={held_out:g} as it applies to this "
+            f"job); use at most {n_train} nodes"
         )
     if batch_size < nodes:
         raise ConfigError(
