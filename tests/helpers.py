@@ -149,3 +149,30 @@ def resume_is_bitwise(directory: str, compile_backend: str | None = None) -> boo
     ]
     resumed = run(load_checkpoint(mid[-1]))
     return same_tensors(full, resumed)
+
+
+def _fsdp_initial_state(model: object, data: object, seed: int) -> dict[str, torch.Tensor]:
+    """On one debug_launcher rank: the FSDP strategy's initial weights of ``model`` for
+    ``data`` (built on the meta device and initialised module by module), whole."""
+    from ai_distributed_training.data import resolve_data
+    from ai_distributed_training.models import resolve_model
+    from ai_distributed_training.training.strategies.fsdp import FSDPStrategy
+
+    source = resolve_model(model)
+    strategy = FSDPStrategy(0, 1, torch.device("cpu"), blocks=source.blocks())
+    torch.manual_seed(seed)
+    wrapped = strategy.wrap(strategy.build_model(source, resolve_data(data).info))
+    return strategy.full_state_dict(wrapped)
+
+
+def fsdp_initial_model(model: object, data: object, seed: int) -> nn.Module:
+    """``model`` (a spec) built whole, holding the initial weights FSDP gives it: the start to
+    hand DDP so that both strategies train the same weights."""
+    from ai_distributed_training.data import resolve_data
+    from ai_distributed_training.launch.debug import debug_launcher
+    from ai_distributed_training.models import resolve_model
+
+    state = debug_launcher(_fsdp_initial_state, model, data, seed, num_processes=1)[0]
+    module = resolve_model(model).build(resolve_data(data).info)
+    module.load_state_dict(state)
+    return module

@@ -11,7 +11,7 @@ import torch
 from ai_distributed_training import DistributedTraining, TrainingResult, WorkerFailedError
 from ai_distributed_training.errors import ConfigError
 from ai_distributed_training.training.checkpoint import COMMIT_MARKER, list_checkpoints
-from tests.helpers import bitwise_equal
+from tests.helpers import bitwise_equal, fsdp_initial_model
 
 pytestmark = pytest.mark.distributed
 
@@ -47,7 +47,8 @@ def fsdp_run(tmp_path_factory: pytest.TempPathFactory) -> TrainingResult:
 
 
 def test_fsdp_trains_the_weights_ddp_trains(fsdp_run: TrainingResult) -> None:
-    ddp = TRAINER.train_distributed(MODEL, DATA, nodes=2)
+    # FSDP builds the spec sharded from birth (its own init): DDP starts from the same weights.
+    ddp = TRAINER.train_distributed(fsdp_initial_model(MODEL, DATA, seed=3), DATA, nodes=2)
     fsdp = fsdp_run
     assert fsdp["strategy"] == "fsdp" and ddp["strategy"] == "ddp"
     _close(fsdp, ddp)
@@ -104,7 +105,7 @@ def test_transformer_on_tokens_shards_by_block_like_ddp() -> None:
            "heads": 4, "activation_checkpointing": True}  # fmt: skip
     tokens = {"samples": 400, "seq_len": 16, "vocab_size": 32}
     trainer = DistributedTraining(epochs=1, batch_size=32, learning_rate=3e-3, runs_dir=None)
-    ddp = trainer.train_distributed(gpt, tokens, nodes=2)
+    ddp = trainer.train_distributed(fsdp_initial_model(gpt, tokens, seed=0), tokens, nodes=2)
     # The same recomputation asked for by the setting, which takes any model's block names.
     by_name = {**gpt, "activation_checkpointing": False}
     fsdp = trainer.train_distributed(

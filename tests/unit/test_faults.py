@@ -37,9 +37,7 @@ def test_faults_of_other_ranks_and_attempts_never_fire() -> None:
 
 
 def test_a_nan_fault_makes_the_loss_of_the_step_it_fires_at_nan() -> None:
-    faults = FaultInjector(
-        [FaultSpec(kind="nan", rank=0, step=2, attempt=0)], rank=0, attempt=0
-    )
+    faults = FaultInjector([FaultSpec(kind="nan", rank=0, step=2, attempt=0)], rank=0, attempt=0)
     loss = torch.tensor(1.5)
     faults.before_step(4)  # resumed past step 2: fires at 4
     assert torch.isnan(faults.loss(4, loss))

@@ -4,8 +4,15 @@ Each rank keeps 1/world_size of every parameter, gradient and optimizer state; a
 weights are all-gathered just before its forward (and backward) and freed after, and gradients
 are reduce-scattered (averaged, as DDP does, so the loop's loss scaling is the same). So a
 model whose gradients and optimizer state (with its weights) do not fit one worker trains across
-several. Initial weights are rank 0's, broadcast into every rank's shards (other ranks build a
-built-in architecture on the meta device); the full weights are gathered once at the end.
+several.
+
+Sharded from birth: a model from a spec, a factory or a class (a Hugging Face config too) is
+built on the meta device on every rank, and only this rank's shards are allocated and
+initialised, module by module (:mod:`.birth`), the same for any number of ranks; no rank holds
+the whole model. A model whose construction writes weights that module-by-module init cannot
+recreate (:mod:`...models.meta` names what) is built whole on rank 0 and broadcast into the
+shards, as is a user's module instance (whole already). The full weights are gathered once at
+the end.
 
 Which modules are "blocks" (sharded and gathered one at a time): those whose class name is in
 ``fsdp_blocks``; the built-in architectures name theirs (each ``Linear`` of an MLP, each
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import shutil
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -41,10 +49,14 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
 from ...data import DataInfo
-from ...models import ModelSource, on_meta_device
+from ...models import Models, ModelSource, on_meta_device
+from ...models.meta import build_on_meta
 from ..checkpoint import checkpoint_path, commit_sharded
 from .base import local_gradients_finite, local_part, written_by
+from .birth import materialize
 from .ddp import DDPStrategy
+
+log = logging.getLogger("ai_distributed_training.fsdp")
 
 
 class FSDPStrategy(DDPStrategy):
@@ -69,30 +81,72 @@ class FSDPStrategy(DDPStrategy):
         self.blocks = set(blocks)
         policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
         self.options: dict[str, Any] = {"mp_policy": policy} if param_dtype else {}
+        #: Models built on the meta device to be initialised in wrap(): their seeds, and how to
+        #: build them whole should module-by-module init leave a parameter unwritten.
+        self.born_sharded: dict[nn.Module, tuple[int, Callable[[], nn.Module]]] = {}
 
     def build_model(self, source: ModelSource, info: DataInfo) -> nn.Module:
-        # A built-in architecture's weights are built for real on rank 0 only; the others build
-        # shapes (meta device) and receive their shards from rank 0 in wrap(). (A user's module
-        # or factory is built everywhere: its buffers or custom init may not survive meta.)
-        if self.rank != 0 and source.spec is not None:
-            with torch.device("meta"):
-                return source.build(info)
+        """Sharded from birth where the model allows: built on the meta device on every rank,
+        and :meth:`wrap` allocates and initialises only this rank's shards. A model whose
+        construction writes weights module-by-module init cannot recreate (see
+        :mod:`...models.meta`) is built for real on rank 0 only and broadcast into the shards;
+        a user's module instance is whole already and is sharded from there."""
         if source.module is not None:
             # fully_shard converts a module in place (its class too); in a torchrun-joined job
             # the instance is the caller's, who gets the trained weights loaded back into it.
             return copy.deepcopy(source.module)
-        return source.build(info)
+        if source.parts is not None:
+            return Models(
+                {name: self.build_model(part, info) for name, part in source.parts.items()}
+            )
+        seeded = torch.get_rng_state()  # a whole build sees the generator as a plain one would
+
+        def build_whole() -> nn.Module:
+            with torch.random.fork_rng(devices=[]):
+                torch.set_rng_state(seeded)
+                return source.build(info)
+
+        built = build_on_meta(lambda: source.build(info))
+        # Drawn on every rank from the same seeded generator, so it is the same everywhere.
+        seed = int(torch.randint(0, 2**62, ()))
+        if built.why_not is None:
+            self.born_sharded[built.model] = (seed, build_whole)
+            return built.model
+        if self.rank == 0:
+            log.info(
+                "the model is built whole on rank 0, not sharded from birth: %s", built.why_not
+            )
+        return build_whole() if self.rank == 0 else built.model
 
     def wrap(self, model: nn.Module) -> nn.Module:
+        birth = self.born_sharded.pop(model, None)
         on_meta = on_meta_device(model)
         if not on_meta:
             model = model.to(self.device)
         # Rank 0's full weights, kept until they are broadcast into everyone's shards.
-        initial = model.state_dict() if self.rank == 0 else {}
+        initial = model.state_dict() if self.rank == 0 and birth is None else {}
+        self._shard(model)
+        if birth is not None:
+            seed, build_whole = birth
+            missed = materialize(model, self.device, seed)  # this rank's shards, initialised
+            if missed is None:
+                return model
+            # The same on every rank (same seeds): all of them take rank 0's whole build.
+            if self.rank == 0:
+                log.info("the model is built whole on rank 0: no initialiser wrote %r", missed)
+                initial = build_whole().state_dict()
+        elif on_meta:
+            model.to_empty(device=self.device)  # storage for this rank's shards only
+        options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+        set_model_state_dict(model, initial, options=options)
+        return model  # FSDP2 shards in place: the module is still the user's class
+
+    def _shard(self, model: nn.Module) -> None:
+        """``fully_shard`` each block, innermost first (a block's parameters leave the root's
+        group once it is sharded), then the root, which holds the rest."""
         # FSDP2 warns whenever a module returns a view (e.g. a Linear's 3-D output), in case the
         # caller modifies it in place; the loop never does.
         warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view")
-        # Innermost first: a block's parameters leave the root's group once it is sharded.
         blocks = [
             m
             for m in reversed(list(model.modules()))
@@ -103,11 +157,6 @@ class FSDPStrategy(DDPStrategy):
         for module in blocks:
             fully_shard(self.compiled(module), **self.options)
         fully_shard(model if blocks else self.compiled(model), **self.options)
-        if on_meta:
-            model.to_empty(device=self.device)  # storage for this rank's shards only
-        options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
-        set_model_state_dict(model, initial, options=options)
-        return model  # FSDP2 shards in place: the module is still the user's class
 
     def unwrap(self, wrapped: nn.Module) -> nn.Module:
         return wrapped
