@@ -80,6 +80,15 @@ def host_memory_bytes() -> int:
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
+def available_memory_bytes() -> int:
+    """Memory this host can give a new allocation now (Linux's MemAvailable; else all of it)."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        with open("/proc/meminfo") as f:
+            line = next(line for line in f if line.startswith("MemAvailable:"))
+        return int(line.split()[1]) * 1024
+    return host_memory_bytes()
+
+
 def peak_rss_bytes() -> int:
     """This process's peak resident memory (Linux reports KiB, macOS bytes)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -90,6 +99,7 @@ def peak_rss_bytes() -> int:
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 MMAP_THRESHOLD_BYTES = 64 * 1024 * 1024
 TRIM_THRESHOLD_BYTES = 1024 * 1024 * 1024
+FSDP_MMAP_THRESHOLD_BYTES = 128 * 1024
 
 
 def keep_freed_memory() -> bool:
@@ -101,6 +111,23 @@ def keep_freed_memory() -> bool:
     with 1 worker, 52-56k -> 59-61k with 2. Blocks under 64 MB come from the heap, and up to
     1 GB of freed heap is kept. Returns whether it applied (glibc only; elsewhere a no-op).
     """
+    return _mallopt(MMAP_THRESHOLD_BYTES, TRIM_THRESHOLD_BYTES)
+
+
+def return_freed_memory() -> bool:
+    """Make glibc hand blocks of 128 KiB and more back to the OS as soon as they are freed (a
+    fixed ``mmap`` threshold), for a sharded model's workers, where memory is the point.
+
+    Why: glibc raises its ``mmap`` threshold to the size of each large block freed (up to
+    32 MB), so FSDP's all-gathered blocks and unsharded gradients, freed after each use, come
+    from the heap next time and stay there, fragmented over threads' arenas. Measured here
+    (50M-parameter model, 4 workers, one forward and backward): 1.13 GB RSS per worker with
+    glibc's defaults, 0.49 GB with this. Returns whether it applied (glibc only)."""
+    return _mallopt(FSDP_MMAP_THRESHOLD_BYTES, FSDP_MMAP_THRESHOLD_BYTES)
+
+
+def _mallopt(mmap_threshold: int, trim_threshold: int) -> bool:
+    """Set glibc's mmap and trim thresholds; whether both applied."""
     if not sys.platform.startswith("linux"):
         return False
     try:
@@ -108,8 +135,8 @@ def keep_freed_memory() -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError):  # not glibc (e.g. musl)
         return False
-    ok = int(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) == 1
-    return ok and int(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)) == 1
+    ok = int(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) == 1
+    return ok and int(mallopt(_M_TRIM_THRESHOLD, trim_threshold)) == 1
 
 
 def exit_finished_worker() -> NoReturn:

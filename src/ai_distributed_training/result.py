@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
+
+log = logging.getLogger("ai_distributed_training")
 
 #: Keys shown by ``repr``: a one-line summary, never weights or a long history.
 _SUMMARY_KEYS = (
@@ -21,11 +25,27 @@ _SUMMARY_KEYS = (
 
 class TrainingResult(dict[str, Any]):
     """A ``dict`` (``result["nodes_used"]``, ``json.dumps`` of it without ``model``) whose
-    ``.model`` attribute is the trained ``nn.Module`` in the caller's process."""
+    ``.model`` attribute is the trained ``nn.Module`` in the caller's process.
 
-    def __init__(self, model: nn.Module, **facts: Any) -> None:
+    With ``result_weights='safetensors'`` the weights stay on disk (``result["weights_dir"]``)
+    and ``.model`` builds the module and loads them the first time it is read (it says so in
+    the log: the whole model then sits in this process)."""
+
+    def __init__(self, model: nn.Module | Callable[[], nn.Module], **facts: Any) -> None:
         super().__init__(**facts)
-        self.model = model
+        self._model = model
+
+    @property
+    def model(self) -> nn.Module:
+        """The trained module (loaded from ``weights_dir`` on first use when exported)."""
+        if not isinstance(self._model, nn.Module):
+            log.info("loading the trained weights from %s into one module", self.get("weights_dir"))
+            self._model = self._model()
+        return self._model
+
+    @model.setter
+    def model(self, module: nn.Module) -> None:
+        self._model = module
 
     def __repr__(self) -> str:
         def fmt(v: Any) -> str:

@@ -9,12 +9,13 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch.distributed as dist
+from torch import nn
 
 from .errors import ConfigError, WorkerFailedError, warn_user
 from .host import DirectoryLockedError, directory_lock
@@ -95,14 +96,32 @@ def _job(
     pin_cpus: bool = False,
 ) -> Job:
     """What each rank gets: the resolved job, where to write, the config with the inputs."""
+    weights_dir = _weights_dir(prepared, run_dir, ckpt_dir)
     return Job.of(
         prepared,
         run_dir=str(run_dir) if run_dir else None,
         checkpoint_dir=str(ckpt_dir) if ckpt_dir else None,
+        weights_dir=str(weights_dir) if weights_dir else None,
         config=config,
         pin_cpus=pin_cpus,
         run_id=run_id,
     )
+
+
+#: The folder of a run (or of a shared checkpoint directory) the weights are exported to.
+WEIGHTS_DIR = "model"
+
+
+def _weights_dir(prepared: ResolvedJob, run_dir: Path | None, ckpt_dir: Path | None) -> Path | None:
+    """Where every rank exports the trained weights (result_weights='safetensors'): the run
+    directory's ``model`` folder, or the checkpoint directory's on several hosts (the one
+    folder they share); None: the weights come back whole."""
+    if prepared.checkpoint.result_weights != "safetensors":
+        return None
+    shared = ckpt_dir if prepared.topology.nnodes > 1 else None
+    base = shared or run_dir or ckpt_dir
+    assert base is not None, "prepare refuses result_weights='safetensors' without a directory"
+    return base / WEIGHTS_DIR
 
 
 def _launch(prepared: ResolvedJob, started: float, config: dict[str, Any]) -> TrainingResult:
@@ -186,10 +205,8 @@ def _finish(
 ) -> TrainingResult:
     """The result of a finished job from a rank's output (weights included), written to the
     run directory when there is one."""
-    model = prepared.model.build(prepared.data.info)
-    load_weights(model, out.state_dict)
     result = TrainingResult(
-        model,
+        _result_model(prepared, out),
         **_facts(prepared, out),
         checkpoint_dir=str(ckpt_dir) if ckpt_dir else None,
         run_dir=str(run_dir) if run_dir else None,
@@ -205,6 +222,20 @@ def _finish(
         write_report(run_dir)
     announce(run_dir, logging.INFO, f"Distributed training complete. {result!r}")
     return result
+
+
+def _result_model(prepared: ResolvedJob, out: RankOutput) -> nn.Module | Callable[[], nn.Module]:
+    """The trained module, or (weights exported) what loads it on first use."""
+
+    def build() -> nn.Module:
+        from .training.export import load_export  # imports DCP: only when there is an export
+
+        model = prepared.model.build(prepared.data.info)
+        weights = load_export(Path(out.weights_dir)) if out.weights_dir else out.state_dict
+        load_weights(model, weights)
+        return model
+
+    return build if out.weights_dir else build()
 
 
 def _facts(prepared: ResolvedJob, out: RankOutput) -> dict[str, Any]:
@@ -245,4 +276,5 @@ def _facts(prepared: ResolvedJob, out: RankOutput) -> dict[str, Any]:
         "restarts": out.restarts,
         "skipped_steps": out.skipped_steps,
         "resumed_from": out.resumed_from,
+        "weights_dir": out.weights_dir,  # the exported weights (result_weights='safetensors')
     }

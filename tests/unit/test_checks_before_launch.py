@@ -9,6 +9,7 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -19,7 +20,10 @@ from torch import nn
 
 from ai_distributed_training import ConfigError, DistributedTraining
 from ai_distributed_training.config import TrainingSettings
-from ai_distributed_training.prepare import prepare
+from ai_distributed_training.config.sections import sections_of
+from ai_distributed_training.host import host_memory_bytes
+from ai_distributed_training.prepare import model_checks, prepare
+from ai_distributed_training.prepare.model_checks import resolve_result_weights
 
 pytestmark = pytest.mark.usefixtures("no_launch")
 X = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
@@ -163,6 +167,34 @@ def test_a_model_bigger_than_the_host_is_refused() -> None:
 
     with pytest.raises(ConfigError, match=r"weights take 4,096.* GiB, more than this host"):
         check(huge, (X, LABELS))
+
+
+def test_under_fsdp_the_host_holds_its_workers_shards_only() -> None:
+    """Built sharded from birth, a model bigger than one host trains on several: the check
+    counts this host's share (1.5 x this host's memory, 4 hosts of 2 workers: a quarter)."""
+    width = int((1.5 * host_memory_bytes() / 4) ** 0.5)
+
+    def big() -> nn.Module:  # built on the meta device only
+        return nn.Sequential(nn.Linear(4, width), nn.Linear(width, width), nn.Linear(width, 2))
+
+    hosts = {"nodes": 8, "nnodes": 4, "rdzv_endpoint": "127.0.0.1:29400", "dry_run": False}
+    with pytest.raises(ConfigError, match=r"weights take .* GiB, more than this host"):
+        prepare(big, (X, LABELS), TrainingSettings(runs_dir=None, **hosts))
+    prepare(big, (X, LABELS), TrainingSettings(runs_dir=None, strategy="fsdp", **hosts))
+
+
+def test_result_weights_auto_exports_only_a_sharded_model_too_big_for_the_caller() -> None:
+    def sizes(strategy: str, free: int, runs_dir: str | None = "runs") -> str:
+        settings = TrainingSettings(runs_dir=runs_dir, strategy=strategy)
+        skeleton = nn.Linear(1024, 1024, device="meta")  # 4 MiB of weights
+        with mock.patch.object(model_checks, "available_memory_bytes", return_value=free):
+            resolved = resolve_result_weights(sections_of(settings), skeleton)
+        return resolved.get("result_weights", settings.result_weights)
+
+    assert sizes("fsdp", free=4 * 2**20) == "safetensors"
+    assert sizes("fsdp", free=64 * 2**20) == "module"
+    assert sizes("ddp", free=4 * 2**20) == "module"  # every DDP worker holds it whole anyway
+    assert sizes("fsdp", free=4 * 2**20, runs_dir=None) == "module"  # nowhere to write
 
 
 def cross_entropy_step(ctx: Any, batch: Any) -> dict[str, Any]:

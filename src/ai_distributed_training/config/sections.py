@@ -126,6 +126,8 @@ class CheckpointSection:
     #: The ``resume`` setting as given ('auto', a path, or None); :attr:`plan` resolves it.
     resume: str | None
     allow_data_change: bool
+    #: 'module', 'safetensors' or (until prepare resolves it) 'auto'.
+    result_weights: Literal["auto", "module", "safetensors"]
     plan: ResumePlan = field(default_factory=ResumePlan)
 
 
@@ -299,6 +301,7 @@ _CHECKPOINT_NAMES = {
     "keep_checkpoints": "keep",
     "resume": "resume",
     "allow_data_change": "allow_data_change",
+    "result_weights": "result_weights",
 }
 
 

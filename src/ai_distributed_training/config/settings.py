@@ -399,6 +399,15 @@ class TrainingSettings(StrictModel):
         "changed since it was written (size, modification time or sampled contents); "
         "recorded in events.log. Off: such a resume is refused, naming the file.",
     )
+    result_weights: Literal["auto", "module", "safetensors"] = Field(
+        "auto",
+        description="'module': result.model is the trained nn.Module, gathered whole. "
+        "'safetensors': the weights stay on disk, in <run_dir>/model (else "
+        "<checkpoint_dir>/model): a Hugging Face-style safetensors export written shard by "
+        "shard, beside each rank's shards, which load at any number of workers; result.model "
+        "loads them on first use. 'auto': 'safetensors' under FSDP when the full weights "
+        "would take more than half of the caller's free memory, else 'module'.",
+    )
     max_restarts: int = Field(
         3,
         ge=0,

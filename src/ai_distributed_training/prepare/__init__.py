@@ -41,6 +41,7 @@ from .model_checks import (
     check_fits_host,
     check_on_two_samples,
     check_trainable,
+    resolve_result_weights,
 )
 from .placement import (
     MAX_WORKERS_PER_CORE,
@@ -88,7 +89,7 @@ def prepare(
     skeleton = model_source.skeleton(data_source.info)  # built once for the checks below
     check_trainable(skeleton, model_source.name)
     check_block_names(sections, skeleton, model_source)
-    check_fits_host(skeleton, model_source.name, data_source)
+    check_fits_host(skeleton, model_source.name, data_source, sections, topology)
     notes: list[str] = []
     data_source, facts = check_on_two_samples(model_source, skeleton, data_source, sections, notes)
     world = topology.world_size
@@ -98,6 +99,7 @@ def prepare(
     runs = earlier_runs(settings.runs_dir, model_source.name)
     plan = plan_resume(sections.checkpoint, fingerprint, runs, notes)
     resolved |= _strategy(sections, plan, model_source, data_source, topology)
+    resolved |= resolve_result_weights(sections_of(settings.model_copy(update=resolved)), skeleton)
     final = settings.model_copy(update=resolved)
     return _resolved_job(
         sections_of(final),

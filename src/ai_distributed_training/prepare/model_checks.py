@@ -12,8 +12,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ..config.sections import Sections
 from ..data import DataInfo, DataSource
 from ..errors import ConfigError
-from ..host import host_memory_bytes
+from ..host import available_memory_bytes, host_memory_bytes
 from ..models import ModelSource, weight_bytes
+from ..topology import Topology
 from ..training.dryrun import (
     DryRunFacts,
     class_dimension,
@@ -83,14 +84,20 @@ def check_block_names(sections: Sections, skeleton: nn.Module, model: ModelSourc
         )
 
 
-def check_fits_host(skeleton: nn.Module, name: str, data: DataSource) -> None:
+def check_fits_host(
+    skeleton: nn.Module, name: str, data: DataSource, sections: Sections, topology: Topology
+) -> None:
     """Weights, and synthetic data each worker generates whole, that fit this host's memory
-    (else every worker fails building them, after the launch)."""
+    (else every worker fails building them, after the launch). Under FSDP this host's
+    workers hold their shards only (built sharded)."""
     memory = host_memory_bytes()
-    weights = weight_bytes(skeleton)
+    sharded = sections.parallel.strategy in ("fsdp", "auto")  # auto picks FSDP when needed
+    share = topology.local_world_size / topology.world_size if sharded else 1.0
+    weights = weight_bytes(skeleton) * share
     if weights > memory:
         raise ConfigError(
-            f"the model {name}'s weights take {weights / 2**30:,.1f} GiB, more than this "
+            f"the model {name}'s weights take {weights / 2**30:,.1f} GiB"
+            f"{' (this host' + chr(39) + 's shards)' if sharded else ''}, more than this "
             f"host's {memory / 2**30:,.1f} GiB of memory: no worker could build it"
         )
     spec = getattr(data, "spec", None)
@@ -103,6 +110,23 @@ def check_fits_host(skeleton: nn.Module, name: str, data: DataSource) -> None:
                 f"than this host's {memory / 2**30:,.1f} GiB of memory (each worker generates "
                 f"them whole); use at most {memory // (values * 4) // 2:,} samples"
             )
+
+
+def resolve_result_weights(sections: Sections, skeleton: nn.Module) -> dict[str, str]:
+    """``result_weights`` resolved ('auto' -> 'module' or 'safetensors'); 'safetensors' needs
+    a directory to write to (a run directory or checkpoint_dir)."""
+    given, checkpoint = sections.checkpoint.result_weights, sections.checkpoint
+    has_dir = sections.tracking.runs_dir is not None or checkpoint.directory is not None
+    if given == "safetensors" and not has_dir:
+        raise ConfigError(
+            "result_weights='safetensors' writes the weights into the run directory or "
+            "checkpoint_dir; with runs_dir=None set checkpoint_dir, or use 'module'"
+        )
+    if given != "auto":
+        return {}
+    big = weight_bytes(skeleton) > available_memory_bytes() // 2
+    sharded = sections.parallel.strategy == "fsdp"
+    return {"result_weights": "safetensors" if big and sharded and has_dir else "module"}
 
 
 def check_classes(info: DataInfo, facts: DryRunFacts | None, name: str) -> None:

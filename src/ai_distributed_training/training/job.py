@@ -60,6 +60,9 @@ class Job(ResolvedJob):
     run_dir: str | None = None
     #: Where checkpoints are written and looked for (None: no checkpoints).
     checkpoint_dir: str | None = None
+    #: Where the trained weights are exported (result_weights='safetensors'; None: they come
+    #: back whole in the rank's output).
+    weights_dir: str | None = None
     #: Pin each worker to its share of this host's CPUs (workers our launcher starts only).
     pin_cpus: bool = False
     #: This call's id, written into every checkpoint (restarts resume only their own run's).
@@ -77,7 +80,8 @@ class RankOutput:
     """What a rank sends back when the job ends (the same on every rank: every value is
     reduced or gathered), from which the caller builds the :class:`~..result.TrainingResult`."""
 
-    #: The full, unsharded weights (a sharded model gathered), by parameter/buffer name.
+    #: The full, unsharded weights (a sharded model gathered), by parameter/buffer name; empty
+    #: when they were exported to :attr:`weights_dir` instead.
     state_dict: dict[str, Any]
     #: One record per epoch: ``train_loss``, ``val_loss``, metrics, ``epoch``, ...
     history: list[dict[str, float]]
@@ -97,6 +101,8 @@ class RankOutput:
     peak_memory_per_worker_bytes: list[int]
     cpus_per_worker: list[list[int]]
     model_state_bytes_per_worker: list[int]
+    #: The folder the trained weights were exported to (safetensors), or None.
+    weights_dir: str | None = None
 
     def facts(self) -> dict[str, Any]:
         """Everything but the weights, as plain data (``torch.load(weights_only=True)`` reads

@@ -22,7 +22,14 @@ from torch import nn
 
 from ..config.sections import LaunchSection
 from ..data.streams import StreamReader
-from ..host import allowed_cpus, cpu_share, keep_freed_memory, peak_rss_bytes, pin_process
+from ..host import (
+    allowed_cpus,
+    cpu_share,
+    keep_freed_memory,
+    peak_rss_bytes,
+    pin_process,
+    return_freed_memory,
+)
 from ..topology import RankEnv
 from .context import RankContext, RankData
 from .faults import FaultInjector
@@ -80,7 +87,12 @@ def run_rank(job: Job, env: RankEnv, *, on_checkpoint: CheckpointHook | None = N
 def set_up_process(job: Job, env: RankEnv) -> None:
     """What a training process needs before any tensor work: malloc settings, CPU pinning,
     threads, deterministic algorithms."""
-    keep_freed_memory()  # a rank's process trains, launched by us or by torchrun alike
+    # A rank's process trains, launched by us or by torchrun alike: DDP's keeps freed memory
+    # for speed; a sharded model's gives it back (memory is why it is sharded).
+    if job.parallel.strategy == "fsdp":
+        return_freed_memory()
+    else:
+        keep_freed_memory()
     if job.pin_cpus:  # before the process group starts gloo's threads (they'd follow anyway)
         pin_process(cpu_share(allowed_cpus(), env.local_rank, env.local_world_size))
     torch.set_num_threads(job.threads_per_worker)
@@ -141,22 +153,35 @@ def _train_rank(
     )
     _check_data_files(job, ctx.job_log)
     loop = train(model, data, ctx, resume)
-    return _gather_output(model, loop, strategy, restarts=attempt, resumed_from=resumed_from)
+    weights_dir = Path(job.weights_dir) if job.weights_dir else None
+    return _gather_output(
+        model, loop, strategy, weights_dir, restarts=attempt, resumed_from=resumed_from
+    )
 
 
 def _gather_output(
     model: nn.Module,
     loop: LoopResult,
     strategy: Strategy,
+    weights_dir: Path | None,
     *,
     restarts: int,
     resumed_from: str | None,
 ) -> RankOutput:
-    """The full weights and the per-rank facts, gathered (collective: every rank)."""
-    state_dict = strategy.full_state_dict(model)  # a sharded model is gathered
-    # Parameters only: buffers such as BatchNorm's running statistics are each rank's own.
-    parameters = {name for name, _ in model.named_parameters()}
-    in_sync = strategy.replicas_identical({k: v for k, v in state_dict.items() if k in parameters})
+    """The full weights (or, with ``weights_dir``, their export there) and the per-rank facts,
+    gathered (collective: every rank)."""
+    model.zero_grad(set_to_none=True)  # the last step's gradients: not needed, and as big
+    if weights_dir is not None:  # no rank holds them whole; shards are disjoint, not replicas
+        from .export import export_safetensors  # DCP imports FSDP: not for every DDP worker
+
+        export_safetensors(model, weights_dir)
+        state_dict, in_sync = {}, True
+    else:
+        state_dict = strategy.full_state_dict(model)  # a sharded model is gathered
+        # Parameters only: buffers such as BatchNorm's running statistics are each rank's own.
+        parameters = {name for name, _ in model.named_parameters()}
+        mine = {k: v for k, v in state_dict.items() if k in parameters}
+        in_sync = strategy.replicas_identical(mine)
     # Per-rank facts in one collective: peak memory (what the planner predicts), the CPUs
     # this rank could use, its model-state bytes; one tuple per rank, in rank order.
     facts = strategy.all_gather_object((peak_rss_bytes(), allowed_cpus(), loop.model_state_bytes))
@@ -175,6 +200,7 @@ def _gather_output(
         peak_memory_per_worker_bytes=[peak for peak, _, _ in facts],
         cpus_per_worker=[cpus for _, cpus, _ in facts],
         model_state_bytes_per_worker=[state for _, _, state in facts],
+        weights_dir=str(weights_dir) if weights_dir else None,
     )
 
 
