@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -77,27 +78,44 @@ def test_killed_fsdp_worker_resumes_bitwise(fsdp_run: TrainingResult, tmp_path: 
     assert result["restarts"] == 1 and bitwise_equal(result, fsdp_run)
 
 
-def test_saved_with_two_workers_resumed_with_three(
-    fsdp_run: TrainingResult, tmp_path: Path
-) -> None:
+@pytest.fixture(scope="module")
+def saved_at_four(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The checkpoints of a 4-worker job that died after step 8's."""
+    directory = tmp_path_factory.mktemp("four") / "ckpt"
     with pytest.raises(WorkerFailedError):  # dies after step 8's checkpoint
         TRAINER.train_distributed(
             MODEL,
             DATA,
-            nodes=2,
+            nodes=4,
             strategy="fsdp",
-            checkpoint_dir=str(tmp_path),
+            checkpoint_dir=str(directory),
             fault_injection=[{"kind": "raise", "rank": 0, "step": 10}],
             max_restarts=0,
         )
-    assert list_checkpoints(tmp_path)[0].name == "step-00000008.dcp"
+    assert list_checkpoints(directory)[0].name == "step-00000008.dcp"
+    return directory
+
+
+@pytest.mark.parametrize("nodes", [2, 3])
+def test_saved_with_four_workers_resumed_with_two_and_three(
+    fsdp_run: TrainingResult, saved_at_four: Path, tmp_path: Path, nodes: int
+) -> None:
+    """Each rank's shards of every parameter and optimizer state, resharded: the run ends where
+    the uninterrupted 2-worker run did (up to float rounding: other reduction orders)."""
+    shutil.copytree(saved_at_four, tmp_path / "ckpt")
     resumed = TRAINER.train_distributed(
-        MODEL, DATA, nodes=3, strategy="fsdp", checkpoint_dir=str(tmp_path), resume="auto"
-    )
-    assert resumed["steps"] == 30
+        MODEL, DATA, nodes=nodes, strategy="fsdp", checkpoint_dir=str(tmp_path / "ckpt"),
+        resume="auto",
+    )  # fmt: skip
+    assert resumed["steps"] == 30 and resumed["resumed_from"].endswith("step-00000008.dcp")
     _close(resumed, fsdp_run)
-    with pytest.raises(ConfigError, match=r"step-00000030\.dcp was written with strategy='fsdp'"):
-        TRAINER.train_distributed(MODEL, DATA, nodes=2, checkpoint_dir=str(tmp_path), resume="auto")
+    if nodes == 2:
+        with pytest.raises(
+            ConfigError, match=r"step-00000030\.dcp was written with strategy='fsdp'"
+        ):
+            TRAINER.train_distributed(
+                MODEL, DATA, nodes=2, checkpoint_dir=str(tmp_path / "ckpt"), resume="auto"
+            )
 
 
 def test_transformer_on_tokens_shards_by_block_like_ddp() -> None:

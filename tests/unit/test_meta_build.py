@@ -36,6 +36,13 @@ def loaded() -> nn.Module:
     return model
 
 
+def reads_a_weight() -> nn.Module:
+    model = mlp()
+    if float(model[0].weight.abs().sum()) == 0:  # needs real values: fails on meta
+        raise AssertionError("unreachable")
+    return model
+
+
 def frozen() -> nn.Module:
     model = mlp()
     model[0].requires_grad_(False)
@@ -61,6 +68,8 @@ def test_constructions_module_by_module_init_cannot_redo_are_named() -> None:
     assert "zero_" in (build_on_meta(ZeroedHead).why_not or "")
     assert "'scale'" in (build_on_meta(Scaled).why_not or "")
     assert "copy_" in (build_on_meta(loaded).why_not or "")
+    cannot = build_on_meta(reads_a_weight)
+    assert cannot.model is None and "cannot be built on the meta device" in (cannot.why_not or "")
     # What changes no values, and torch's own layers (MultiheadAttention re-inits its child):
     assert build_on_meta(frozen).why_not is None
     assert build_on_meta(lambda: nn.MultiheadAttention(8, 2)).why_not is None

@@ -44,9 +44,9 @@ _NOT_WRITES = frozenset({"requires_grad_", "share_memory_", "retain_grad"})
 @dataclass(frozen=True)
 class MetaBuild:
     """A model built with meta parameters; ``why_not`` says why module-by-module init would
-    not recreate its weights (``None``: it would)."""
+    not recreate its weights (``None``: it would; then ``model`` is set)."""
 
-    model: nn.Module
+    model: nn.Module | None
     why_not: str | None
 
 
@@ -67,8 +67,11 @@ def build_on_meta(build: Callable[[], nn.Module]) -> MetaBuild:
     """``build()`` with every parameter registered on the meta device (buffers real), and the
     verdict on recreating its weights module by module."""
     watch = _Watch()
-    with _parameters_on_meta(watch), watch:
-        model = build()
+    try:
+        with _parameters_on_meta(watch), watch:
+            model = build()
+    except Exception as err:  # code that needs real parameters (an .item(), a Keras layer)
+        return MetaBuild(model=None, why_not=f"it cannot be built on the meta device ({err!r})")
     why_not = watch.why_not or _uninitialised(model)
     return MetaBuild(model=model, why_not=why_not)
 

@@ -99,6 +99,11 @@ class FSDPStrategy(DDPStrategy):
             return Models(
                 {name: self.build_model(part, info) for name, part in source.parts.items()}
             )
+        return self._build_sharded(source, info)
+
+    def _build_sharded(self, source: ModelSource, info: DataInfo) -> nn.Module:
+        """The model on the meta device, to be materialized in :meth:`wrap`; or, where that
+        would not recreate its weights, built whole on rank 0 (meta elsewhere, if it can be)."""
         seeded = torch.get_rng_state()  # a whole build sees the generator as a plain one would
 
         def build_whole() -> nn.Module:
@@ -109,14 +114,16 @@ class FSDPStrategy(DDPStrategy):
         built = build_on_meta(lambda: source.build(info))
         # Drawn on every rank from the same seeded generator, so it is the same everywhere.
         seed = int(torch.randint(0, 2**62, ()))
-        if built.why_not is None:
+        if built.model is not None and built.why_not is None:
             self.born_sharded[built.model] = (seed, build_whole)
             return built.model
         if self.rank == 0:
             log.info(
                 "the model is built whole on rank 0, not sharded from birth: %s", built.why_not
             )
-        return build_whole() if self.rank == 0 else built.model
+        if self.rank == 0 or built.model is None:  # the others' weights come from rank 0
+            return build_whole()
+        return built.model
 
     def wrap(self, model: nn.Module) -> nn.Module:
         birth = self.born_sharded.pop(model, None)
