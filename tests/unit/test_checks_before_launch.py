@@ -344,3 +344,47 @@ def test_the_batchnorm_share_counts_no_held_out_split_beside_validation_data() -
     with pytest.raises(ConfigError, match=r"BatchNorm1d layers need at least 2 sample"):
         check(bn, (X, LABELS), batch_size=56, validation_split=0.1)
     check(bn, (X, LABELS), batch_size=56, validation_split=0.1, validation_data=(X, LABELS))
+
+
+def test_init_from_weights_that_do_not_fit_the_model_are_named(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    def net() -> nn.Module:
+        return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+
+    good = net().state_dict()
+    cases = {
+        "missing": ({k: v for k, v in good.items() if k != "2.bias"}, r"lacks 2\.bias"),
+        "extra": (
+            {**good, "3.weight": torch.zeros(1)},
+            r"has weights the model has not: 3\.weight",
+        ),
+        "shape": ({**good, "0.weight": torch.zeros(8, 5)}, r"other shapes: 0\.weight \(8, 5\)"),
+    }
+    for name, (state, match) in cases.items():
+        save_file(state, tmp_path / f"{name}.safetensors")
+        with pytest.raises(ConfigError, match=match):
+            check(net, (X, LABELS), init_from=str(tmp_path / f"{name}.safetensors"))
+    with pytest.raises(ConfigError, match=r"is not a \.safetensors file"):
+        check(net, (X, LABELS), init_from=str(tmp_path / "nothing.bin"))
+    save_file(good, tmp_path / "good.safetensors")
+    job = check(net, (X, LABELS), init_from=str(tmp_path / "good.safetensors"))
+    assert job.checkpoint.init_from == str((tmp_path / "good.safetensors").resolve())
+
+
+def test_init_from_without_a_tied_alias_is_accepted(tmp_path: Path) -> None:
+    """Hugging Face saves a tied output head once (under the embedding's name)."""
+    from safetensors.torch import save_file
+
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed, self.head = nn.Embedding(16, 4), nn.Linear(4, 16, bias=False)
+            self.head.weight = self.embed.weight
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.head(self.embed(ids)).mean(1)
+
+    save_file({"embed.weight": torch.zeros(16, 4)}, tmp_path / "tied.safetensors")
+    ids = torch.randint(0, 16, (32, 3))
+    check(Tied, (ids, ids[:, 0]), init_from=str(tmp_path / "tied.safetensors"))

@@ -126,6 +126,8 @@ class CheckpointSection:
     #: The ``resume`` setting as given ('auto', a path, or None); :attr:`plan` resolves it.
     resume: str | None
     allow_data_change: bool
+    #: Weights to start from (a resolved path; see :mod:`..training.initial`), or None.
+    init_from: str | None
     #: 'module', 'safetensors' or (until prepare resolves it) 'auto'.
     result_weights: Literal["auto", "module", "safetensors"]
     plan: ResumePlan = field(default_factory=ResumePlan)
@@ -301,6 +303,7 @@ _CHECKPOINT_NAMES = {
     "keep_checkpoints": "keep",
     "resume": "resume",
     "allow_data_change": "allow_data_change",
+    "init_from": "init_from",
     "result_weights": "result_weights",
 }
 

@@ -399,6 +399,13 @@ class TrainingSettings(StrictModel):
         "changed since it was written (size, modification time or sampled contents); "
         "recorded in events.log. Off: such a resume is refused, naming the file.",
     )
+    init_from: str | None = Field(
+        None,
+        description="Start from these weights: a .safetensors file or a folder of them "
+        "(Hugging Face's layout), or a checkpoint of this library (step-*.pt, step-*.dcp; its "
+        "weights only). Under FSDP each worker reads only its shards. Checked against the "
+        "model (names, shapes) before any worker starts; a resumed run ignores it.",
+    )
     result_weights: Literal["auto", "module", "safetensors"] = Field(
         "auto",
         description="'module': result.model is the trained nn.Module, gathered whole. "

@@ -41,7 +41,7 @@ from .model_checks import (
     check_fits_host,
     check_on_two_samples,
     check_trainable,
-    resolve_result_weights,
+    weight_files,
 )
 from .placement import (
     MAX_WORKERS_PER_CORE,
@@ -99,8 +99,8 @@ def prepare(
     runs = earlier_runs(settings.runs_dir, model_source.name)
     plan = plan_resume(sections.checkpoint, fingerprint, runs, notes)
     resolved |= _strategy(sections, plan, model_source, data_source, topology)
-    resolved |= resolve_result_weights(sections_of(settings.model_copy(update=resolved)), skeleton)
-    final = settings.model_copy(update=resolved)
+    final = settings.model_copy(update=resolved)  # the strategy resolved: now the files
+    final = final.model_copy(update=weight_files(sections_of(final), skeleton, model_source))
     return _resolved_job(
         sections_of(final),
         model=model_source,

@@ -5,6 +5,7 @@ dry run), labels it has outputs for, BatchNorm given enough samples per worker."
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -23,6 +24,7 @@ from ..training.dryrun import (
     dry_run_module,
     dry_run_step,
 )
+from ..training.initial import stored_shapes
 from ..training.sharding import smallest_share
 
 
@@ -112,6 +114,12 @@ def check_fits_host(
             )
 
 
+def weight_files(sections: Sections, skeleton: nn.Module, model: ModelSource) -> dict[str, str]:
+    """The settings about weight files, checked and resolved: ``init_from`` (where the weights
+    start from) and ``result_weights`` (where they end)."""
+    return check_init_from(sections, skeleton, model) | resolve_result_weights(sections, skeleton)
+
+
 def resolve_result_weights(sections: Sections, skeleton: nn.Module) -> dict[str, str]:
     """``result_weights`` resolved ('auto' -> 'module' or 'safetensors'); 'safetensors' needs
     a directory to write to (a run directory or checkpoint_dir)."""
@@ -127,6 +135,45 @@ def resolve_result_weights(sections: Sections, skeleton: nn.Module) -> dict[str,
     big = weight_bytes(skeleton) > available_memory_bytes() // 2
     sharded = sections.parallel.strategy == "fsdp"
     return {"result_weights": "safetensors" if big and sharded and has_dir else "module"}
+
+
+def check_init_from(sections: Sections, skeleton: nn.Module, model: ModelSource) -> dict[str, str]:
+    """``init_from`` names weights this model takes: every weight stored, its shape the
+    model's, none of the model's missing (but a tied alias, e.g. an output head that is the
+    embedding). Returns the path resolved (the workers may start elsewhere)."""
+    given = sections.checkpoint.init_from
+    if given is None:
+        return {}
+    if model.parts is not None:
+        raise ConfigError("init_from loads one model's weights; pass several models' own instead")
+    path = Path(given).expanduser().resolve()
+    try:
+        stored = stored_shapes(path)
+    except (ValueError, OSError) as err:
+        raise ConfigError(str(err)) from None
+    wanted = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    aliases = _tied_aliases(skeleton)
+    missing = [k for k in wanted if k not in stored and aliases.get(k) not in stored]
+    unexpected = [k for k in stored if k not in wanted]
+    shapes = [f"{k} {stored[k]} (the model: {wanted[k]})" for k in stored
+              if k in wanted and stored[k] != wanted[k]]  # fmt: skip
+    for problem, names in (("lacks", missing), ("has weights the model has not:", unexpected),
+                           ("has other shapes:", shapes)):  # fmt: skip
+        if names:
+            shown = ", ".join(names[:5]) + (f" (+{len(names) - 5} more)" if len(names) > 5 else "")
+            raise ConfigError(f"init_from={given!r} {problem} {shown}")
+    return {"init_from": str(path)}
+
+
+def _tied_aliases(model: nn.Module) -> dict[str, str]:
+    """Each tied parameter's other names -> its first name."""
+    first: dict[int, str] = {}
+    aliases = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in first:
+            aliases[name] = first[id(param)]
+        first.setdefault(id(param), name)
+    return aliases
 
 
 def check_classes(info: DataInfo, facts: DryRunFacts | None, name: str) -> None:

@@ -36,6 +36,8 @@ class RankContext:
     )
     faults: FaultInjector = field(default_factory=lambda: FaultInjector([], rank=0, attempt=0))
     compute_dtype: torch.dtype | None = None
+    #: Weights to start from (``init_from``, resolved), unless the run resumes.
+    init_from: str | None = None
 
     @classmethod
     def of(cls, sections: Sections, **collaborators: Any) -> RankContext:

@@ -13,6 +13,7 @@ import itertools
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,6 +24,7 @@ from ..config.sections import LoopSection
 from ..data.loading import Micro, read, sample_seed
 from .callbacks import CallbackRunner
 from .context import RankContext, RankData
+from .initial import load_initial_weights
 from .metrics import BUSY, CLIPPED, COUNT, ITEMS, LOSS, STEPS, per_worker
 from .parts import LoopParts, build_parts
 from .resume import Checkpointer, LoopPosition, Stateful, restore
@@ -65,6 +67,8 @@ def train(
     loop = Loop(ctx=ctx, data=data, parts=parts)
     if resume is not None:
         loop.restore(resume)
+    elif ctx.init_from is not None:
+        load_initial_weights(parts.model, Path(ctx.init_from))
     return loop.run()
 
 

@@ -150,6 +150,7 @@ def _train_rank(
         ),
         faults=FaultInjector(list(job.launch.fault_injection), rank, attempt),
         compute_dtype=compute_dtype,
+        init_from=job.checkpoint.init_from,
     )
     _check_data_files(job, ctx.job_log)
     loop = train(model, data, ctx, resume)
