@@ -66,6 +66,9 @@ def throughput(args: argparse.Namespace) -> tuple[list[tuple[str, dict[str, Any]
         (f"FSDP, {gpus(every)}", every, {"strategy": "fsdp"}),
         (f"FSDP, {gpus(every)}, compile", every, {"strategy": "fsdp", "compile": compiled}),
     ]
+    if not args.cpu:  # host memory holds the shards; on CPUs it does anyway (refused there)
+        offload = {"strategy": "fsdp", "cpu_offload": True}
+        variants.append((f"FSDP, {gpus(every)}, CPU offload", every, offload))
     rows = []
     for name, nodes, settings in variants:
         base.nodes = nodes

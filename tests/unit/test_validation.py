@@ -192,6 +192,13 @@ def test_fp16_on_cpu_is_a_clear_error() -> None:
         train(precision="fp16")
 
 
+def test_cpu_offload_needs_fsdp_and_gpus() -> None:
+    with pytest.raises(ConfigError, match=r"cpu_offload=True .* needs strategy='fsdp'"):
+        train(cpu_offload=True)
+    with pytest.raises(ConfigError, match=r"cpu_offload=True .* needs use_gpus=True"):
+        train(cpu_offload=True, strategy="fsdp")
+
+
 def test_warmup_steps_and_ratio_are_exclusive() -> None:
     with pytest.raises(ConfigError, match=r"warmup_steps=3 and warmup_ratio=0.1"):
         train(warmup_steps=3, warmup_ratio=0.1)

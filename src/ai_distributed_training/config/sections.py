@@ -141,14 +141,25 @@ class ParallelSection:
     find_unused_parameters: bool
     sync_batchnorm: bool
     fsdp_blocks: tuple[str, ...] | None
+    cpu_offload: bool
     activation_checkpointing: tuple[str, ...] | None
     compile: bool | str
     precision: Literal["auto", "fp32", "bf16", "fp16"]
     use_gpus: bool
 
     def __post_init__(self) -> None:
+        if self.cpu_offload and self.strategy == "ddp":
+            raise ConfigError(
+                "cpu_offload=True offloads FSDP's shards: it needs strategy='fsdp' (this "
+                "job's is 'ddp'; DDP keeps a whole replica on each GPU)"
+            )
         if self.use_gpus:
             return
+        if self.cpu_offload:
+            raise ConfigError(
+                "cpu_offload=True moves FSDP's shards from the GPUs to host memory; it needs "
+                "use_gpus=True (on CPUs they are in host memory already)"
+            )
         if self.precision == "fp16":
             raise ConfigError(
                 "precision='fp16' needs GPUs (use_gpus=True); on CPUs use 'bf16' or 'fp32'"

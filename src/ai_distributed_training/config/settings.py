@@ -290,6 +290,12 @@ class TrainingSettings(StrictModel):
         description="Class names of the modules FSDP shards and gathers one at a time (e.g. "
         "['DecoderBlock']). Default: the built-in architecture's layers; a user model is one unit.",
     )
+    cpu_offload: bool = Field(
+        False,
+        description="FSDP on GPUs: keep the sharded parameters, gradients and optimizer state "
+        "in host memory (FSDP2's CPUOffloadPolicy), each block copied to its GPU for its "
+        "forward and backward; the optimizer steps on the CPU. Needs strategy='fsdp' and GPUs.",
+    )
     activation_checkpointing: list[str] | None = Field(
         None,
         description="Class names of the modules whose activations are recomputed in the "

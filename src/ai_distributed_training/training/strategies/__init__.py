@@ -41,7 +41,13 @@ def make_strategy(
         # Mixed precision on GPU: blocks compute in bf16 (fp16), gradients are reduced in fp32.
         param_dtype = compute_dtype if device.type == "cuda" else None
         return FSDPStrategy(
-            env.rank, env.world_size, device, blocks, param_dtype, compile_backend=backend
+            env.rank,
+            env.world_size,
+            device,
+            blocks,
+            param_dtype,
+            compile_backend=backend,
+            cpu_offload=parallel.cpu_offload,
         )
     return DDPStrategy(
         env.rank,

@@ -24,19 +24,16 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 from ...models.meta import initialisers
 
 
-def materialize(model: nn.Module, device: torch.device, seed: int) -> str | None:
+def materialize(
+    model: nn.Module, device: torch.device, seed: int, *, buffer_device: torch.device | None = None
+) -> str | None:
     """Allocate this rank's shards of ``model`` (FSDP-sharded, parameters on meta) on ``device``
-    and initialise them module by module; buffers keep the values they were built with.
+    and initialise them module by module; buffers keep the values they were built with, on
+    ``buffer_device`` (default ``device``; the GPU when the shards are offloaded to the host).
     Returns the name of a parameter no initialiser wrote (the model's ``_init_weights`` skips
     it): then the weights are not the model's and the caller must supply them; else None."""
-    buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
-    ties = _ties(model)
-    model.to_empty(device=device)  # storage for this rank's shards (and the buffers) only
-    for alias, original in ties.items():  # to_empty makes a tied parameter two
-        _set(model, alias, model.get_parameter(original))
+    allocate_shards(model, device, buffer_device=buffer_device)
     with torch.no_grad():
-        for name, b in model.named_buffers():
-            b.copy_(buffers[name])
         missed: list[str] = []
         for name, module in reversed(list(model.named_modules())):
             own = dict(module.named_parameters(recurse=False))
@@ -44,6 +41,21 @@ def materialize(model: nn.Module, device: torch.device, seed: int) -> str | None
                 left = _init_module(model, module, own, _seed(seed, name), device)
                 missed += [f"{name}.{p}" if name else p for p in left]
     return missed[0] if missed else None
+
+
+def allocate_shards(
+    model: nn.Module, device: torch.device, *, buffer_device: torch.device | None = None
+) -> None:
+    """Storage on ``device`` for this rank's shards of ``model`` (FSDP-sharded, parameters on
+    meta), their values unset; tied parameters stay tied and buffers keep their values (on
+    ``buffer_device``, default ``device``): ``to_empty`` alone would lose both."""
+    buffers = dict(model.named_buffers())  # the built values, kept alive here
+    ties = _ties(model)
+    model.to_empty(device=device)
+    for alias, original in ties.items():  # to_empty makes a tied parameter two
+        _set(model, alias, model.get_parameter(original))
+    for name, value in buffers.items():
+        _set_buffer(model, name, value.to(buffer_device or device))
 
 
 def _init_module(
@@ -85,6 +97,12 @@ def _ties(model: nn.Module) -> dict[str, str]:
         ties.update({name: first[id(param)]} if id(param) in first else {})
         first.setdefault(id(param), name)
     return ties
+
+
+def _set_buffer(model: nn.Module, name: str, value: torch.Tensor) -> None:
+    """Make ``value`` the buffer at dotted ``name``."""
+    owner, _, leaf = name.rpartition(".")
+    model.get_submodule(owner)._buffers[leaf] = value
 
 
 def _set(model: nn.Module, name: str, param: nn.Parameter) -> None:

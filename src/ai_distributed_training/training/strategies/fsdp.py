@@ -45,7 +45,12 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import (
+    CPUOffloadPolicy,
+    FSDPModule,
+    MixedPrecisionPolicy,
+    fully_shard,
+)
 from torch.distributed.tensor import DTensor
 
 from ...data import DataInfo
@@ -53,7 +58,7 @@ from ...models import Models, ModelSource, on_meta_device
 from ...models.meta import build_on_meta
 from ..checkpoint import checkpoint_path, commit_sharded
 from .base import local_gradients_finite, local_part, written_by
-from .birth import materialize
+from .birth import allocate_shards, materialize
 from .ddp import DDPStrategy
 
 log = logging.getLogger("ai_distributed_training.fsdp")
@@ -76,11 +81,16 @@ class FSDPStrategy(DDPStrategy):
         param_dtype: torch.dtype | None = None,
         *,
         compile_backend: str | None = None,
+        cpu_offload: bool = False,
     ) -> None:
         super().__init__(rank, world_size, device, compile_backend=compile_backend)
         self.blocks = set(blocks)
         policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
         self.options: dict[str, Any] = {"mp_policy": policy} if param_dtype else {}
+        if cpu_offload:  # shards, gradients and optimizer state in (pinned) host memory
+            self.options["offload_policy"] = CPUOffloadPolicy()
+        #: Where the sharded parameters live: host memory when offloaded, else the device.
+        self.shard_device = torch.device("cpu") if cpu_offload else device
         #: Models built on the meta device to be initialised in wrap(): their seeds, and how to
         #: build them whole should module-by-module init leave a parameter unwritten.
         self.born_sharded: dict[nn.Module, tuple[int, Callable[[], nn.Module]]] = {}
@@ -135,15 +145,16 @@ class FSDPStrategy(DDPStrategy):
         self._shard(model)
         if birth is not None:
             seed, build_whole = birth
-            missed = materialize(model, self.device, seed)  # this rank's shards, initialised
+            # This rank's shards, initialised (on the host when offloaded; buffers on the device).
+            missed = materialize(model, self.shard_device, seed, buffer_device=self.device)
             if missed is None:
                 return model
             # The same on every rank (same seeds): all of them take rank 0's whole build.
             if self.rank == 0:
                 log.info("the model is built whole on rank 0: no initialiser wrote %r", missed)
                 initial = build_whole().state_dict()
-        elif on_meta:
-            model.to_empty(device=self.device)  # storage for this rank's shards only
+        elif on_meta:  # storage for this rank's shards only; rank 0's weights fill them
+            allocate_shards(model, self.shard_device, buffer_device=self.device)
         options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
         set_model_state_dict(model, initial, options=options)
         return model  # FSDP2 shards in place: the module is still the user's class
