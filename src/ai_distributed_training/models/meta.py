@@ -76,6 +76,18 @@ def build_on_meta(build: Callable[[], nn.Module]) -> MetaBuild:
     return MetaBuild(model=model, why_not=why_not)
 
 
+def tied_aliases(model: nn.Module) -> dict[str, str]:
+    """Each tied parameter's other names -> its first name (e.g. an output head that is the
+    input embedding, as Hugging Face ties them)."""
+    first: dict[int, str] = {}
+    aliases = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in first:
+            aliases[name] = first[id(param)]
+        first.setdefault(id(param), name)
+    return aliases
+
+
 def _uninitialised(model: nn.Module) -> str | None:
     """The first parameter not on meta, or whose module has no initialiser; else None."""
     for name, module in model.named_modules():

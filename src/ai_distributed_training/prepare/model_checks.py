@@ -15,6 +15,7 @@ from ..data import DataInfo, DataSource
 from ..errors import ConfigError
 from ..host import available_memory_bytes, host_memory_bytes
 from ..models import ModelSource, weight_bytes
+from ..models.meta import tied_aliases
 from ..topology import Topology
 from ..training.dryrun import (
     DryRunFacts,
@@ -152,7 +153,7 @@ def check_init_from(sections: Sections, skeleton: nn.Module, model: ModelSource)
     except (ValueError, OSError) as err:
         raise ConfigError(str(err)) from None
     wanted = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
-    aliases = _tied_aliases(skeleton)
+    aliases = tied_aliases(skeleton)
     missing = [k for k in wanted if k not in stored and aliases.get(k) not in stored]
     unexpected = [k for k in stored if k not in wanted]
     shapes = [f"{k} {stored[k]} (the model: {wanted[k]})" for k in stored
@@ -163,17 +164,6 @@ def check_init_from(sections: Sections, skeleton: nn.Module, model: ModelSource)
             shown = ", ".join(names[:5]) + (f" (+{len(names) - 5} more)" if len(names) > 5 else "")
             raise ConfigError(f"init_from={given!r} {problem} {shown}")
     return {"init_from": str(path)}
-
-
-def _tied_aliases(model: nn.Module) -> dict[str, str]:
-    """Each tied parameter's other names -> its first name."""
-    first: dict[int, str] = {}
-    aliases = {}
-    for name, param in model.named_parameters(remove_duplicate=False):
-        if id(param) in first:
-            aliases[name] = first[id(param)]
-        first.setdefault(id(param), name)
-    return aliases
 
 
 def check_classes(info: DataInfo, facts: DryRunFacts | None, name: str) -> None:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from ...models.meta import initialisers
+from ...models.meta import initialisers, tied_aliases
 
 
 def materialize(
@@ -50,7 +50,7 @@ def allocate_shards(
     meta), their values unset; tied parameters stay tied and buffers keep their values (on
     ``buffer_device``, default ``device``): ``to_empty`` alone would lose both."""
     buffers = dict(model.named_buffers())  # the built values, kept alive here
-    ties = _ties(model)
+    ties = tied_aliases(model)
     model.to_empty(device=device)
     for alias, original in ties.items():  # to_empty makes a tied parameter two
         _set(model, alias, model.get_parameter(original))
@@ -86,17 +86,6 @@ def _unwritten(param: nn.Parameter) -> torch.Tensor:
     """A full-size tensor for ``param``, NaN where floating point (to see what init skips)."""
     fill = math.nan if param.dtype.is_floating_point else 0
     return torch.full(param.shape, fill, dtype=param.dtype)
-
-
-def _ties(model: nn.Module) -> dict[str, str]:
-    """Each tied parameter's other names -> its first name (e.g. an output head that is the
-    input embedding)."""
-    first: dict[int, str] = {}
-    ties = {}
-    for name, param in model.named_parameters(remove_duplicate=False):
-        ties.update({name: first[id(param)]} if id(param) in first else {})
-        first.setdefault(id(param), name)
-    return ties
 
 
 def _set_buffer(model: nn.Module, name: str, value: torch.Tensor) -> None:
