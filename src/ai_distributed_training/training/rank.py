@@ -58,7 +58,12 @@ def run_rank(job: Job, env: RankEnv, *, on_checkpoint: CheckpointHook | None = N
     compute_dtype = autocast_dtype(parallel.precision, device)
     blocks = list(parallel.fsdp_blocks or job.model.blocks())
     strategy = make_strategy(
-        parallel, env=env, device=device, blocks=blocks, compute_dtype=compute_dtype
+        parallel,
+        env=env,
+        device=device,
+        blocks=blocks,
+        compute_dtype=compute_dtype,
+        in_callers_process=job.topology.joined is not None,
     )
     # Roles are decided once: global rank 0 logs the job and writes files, others don't.
     run_dir = Path(job.run_dir) if job.run_dir else None

@@ -29,10 +29,13 @@ def make_strategy(
     device: torch.device,
     blocks: Sequence[str],
     compute_dtype: torch.dtype | None,
+    in_callers_process: bool = False,
 ) -> Strategy:
     """The strategy object the ``parallel`` section names (``auto`` is resolved by the caller
     before any worker starts), with its options; ``blocks``: the module classes FSDP shards
-    one by one; ``compute_dtype``: autocast's (None: fp32)."""
+    one by one; ``compute_dtype``: autocast's (None: fp32); ``in_callers_process``: this
+    rank runs in the caller's own process (a torchrun-joined script), whose module instance
+    is the caller's own."""
     backend = "inductor" if parallel.compile is True else parallel.compile or None
     if parallel.strategy == "fsdp":
         # Imported here: FSDP's modules (DCP, DTensor) add ~0.5 s to every worker's start-up.
@@ -48,6 +51,7 @@ def make_strategy(
             param_dtype,
             compile_backend=backend,
             cpu_offload=parallel.cpu_offload,
+            in_callers_process=in_callers_process,
         )
     return DDPStrategy(
         env.rank,

@@ -11,8 +11,9 @@ built on the meta device on every rank, and only this rank's shards are allocate
 initialised, module by module (:mod:`.birth`), the same for any number of ranks; no rank holds
 the whole model. A model whose construction writes weights that module-by-module init cannot
 recreate (:mod:`...models.meta` names what) is built whole on rank 0 and broadcast into the
-shards, as is a user's module instance (whole already). The full weights are gathered once at
-the end.
+shards. A user's module instance is whole already: each worker received the same one and
+shards it in place (in a torchrun-joined script, a copy of the caller's, with rank 0's
+weights). At the end the weights are gathered once, or exported shard by shard.
 
 Which modules are "blocks" (sharded and gathered one at a time): those whose class name is in
 ``fsdp_blocks``; the built-in architectures name theirs (each ``Linear`` of an MLP, each
@@ -82,6 +83,7 @@ class FSDPStrategy(DDPStrategy):
         *,
         compile_backend: str | None = None,
         cpu_offload: bool = False,
+        in_callers_process: bool = False,
     ) -> None:
         super().__init__(rank, world_size, device, compile_backend=compile_backend)
         self.blocks = set(blocks)
@@ -91,6 +93,11 @@ class FSDPStrategy(DDPStrategy):
             self.options["offload_policy"] = CPUOffloadPolicy()
         #: Where the sharded parameters live: host memory when offloaded, else the device.
         self.shard_device = torch.device("cpu") if cpu_offload else device
+        #: A module instance is the caller's own here (a torchrun-joined script): copy it, and
+        #: take rank 0's weights (each process built its own). Else every rank unpickled the
+        #: same bytes: each shards its instance in place, no copy, no broadcast.
+        self.in_callers_process = in_callers_process
+        self.same_on_every_rank: set[nn.Module] = set()
         #: Models built on the meta device to be initialised in wrap(): their seeds, and how to
         #: build them whole should module-by-module init leave a parameter unwritten.
         self.born_sharded: dict[nn.Module, tuple[int, Callable[[], nn.Module]]] = {}
@@ -102,9 +109,12 @@ class FSDPStrategy(DDPStrategy):
         :mod:`...models.meta`) is built for real on rank 0 only and broadcast into the shards;
         a user's module instance is whole already and is sharded from there."""
         if source.module is not None:
-            # fully_shard converts a module in place (its class too); in a torchrun-joined job
-            # the instance is the caller's, who gets the trained weights loaded back into it.
-            return copy.deepcopy(source.module)
+            if self.in_callers_process:
+                # fully_shard converts a module in place (its class too): the caller's own is
+                # copied, and gets the trained weights loaded back into it.
+                return copy.deepcopy(source.module)
+            self.same_on_every_rank.add(source.module)
+            return source.module
         if source.parts is not None:
             return Models(
                 {name: self.build_model(part, info) for name, part in source.parts.items()}
@@ -140,6 +150,10 @@ class FSDPStrategy(DDPStrategy):
         on_meta = on_meta_device(model)
         if not on_meta:
             model = model.to(self.device)
+        if model in self.same_on_every_rank:  # each rank keeps its slice of its own copy
+            self.same_on_every_rank.discard(model)
+            self._shard(model.to(self.device))
+            return model
         # Rank 0's full weights, kept until they are broadcast into everyone's shards.
         initial = model.state_dict() if self.rank == 0 and birth is None else {}
         self._shard(model)
