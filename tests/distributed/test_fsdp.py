@@ -58,6 +58,16 @@ def test_fsdp_trains_the_weights_ddp_trains(fsdp_run: TrainingResult) -> None:
     assert fsdp["final_loss"] < fsdp["history"][0]["train_loss"]
 
 
+def test_a_module_instance_is_sharded_in_place_like_the_spec_built_sharded(
+    fsdp_run: TrainingResult,
+) -> None:
+    """The instance holds the weights the spec is born with: each worker shards its own copy of
+    it (no broadcast), and training ends bitwise where the spec's run did."""
+    start = fsdp_initial_model(MODEL, DATA, seed=3)
+    result = TRAINER.train_distributed(start, DATA, nodes=2, strategy="fsdp")
+    assert bitwise_equal(result, fsdp_run)
+
+
 def test_sharded_checkpoints_are_committed_directories(fsdp_run: TrainingResult) -> None:
     assert fsdp_run["checkpoint_dir"] is not None
     found = list_checkpoints(Path(fsdp_run["checkpoint_dir"]))
