@@ -269,6 +269,7 @@ def _facts(prepared: ResolvedJob, out: RankOutput) -> dict[str, Any]:
         "threads_per_worker": prepared.threads_per_worker,
         "cpus_per_worker": out.cpus_per_worker,
         "peak_memory_per_worker_bytes": out.peak_memory_per_worker_bytes,
+        "peak_host_memory_per_worker_bytes": out.peak_host_memory_per_worker_bytes,
         "model_state_bytes_per_worker": out.model_state_bytes_per_worker,
         "strategy": prepared.parallel.strategy,
         "weights_in_sync": out.weights_in_sync,

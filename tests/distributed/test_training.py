@@ -125,6 +125,8 @@ def test_result_reports_real_training() -> None:
     assert result["samples_per_second"] > 0 and result["wall_time_s"] > 0
     peaks = result["peak_memory_per_worker_bytes"]  # one per rank: torch alone is > 50 MB
     assert len(peaks) == 2 and all(50e6 < p < 4e9 for p in peaks)
+    assert result["peak_host_memory_per_worker_bytes"] == peaks  # on CPUs, the same RSS
+    assert result["weights_dir"] is None  # a small model comes back whole
     # cpu_affinity (default on): each worker ran on its own share of the caller's CPUs
     assert result["cpus_per_worker"] == [cpu_share(allowed_cpus(), r, 2) for r in (0, 1)]
     assert isinstance(result.model, nn.Module)

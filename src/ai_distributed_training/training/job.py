@@ -97,8 +97,10 @@ class RankOutput:
     #: The checkpoint the run started from (None: a fresh start).
     resumed_from: str | None
     world_size: int
-    #: Per rank, in rank order.
+    #: Per rank, in rank order: peak memory of its device (GPU: allocated; CPU: host RSS)...
     peak_memory_per_worker_bytes: list[int]
+    #: ... its process's peak host RSS (the same on CPUs; with GPUs, what the host gave it) ...
+    peak_host_memory_per_worker_bytes: list[int]
     cpus_per_worker: list[list[int]]
     model_state_bytes_per_worker: list[int]
     #: The folder the trained weights were exported to (safetensors), or None.

@@ -188,9 +188,14 @@ def _gather_output(
         parameters = {name for name, _ in model.named_parameters()}
         mine = {k: v for k, v in state_dict.items() if k in parameters}
         in_sync = strategy.replicas_identical(mine)
-    # Per-rank facts in one collective: peak memory (what the planner predicts), the CPUs
-    # this rank could use, its model-state bytes; one tuple per rank, in rank order.
-    facts = strategy.all_gather_object((peak_rss_bytes(), allowed_cpus(), loop.model_state_bytes))
+    # Per-rank facts in one collective: peak memory (what the planner predicts: the GPU's
+    # allocated, else host RSS), host RSS, the CPUs this rank could use, its model-state
+    # bytes; one tuple per rank, in rank order.
+    device = strategy.device
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss_bytes()
+    facts = strategy.all_gather_object(
+        (peak, peak_rss_bytes(), allowed_cpus(), loop.model_state_bytes)
+    )
     return RankOutput(
         state_dict=state_dict,
         history=loop.history,
@@ -203,9 +208,10 @@ def _gather_output(
         restarts=restarts,
         resumed_from=resumed_from,
         world_size=strategy.world_size,
-        peak_memory_per_worker_bytes=[peak for peak, _, _ in facts],
-        cpus_per_worker=[cpus for _, cpus, _ in facts],
-        model_state_bytes_per_worker=[state for _, _, state in facts],
+        peak_memory_per_worker_bytes=[f[0] for f in facts],
+        peak_host_memory_per_worker_bytes=[f[1] for f in facts],
+        cpus_per_worker=[f[2] for f in facts],
+        model_state_bytes_per_worker=[f[3] for f in facts],
         weights_dir=str(weights_dir) if weights_dir else None,
     )
 
