@@ -171,3 +171,25 @@ def test_fault_injection_from_the_cli() -> None:
     assert proc.returncode == 1
     assert "worker rank 1 failed" in proc.stderr
     assert "InjectedFault: injected fault: rank 1 raised at step 2" in proc.stderr
+
+
+@pytest.mark.parametrize("nodes", [2, 3])
+def test_ddp_saved_with_four_workers_resumes_with_two_and_three(nodes: int, tmp_path: Path) -> None:
+    """A replica's checkpoint at another number of workers: the same global batches in the
+    same order, so the run ends where the uninterrupted one did (up to float rounding)."""
+    model = {"model_name": "m", "hidden_sizes": [32, 32]}  # no dropout: no per-rank streams
+    trainer = DistributedTraining(epochs=2, batch_size=64, checkpoint_every=4, runs_dir=None)
+    clean = trainer.train_distributed(model, DATA, nodes=4)
+    with pytest.raises(WorkerFailedError):  # dies after step 8's checkpoint
+        trainer.train_distributed(
+            model, DATA, nodes=4, checkpoint_dir=str(tmp_path), max_restarts=0,
+            fault_injection=[{"kind": "raise", "rank": 3, "step": 10}],
+        )  # fmt: skip
+    resumed = trainer.train_distributed(
+        model, DATA, nodes=nodes, checkpoint_dir=str(tmp_path), resume="auto"
+    )
+    assert resumed["resumed_from"].endswith("step-00000008.pt")
+    assert resumed["steps"] == clean["steps"]
+    a, b = clean.model.state_dict(), resumed.model.state_dict()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6, msg=name)

@@ -51,6 +51,26 @@ class SkippedByInitWeights(nn.Module):
         return self.layer(x) * self.scale
 
 
+class ResettingBlock(nn.Module):
+    """A block whose reset_parameters re-initialises its layers' weights (a common pattern)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 32), nn.Linear(32, 8)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.a.weight, std=0.5)
+        nn.init.normal_(self.b.weight, std=0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(self.a(x).relu())
+
+
+def with_resetting_blocks() -> nn.Module:
+    return nn.Sequential(ResettingBlock(), ResettingBlock(), nn.Linear(8, 3))
+
+
 def initial_weights(model: object, blocks: list[str]) -> tuple[dict[str, torch.Tensor], int]:
     """On each rank: the FSDP strategy's initial weights, gathered whole, and the bytes of
     parameters this rank holds (its shards)."""
@@ -78,6 +98,20 @@ def test_initial_weights_are_the_same_at_one_two_and_four_ranks() -> None:
     bound = 1 / 8**0.5
     first = one["1.weight"]
     assert first.abs().max() <= bound and first.std() > bound / 3
+
+
+def test_a_block_that_resets_its_layers_is_initialised_with_them_at_any_world_size() -> None:
+    """The block and its layers are one unit, initialised on full-size tensors: the block's
+    own init (std 0.5) wins, as in its constructor, the same at 1, 2 and 4 ranks."""
+    blocks = ["ResettingBlock"]
+    runs = [debug_launcher(initial_weights, with_resetting_blocks, blocks, num_processes=n)
+            for n in (1, 2, 4)]  # fmt: skip
+    one, _ = runs[0][0]
+    for ranks in runs[1:]:
+        for weights, _ in ranks:
+            assert all(torch.equal(weights[k], one[k]) for k in one)
+    assert 0.4 < float(one["0.a.weight"].std()) < 0.6  # the block's init, not Linear's (~0.2)
+    assert not torch.equal(one["0.a.weight"], one["1.a.weight"])  # each module its own seed
 
 
 def test_a_construction_that_writes_weights_is_built_whole_on_rank_0() -> None:

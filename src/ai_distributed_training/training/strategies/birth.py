@@ -33,14 +33,40 @@ def materialize(
     Returns the name of a parameter no initialiser wrote (the model's ``_init_weights`` skips
     it): then the weights are not the model's and the caller must supply them; else None."""
     allocate_shards(model, device, buffer_device=buffer_device)
+    missed: list[str] = []
     with torch.no_grad():
-        missed: list[str] = []
-        for name, module in reversed(list(model.named_modules())):
-            own = dict(module.named_parameters(recurse=False))
-            if own:
-                left = _init_module(model, module, own, _seed(seed, name), device)
-                missed += [f"{name}.{p}" if name else p for p in left]
+        for unit in _units(model):
+            missed += _init_together(model, unit, seed, device)
     return missed[0] if missed else None
+
+
+def _units(model: nn.Module) -> list[list[tuple[str, nn.Module]]]:
+    """The modules initialised together, each unit in construction order (children before
+    parents), the units in that order too. A module with a ``reset_parameters`` of its own
+    and parameters below it may write them (a block re-initialising its layers): it and its
+    whole subtree are one unit, initialised on full-size tensors together; every other module
+    with parameters is a unit of its own."""
+    units: list[list[tuple[str, nn.Module]]] = []
+    for name, module in reversed(list(model.named_modules())):  # children first
+        below = [(n, m) for n, m in module.named_modules(prefix=name) if m is not module]
+        if _resets(module) and any(_own(m) for _, m in below):
+            inside = {id(m) for _, m in below}  # their units so far join this one
+            units = [u for u in units if not any(id(m) in inside for _, m in u)]
+            units.append([*reversed(below), (name, module)])
+        elif _own(module):
+            units.append([(name, module)])
+    return units
+
+
+def _resets(module: nn.Module) -> bool:
+    """Whether ``module`` has a reset method of its own (torch's convention)."""
+    found = getattr(module, "reset_parameters", None) or getattr(module, "_reset_parameters", None)
+    return callable(found)
+
+
+def _own(module: nn.Module) -> dict[str, nn.Parameter]:
+    """``module``'s own parameters (not its children's), by name."""
+    return dict(module.named_parameters(recurse=False))
 
 
 def allocate_shards(
@@ -58,28 +84,32 @@ def allocate_shards(
         _set_buffer(model, name, value.to(buffer_device or device))
 
 
-def _init_module(
-    root: nn.Module,
-    module: nn.Module,
-    own: dict[str, nn.Parameter],
-    seed: int,
-    device: torch.device,
+def _init_together(
+    root: nn.Module, unit: list[tuple[str, nn.Module]], seed: int, device: torch.device
 ) -> list[str]:
-    """Run ``module``'s initialisers on full-size parameters of its own, then copy each rank's
-    slice of them into its shards; the names of those they left unwritten (still NaN)."""
-    full = {name: _unwritten(p) for name, p in own.items()}
-    with _swapped(module, full), torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for init in initialisers(root, module):
-            init()
-    for name, param in own.items():
-        value = full[name].to(device)
-        if isinstance(param, DTensor):  # slice locally: every rank computed the same full value
-            value = distribute_tensor(
-                value, param.device_mesh, param.placements, src_data_rank=None
-            )
-        param.copy_(value)
-    return [name for name, t in full.items() if t.is_floating_point() and t.isnan().any()]
+    """Run each of ``unit``'s modules' initialisers (in order, each seeded by its name) on
+    full-size parameters of the unit's own, then copy each rank's slice of them into its
+    shards; the names of those left unwritten (still NaN)."""
+    full = {(name, p): _unwritten(param) for name, m in unit for p, param in _own(m).items()}
+    with contextlib.ExitStack() as swaps:
+        for name, module in unit:
+            mine = {p: t for (n, p), t in full.items() if n == name}
+            swaps.enter_context(_swapped(module, mine))
+        for name, module in unit:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(_seed(seed, name))
+                for init in initialisers(root, module):
+                    init()
+    for name, module in unit:
+        for p, param in _own(module).items():
+            value = full[(name, p)].to(device)
+            if isinstance(param, DTensor):  # every rank computed the same full value: slice it
+                value = distribute_tensor(
+                    value, param.device_mesh, param.placements, src_data_rank=None
+                )
+            param.copy_(value)
+    left = [(n, p) for (n, p), t in full.items() if t.is_floating_point() and t.isnan().any()]
+    return [f"{n}.{p}" if n else p for n, p in left]
 
 
 def _unwritten(param: nn.Parameter) -> torch.Tensor:

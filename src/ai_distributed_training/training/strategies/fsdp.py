@@ -152,7 +152,7 @@ class FSDPStrategy(DDPStrategy):
             model = model.to(self.device)
         if model in self.same_on_every_rank:  # each rank keeps its slice of its own copy
             self.same_on_every_rank.discard(model)
-            self._shard(model.to(self.device))
+            self._shard(model)
             return model
         # Rank 0's full weights, kept until they are broadcast into everyone's shards.
         initial = model.state_dict() if self.rank == 0 and birth is None else {}
