@@ -11,7 +11,7 @@ interpreter (the caller) and of every process below it (the workers) ten times a
    that each copied the data would need about 4 x the data.
 2. **Data on disk**: a ``.npy`` table twice the workers' memory budget (default 4 x 512
    MiB of budget, so a 4 GiB file), trained on with ``nodes=4``. Goal: every worker's peak
-   resident set (``ru_maxrss``, mapped file pages included) stays within its budget.
+   resident set (``VmHWM``, mapped file pages included) stays within its budget.
 
 The caller's own copy of the in-memory data is its user's, made before the call; the table
 prints it apart. The staged file the workers map lives in the page cache on disk, which is

@@ -173,20 +173,33 @@ def test_fault_injection_from_the_cli() -> None:
     assert "InjectedFault: injected fault: rank 1 raised at step 2" in proc.stderr
 
 
-@pytest.mark.parametrize("nodes", [2, 3])
-def test_ddp_saved_with_four_workers_resumes_with_two_and_three(nodes: int, tmp_path: Path) -> None:
-    """A replica's checkpoint at another number of workers: the same global batches in the
-    same order, so the run ends where the uninterrupted one did (up to float rounding)."""
-    model = {"model_name": "m", "hidden_sizes": [32, 32]}  # no dropout: no per-rank streams
-    trainer = DistributedTraining(epochs=2, batch_size=64, checkpoint_every=4, runs_dir=None)
-    clean = trainer.train_distributed(model, DATA, nodes=4)
-    with pytest.raises(WorkerFailedError):  # dies after step 8's checkpoint
-        trainer.train_distributed(
-            model, DATA, nodes=4, checkpoint_dir=str(tmp_path), max_restarts=0,
+FOUR_MODEL = {"model_name": "m", "hidden_sizes": [32, 32]}  # no dropout: no per-rank streams
+FOUR = DistributedTraining(epochs=2, batch_size=64, checkpoint_every=4, runs_dir=None)
+
+
+@pytest.fixture(scope="module")
+def saved_at_four(tmp_path_factory: pytest.TempPathFactory) -> tuple[TrainingResult, Path]:
+    """An uninterrupted 4-worker run, and the checkpoints of one that died after step 8."""
+    directory = tmp_path_factory.mktemp("ddp-four")
+    clean = FOUR.train_distributed(FOUR_MODEL, DATA, nodes=4)
+    with pytest.raises(WorkerFailedError):
+        FOUR.train_distributed(
+            FOUR_MODEL, DATA, nodes=4, checkpoint_dir=str(directory), max_restarts=0,
             fault_injection=[{"kind": "raise", "rank": 3, "step": 10}],
         )  # fmt: skip
-    resumed = trainer.train_distributed(
-        model, DATA, nodes=nodes, checkpoint_dir=str(tmp_path), resume="auto"
+    return clean, directory
+
+
+@pytest.mark.parametrize("nodes", [2, 3])
+def test_ddp_saved_with_four_workers_resumes_with_two_and_three(
+    nodes: int, saved_at_four: tuple[TrainingResult, Path], tmp_path: Path
+) -> None:
+    """A replica's checkpoint at another number of workers: the same global batches in the
+    same order, so the run ends where the uninterrupted one did (up to float rounding)."""
+    clean, saved = saved_at_four
+    shutil.copytree(saved, tmp_path / "ckpt")
+    resumed = FOUR.train_distributed(
+        FOUR_MODEL, DATA, nodes=nodes, checkpoint_dir=str(tmp_path / "ckpt"), resume="auto"
     )
     assert resumed["resumed_from"].endswith("step-00000008.pt")
     assert resumed["steps"] == clean["steps"]

@@ -34,8 +34,10 @@ def test_no_worker_holds_the_whole_model(measured: dict) -> None:
         # export's buffers: measured 0.85 x the full weights above a tiny model's worker
         # (DDP: 2 x, weights and gradients whole; a gathered result: 3 x).
         assert peak - tiny < 1.0 * full, (peak, tiny, full)
-    # The caller checked the model on the meta device and loaded nothing back.
-    assert measured["caller_peak"] < measured["tiny_peaks"][0] + 0.5 * full
+    # The caller checked the model on the meta device and loaded nothing back: its peak is a
+    # tiny model's caller's (which may include building matplotlib's font cache for the
+    # report, ~0.35 GB, when it is the session's first), not the full weights above it.
+    assert measured["caller_peak"] < measured["tiny_caller_peak"] + 0.5 * full
 
 
 def test_the_export_computes_what_the_sharded_model_computed(measured: dict) -> None:
