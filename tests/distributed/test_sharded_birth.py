@@ -82,33 +82,45 @@ def initial_weights(model: object, blocks: list[str]) -> tuple[dict[str, torch.T
     return strategy.full_state_dict(wrapped), held
 
 
-def test_initial_weights_are_the_same_at_one_two_and_four_ranks() -> None:
-    runs = {
-        n: debug_launcher(initial_weights, SPEC, ["Linear"], num_processes=n) for n in (1, 2, 4)
-    }
-    one, _ = runs[1][0]
-    for n, ranks in runs.items():
-        for weights, _ in ranks:
+def both_models() -> list[tuple[dict[str, torch.Tensor], int]]:
+    """On each rank: :func:`initial_weights` of the MLP spec and of the resetting blocks (one
+    process start for both)."""
+    return [initial_weights(SPEC, ["Linear"]), initial_weights(with_resetting_blocks, BLOCKS)]
+
+
+BLOCKS = ["ResettingBlock"]
+
+
+@pytest.fixture(scope="module")
+def at_one_two_four() -> dict[int, list[list[tuple[dict[str, torch.Tensor], int]]]]:
+    """Per world size, per rank: both models' initial weights and held bytes."""
+    return {n: debug_launcher(both_models, num_processes=n) for n in (1, 2, 4)}
+
+
+def test_initial_weights_are_the_same_at_one_two_and_four_ranks(at_one_two_four: dict) -> None:
+    one, _ = at_one_two_four[1][0][0]
+    for n, ranks in at_one_two_four.items():
+        for (weights, _), _ in ranks:
             assert weights.keys() == one.keys()
             for name in one:
                 assert torch.equal(weights[name], one[name]), (n, name)
     full = sum(t.numel() * t.element_size() for t in one.values())
-    assert all(held <= full / 4 + 200 for _, held in runs[4])  # each rank: its quarter only
+    # Each rank holds its quarter only.
+    assert all(held <= full / 4 + 200 for (_, held), _ in at_one_two_four[4])
     # A real init: torch's Linear bounds (1/sqrt(fan_in)), not zeros or leftovers.
     bound = 1 / 8**0.5
     first = one["1.weight"]
     assert first.abs().max() <= bound and first.std() > bound / 3
 
 
-def test_a_block_that_resets_its_layers_is_initialised_with_them_at_any_world_size() -> None:
+def test_a_block_that_resets_its_layers_is_initialised_with_them_at_any_world_size(
+    at_one_two_four: dict,
+) -> None:
     """The block and its layers are one unit, initialised on full-size tensors: the block's
     own init (std 0.5) wins, as in its constructor, the same at 1, 2 and 4 ranks."""
-    blocks = ["ResettingBlock"]
-    runs = [debug_launcher(initial_weights, with_resetting_blocks, blocks, num_processes=n)
-            for n in (1, 2, 4)]  # fmt: skip
-    one, _ = runs[0][0]
-    for ranks in runs[1:]:
-        for weights, _ in ranks:
+    one, _ = at_one_two_four[1][0][1]
+    for ranks in at_one_two_four.values():
+        for _, (weights, _) in ranks:
             assert all(torch.equal(weights[k], one[k]) for k in one)
     assert 0.4 < float(one["0.a.weight"].std()) < 0.6  # the block's init, not Linear's (~0.2)
     assert not torch.equal(one["0.a.weight"], one["1.a.weight"])  # each module its own seed
