@@ -82,11 +82,17 @@ def host_memory_bytes() -> int:
 
 def available_memory_bytes() -> int:
     """Memory this host can give a new allocation now (Linux's MemAvailable; else all of it)."""
-    with contextlib.suppress(OSError, ValueError, StopIteration):
-        with open("/proc/meminfo") as f:
-            line = next(line for line in f if line.startswith("MemAvailable:"))
+    available = _proc_kib("/proc/meminfo", "MemAvailable")
+    return host_memory_bytes() if available is None else available
+
+
+def _proc_kib(path: str, key: str) -> int | None:
+    """The ``key:  <n> kB`` line of a Linux ``/proc`` file, in bytes; None without one."""
+    with contextlib.suppress(OSError, StopIteration, ValueError, IndexError):
+        with open(path) as f:
+            line = next(line for line in f if line.startswith(f"{key}:"))
         return int(line.split()[1]) * 1024
-    return host_memory_bytes()
+    return None
 
 
 def peak_rss_bytes() -> int:
@@ -97,10 +103,9 @@ def peak_rss_bytes() -> int:
     across exec). Measured: a child of an 800 MB parent reported 813 MB, its own peak being
     14 MB, so every worker of a big caller (a notebook holding its data) would report the
     caller's size. ``VmHWM`` belongs to the process's own memory map."""
-    with contextlib.suppress(OSError, StopIteration, ValueError, IndexError):
-        with open("/proc/self/status") as f:
-            line = next(line for line in f if line.startswith("VmHWM:"))
-        return int(line.split()[1]) * 1024
+    own = _proc_kib("/proc/self/status", "VmHWM")
+    if own is not None:
+        return own
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # macOS: bytes; Linux: KiB
     return int(peak if os.uname().sysname == "Darwin" else peak * 1024)
 

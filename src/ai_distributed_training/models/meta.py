@@ -50,12 +50,19 @@ class MetaBuild:
     why_not: str | None
 
 
+def reset_method(module: nn.Module) -> Callable[[], Any] | None:
+    """``module``'s own reset method (torch's convention: ``reset_parameters``, or
+    ``_reset_parameters`` as ``nn.MultiheadAttention`` names it), or None."""
+    found = getattr(module, "reset_parameters", None) or getattr(module, "_reset_parameters", None)
+    return found if callable(found) else None
+
+
 def initialisers(root: nn.Module, module: nn.Module) -> list[Callable[[], Any]]:
     """What initialises ``module``'s own parameters, in the order its construction ran them:
     its ``reset_parameters`` (or ``_reset_parameters``), then ``root._init_weights(module)``."""
     found: list[Callable[[], Any]] = []
-    own = getattr(module, "reset_parameters", None) or getattr(module, "_reset_parameters", None)
-    if callable(own):
+    own = reset_method(module)
+    if own is not None:
         found.append(own)
     model_init = getattr(root, "_init_weights", None)
     if callable(model_init):

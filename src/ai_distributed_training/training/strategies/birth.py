@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from ...models.meta import initialisers, tied_aliases
+from ...models.meta import initialisers, reset_method, tied_aliases
 
 
 def materialize(
@@ -49,19 +49,13 @@ def _units(model: nn.Module) -> list[list[tuple[str, nn.Module]]]:
     units: list[list[tuple[str, nn.Module]]] = []
     for name, module in reversed(list(model.named_modules())):  # children first
         below = [(n, m) for n, m in module.named_modules(prefix=name) if m is not module]
-        if _resets(module) and any(_own(m) for _, m in below):
+        if reset_method(module) is not None and any(_own(m) for _, m in below):
             inside = {id(m) for _, m in below}  # their units so far join this one
             units = [u for u in units if not any(id(m) in inside for _, m in u)]
             units.append([*reversed(below), (name, module)])
         elif _own(module):
             units.append([(name, module)])
     return units
-
-
-def _resets(module: nn.Module) -> bool:
-    """Whether ``module`` has a reset method of its own (torch's convention)."""
-    found = getattr(module, "reset_parameters", None) or getattr(module, "_reset_parameters", None)
-    return callable(found)
 
 
 def _own(module: nn.Module) -> dict[str, nn.Parameter]:
