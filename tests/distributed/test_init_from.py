@@ -73,3 +73,23 @@ def test_a_run_from_files_trains_as_from_the_same_weights_in_a_module(
     )
     a, b = from_module.model.state_dict(), from_file.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_a_run_starts_from_a_checkpoint_of_this_library(strategy: str, tmp_path: Path) -> None:
+    """A step-*.pt (DDP) or step-*.dcp (FSDP) checkpoint's weights, the optimizer's left:
+    the run ends where one from the same weights in a module does."""
+    from ai_distributed_training.training.checkpoint import list_checkpoints
+
+    x = torch.randn(128, 6, generator=torch.Generator().manual_seed(0))
+    data = (x, (x[:, 0] > 0).long())
+    trainer = DistributedTraining(epochs=1, batch_size=32, runs_dir=None, strategy=strategy)
+    first = trainer.train_distributed(net, data, nodes=2, checkpoint_dir=str(tmp_path / "ckpt"))
+    checkpoint = list_checkpoints(tmp_path / "ckpt")[0]
+    assert checkpoint.suffix == (".dcp" if strategy == "fsdp" else ".pt")
+    start = net()
+    start.load_state_dict(first.model.state_dict())  # the checkpoint's: the run's last step
+    from_module = trainer.train_distributed(start, data, nodes=2)
+    from_file = trainer.train_distributed(net, data, nodes=2, init_from=str(checkpoint))
+    a, b = from_module.model.state_dict(), from_file.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)

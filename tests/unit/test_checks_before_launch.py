@@ -388,3 +388,17 @@ def test_init_from_without_a_tied_alias_is_accepted(tmp_path: Path) -> None:
     save_file({"embed.weight": torch.zeros(16, 4)}, tmp_path / "tied.safetensors")
     ids = torch.randint(0, 16, (32, 3))
     check(Tied, (ids, ids[:, 0]), init_from=str(tmp_path / "tied.safetensors"))
+
+
+def test_init_from_a_checkpoint_is_verified_as_a_resume_would_be(tmp_path: Path) -> None:
+    def net() -> nn.Module:
+        return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+
+    foreign = tmp_path / "step-00000001.pt"
+    torch.save({"model": net().state_dict()}, foreign)  # not written by this library
+    with pytest.raises(ConfigError, match="is not a checkpoint of this library"):
+        check(net, (X, LABELS), init_from=str(foreign))
+    unfinished = tmp_path / "step-00000002.dcp"
+    unfinished.mkdir()  # a sharded save that never committed
+    with pytest.raises(ConfigError, match="no COMMITTED marker"):
+        check(net, (X, LABELS), init_from=str(unfinished))

@@ -21,6 +21,8 @@ from torch.distributed.checkpoint.hf_storage import HuggingFaceStorageWriter
 from torch.distributed.checkpoint.state_dict import get_model_state_dict
 from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
+from .initial import safetensors_files
+
 #: Full bytes per export file: each rank serializes its part of one file at a time, so this
 #: bounds what the export adds to a worker's memory (about twice its part of one file).
 FILE_BYTES = 256 * 2**20
@@ -51,14 +53,9 @@ def file_of(state: dict[str, Any]) -> dict[str, int]:
     return files
 
 
-def export_files(directory: Path) -> list[Path]:
-    """The consolidated safetensors files of an export, in order."""
-    return sorted(directory.glob("*.safetensors"))
-
-
 def load_export(directory: Path) -> dict[str, torch.Tensor]:
     """The whole state dict of an export (what ``load_state_dict`` takes)."""
-    files = export_files(directory)
+    files = safetensors_files(directory)  # the consolidated ones (not sharded/'s)
     if not files:
         raise FileNotFoundError(f"no .safetensors files in {directory}")
     state: dict[str, torch.Tensor] = {}

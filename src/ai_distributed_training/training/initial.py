@@ -19,6 +19,8 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+from .checkpoint import load_checkpoint
+
 #: The suffixes of what ``init_from`` accepts, by kind.
 SAFETENSORS, CHECKPOINT_FILE, CHECKPOINT_DIR = ".safetensors", ".pt", ".dcp"
 
@@ -41,11 +43,21 @@ def kind_of(path: Path) -> str:
 
 
 def stored_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    """Each stored weight's name and shape, read from headers and metadata (no weights)."""
+    """Each stored weight's name and shape, read from headers and metadata. A checkpoint is
+    verified first, as a resume reads it (committed, its checksums, this library's): the
+    caller checks once, before launch; the workers then only load. Raises ValueError for a
+    file that is not one of these, or a checkpoint that is unfinished or corrupt."""
     kind = kind_of(path)
+    if kind in ("checkpoint", "dcp"):
+        load_checkpoint(path)
+    return _shapes(path, kind)
+
+
+def _shapes(path: Path, kind: str) -> dict[str, tuple[int, ...]]:
+    """:func:`stored_shapes` without the verification."""
     if kind == "safetensors":
         shapes: dict[str, tuple[int, ...]] = {}
-        for file in _safetensors_files(path):
+        for file in safetensors_files(path):
             with safe_open(str(file), framework="pt") as f:
                 shapes.update({k: tuple(f.get_slice(k).get_shape()) for k in f.keys()})  # noqa: SIM118
         return shapes
@@ -81,7 +93,7 @@ def load_initial_weights(model: nn.Module, path: Path) -> None:
         set_model_state_dict(model, full, options=options)
         return
     state = get_model_state_dict(model)  # this rank's shards under FSDP: what it reads
-    stored = stored_shapes(path)
+    stored = _shapes(path, kind)
     state = {k: v for k, v in state.items() if k in stored}  # a tied alias loads via its twin
     if kind == "dcp":
         dcp_load({"model": state}, storage_reader=FileSystemReader(str(path)))
@@ -91,7 +103,8 @@ def load_initial_weights(model: nn.Module, path: Path) -> None:
     set_model_state_dict(model, state, options=StateDictOptions(strict=False))
 
 
-def _safetensors_files(path: Path) -> list[Path]:
+def safetensors_files(path: Path) -> list[Path]:
+    """``path`` if it is a file, else the ``.safetensors`` files directly in it, in order."""
     return [path] if path.is_file() else sorted(path.glob(f"*{SAFETENSORS}"))
 
 
