@@ -9,6 +9,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from ai_distributed_training.models.meta import build_on_meta
 from ai_distributed_training.training.strategies.birth import materialize
+from tests.distributed.test_sharded_birth import SkippedByInitWeights
 
 CPU = torch.device("cpu")
 
@@ -105,16 +106,6 @@ def test_a_hugging_face_model_from_a_config_is_recreated_with_its_own_init() -> 
 
 
 def test_a_parameter_no_initialiser_writes_is_named() -> None:
-    class SkipsScale(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.layer = nn.Linear(4, 2)
-            self.scale = nn.Parameter(torch.full((2,), 2.0))
-
-        def _init_weights(self, module: nn.Module) -> None:
-            if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, std=0.02)
-
-    built = build_on_meta(SkipsScale)
+    built = build_on_meta(SkippedByInitWeights)
     assert built.why_not is None  # every module has an initialiser (the model's) ...
     assert materialize(built.model, CPU, seed=0) == "scale"  # ... which skips this one
