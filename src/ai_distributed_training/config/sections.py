@@ -137,7 +137,9 @@ class CheckpointSection:
 class ParallelSection:
     """How the model is placed on the workers' devices: the strategy and its options."""
 
-    strategy: Literal["ddp", "fsdp", "auto"]
+    strategy: Literal["ddp", "fsdp", "tp", "fsdp+tp", "auto"]
+    tp_size: int | None
+    tp_plan: dict[str, str] | None
     find_unused_parameters: bool
     sync_batchnorm: bool
     fsdp_blocks: tuple[str, ...] | None
@@ -147,11 +149,27 @@ class ParallelSection:
     precision: Literal["auto", "fp32", "bf16", "fp16"]
     use_gpus: bool
 
+    @property
+    def shards_model(self) -> bool:
+        """Whether no worker holds the whole model: FSDP's shards, tensor parallelism's
+        slices (or both)."""
+        return self.strategy in ("fsdp", "tp", "fsdp+tp")
+
     def __post_init__(self) -> None:
-        if self.cpu_offload and self.strategy == "ddp":
+        tensor_parallel = self.strategy in ("tp", "fsdp+tp")
+        if not tensor_parallel and (self.tp_size is not None or self.tp_plan is not None):
+            raise ConfigError(
+                f"tp_size and tp_plan are settings of strategy 'tp' or 'fsdp+tp' (this job's "
+                f"is {self.strategy!r})"
+            )
+        if tensor_parallel and self.compile:
+            raise ConfigError(
+                f"compile is not supported with strategy={self.strategy!r} yet; use compile=False"
+            )
+        if self.cpu_offload and self.strategy not in ("fsdp", "auto"):
             raise ConfigError(
                 "cpu_offload=True offloads FSDP's shards: it needs strategy='fsdp' (this "
-                "job's is 'ddp'; DDP keeps a whole replica on each GPU)"
+                f"job's is {self.strategy!r})"
             )
         if self.use_gpus:
             return

@@ -269,11 +269,27 @@ class TrainingSettings(StrictModel):
         "compiler) or a torch.compile backend name ('aot_eager': no code generation, for quick "
         "checks). Under FSDP each block is compiled on its own. Off by default.",
     )
-    strategy: Literal["ddp", "fsdp", "auto"] = Field(
+    strategy: Literal["ddp", "fsdp", "tp", "fsdp+tp", "auto"] = Field(
         "ddp",
         description="'ddp': a full replica per worker; 'fsdp': parameters, gradients and "
-        "optimizer state sharded across workers (FSDP2); 'auto': fsdp when the estimated "
-        "replica does not fit a worker's memory.",
+        "optimizer state sharded across workers (FSDP2); 'tp': every worker holds a slice of "
+        "each large matrix and all compute one replica together (tensor parallelism); "
+        "'fsdp+tp': groups of tp_size workers do tensor parallelism, FSDP shards over the "
+        "groups; 'auto': fsdp when the estimated replica does not fit a worker's memory.",
+    )
+    tp_size: PositiveInt | None = Field(
+        None,
+        description="'fsdp+tp': workers per tensor-parallel group, a divisor of nodes "
+        "(usually the GPUs of one host); FSDP shards over the nodes/tp_size groups. 'tp': all "
+        "workers (the default).",
+    )
+    tp_plan: dict[str, Literal["colwise", "rowwise"]] | None = Field(
+        None,
+        description="'tp'/'fsdp+tp': which Linear layers are split, by module-name pattern "
+        "(fnmatch: '*' matches any characters): 'colwise' splits outputs, 'rowwise' inputs "
+        "(Megatron: q/k/v and the MLP's first layer colwise, the attention output and the "
+        "MLP's second layer rowwise). Default: the built-in transformer's, or a Hugging Face model's "
+        "config.base_model_tp_plan.",
     )
     find_unused_parameters: bool = Field(
         False,

@@ -4,11 +4,16 @@ Pre-norm blocks of causal self-attention (``F.scaled_dot_product_attention``) an
 learned position embeddings, an untied output head. Each :class:`DecoderBlock` is what the FSDP
 strategy shards and gathers as one unit; with ``activation_checkpointing`` a block's
 activations are recomputed in the backward pass instead of kept.
+
+Tensor parallelism (:data:`TP_PLAN`): the query, key and value projections and the MLP's first
+layer are split by output columns, the attention output and the MLP's second layer by input
+rows (Megatron's layout), so each rank computes whole heads of its own: the attention takes
+its head count from the width it is given (``heads`` over the tensor-parallel ranks).
 """
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -23,23 +28,48 @@ class DecoderBlock(nn.Module):
 
     def __init__(self, d_model: int, heads: int, dropout: float) -> None:
         super().__init__()
-        self.heads, self.dropout = heads, dropout
+        self.head_dim, self.dropout = d_model // heads, dropout
         self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
-        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.q, self.k, self.v = (nn.Linear(d_model, d_model) for _ in range(3))
         self.proj = nn.Linear(d_model, d_model)
         self.mlp = nn.Sequential(
             nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, length, width = x.shape
-        q, k, v = self.qkv(self.norm1(x)).split(width, dim=2)
-        q, k, v = (t.view(batch, length, self.heads, -1).transpose(1, 2) for t in (q, k, v))
+        batch, length, _ = x.shape
+        normed = self.norm1(x)
+        # Heads of head_dim each: all of them, or this rank's under tensor parallelism.
+        q, k, v = (
+            proj(normed).view(batch, length, -1, self.head_dim).transpose(1, 2)
+            for proj in (self.q, self.k, self.v)
+        )
         p = self.dropout if self.training else 0.0
         attended = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
-        x = x + self.proj(attended.transpose(1, 2).reshape(batch, length, width))
+        x = x + self.proj(attended.transpose(1, 2).reshape(batch, length, -1))
         out: torch.Tensor = x + self.mlp(self.norm2(x))
         return out
+
+    def _load_from_state_dict(self, state: dict[str, Any], prefix: str, *args: Any) -> None:
+        """Weights saved before the projections were split (one fused ``qkv`` layer, query
+        rows first) load into ``q``, ``k`` and ``v``."""
+        for kind in ("weight", "bias"):
+            fused = state.pop(f"{prefix}qkv.{kind}", None)
+            if fused is not None:
+                for name, part in zip("qkv", fused.chunk(3), strict=True):
+                    state[f"{prefix}{name}.{kind}"] = part
+        super()._load_from_state_dict(state, prefix, *args)
+
+
+#: Tensor-parallel styles of a :class:`Decoder`'s modules, by name pattern.
+TP_PLAN = {
+    "blocks.*.q": "colwise",
+    "blocks.*.k": "colwise",
+    "blocks.*.v": "colwise",
+    "blocks.*.proj": "rowwise",
+    "blocks.*.mlp.0": "colwise",
+    "blocks.*.mlp.2": "rowwise",
+}
 
 
 class Decoder(nn.Module):

@@ -37,10 +37,9 @@ from .inputs import (
 )
 from .model_checks import (
     check_batchnorm,
-    check_block_names,
     check_fits_host,
     check_on_two_samples,
-    check_trainable,
+    check_structure,
     weight_files,
 )
 from .placement import (
@@ -87,8 +86,7 @@ def prepare(
     threads = check_placement(sections, topology)
     check_workers(sections, topology)
     skeleton = model_source.skeleton(data_source.info)  # built once for the checks below
-    check_trainable(skeleton, model_source.name)
-    check_block_names(sections, skeleton, model_source)
+    resolved |= check_structure(sections, skeleton, model_source, topology)
     check_fits_host(skeleton, model_source.name, data_source, sections, topology)
     notes: list[str] = []
     data_source, facts = check_on_two_samples(model_source, skeleton, data_source, sections, notes)

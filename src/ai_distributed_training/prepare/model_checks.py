@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -27,6 +28,7 @@ from ..training.dryrun import (
 )
 from ..training.initial import stored_shapes
 from ..training.sharding import smallest_share
+from .tensor_parallel import check_tensor_parallel
 
 
 def check_on_two_samples(
@@ -52,6 +54,16 @@ def check_on_two_samples(
     data = classes_from_outputs(data, facts, notes)
     check_classes(data.info, facts, model.name)
     return data, facts
+
+
+def check_structure(
+    sections: Sections, skeleton: nn.Module, model: ModelSource, topology: Topology
+) -> dict[str, Any]:
+    """The model's structure against the settings: something to train, the FSDP blocks it
+    names, a tensor-parallel plan that splits evenly; returns what they resolve (``tp_size``)."""
+    check_trainable(skeleton, model.name)
+    check_block_names(sections, skeleton, model)
+    return check_tensor_parallel(sections, skeleton, topology)
 
 
 def check_trainable(skeleton: nn.Module, name: str) -> None:
@@ -91,10 +103,11 @@ def check_fits_host(
     skeleton: nn.Module, name: str, data: DataSource, sections: Sections, topology: Topology
 ) -> None:
     """Weights, and synthetic data each worker generates whole, that fit this host's memory
-    (else every worker fails building them, after the launch). Under FSDP this host's
-    workers hold their shards only (built sharded)."""
+    (else every worker fails building them, after the launch). Under FSDP (or tensor
+    parallelism) this host's workers hold their shards only (built sharded)."""
     memory = host_memory_bytes()
-    sharded = sections.parallel.strategy in ("fsdp", "auto")  # auto picks FSDP when needed
+    # auto picks FSDP when needed. (Tensor parallelism leaves some weights whole: roughly.)
+    sharded = sections.parallel.shards_model or sections.parallel.strategy == "auto"
     share = topology.local_world_size / topology.world_size if sharded else 1.0
     weights = weight_bytes(skeleton) * share
     if weights > memory:
@@ -134,7 +147,7 @@ def resolve_result_weights(sections: Sections, skeleton: nn.Module) -> dict[str,
     if given != "auto":
         return {}
     big = weight_bytes(skeleton) > available_memory_bytes() // 2
-    sharded = sections.parallel.strategy == "fsdp"
+    sharded = sections.parallel.shards_model
     return {"result_weights": "safetensors" if big and sharded and has_dir else "module"}
 
 

@@ -46,9 +46,9 @@ class BuiltinStep:
         counts = self._counts(micros, batches)
         total = self._global(ctx, torch.stack(counts).sum()) if counts is not None else None
         weight = loss_scale(
-            float(total) if total is not None else ctx.global_samples, ctx.world_size
+            float(total) if total is not None else ctx.global_samples, ctx.data.world_size
         )
-        num_items = self.objective.num_items(total, ctx.world_size)
+        num_items = self.objective.num_items(total, ctx.data.world_size)
         stats, returned = self.meter.zeros(), []
         for i, (micro, batch) in enumerate(zip(micros, batches, strict=True)):
             count = counts[i] if counts is not None else None
@@ -87,7 +87,7 @@ class BuiltinStep:
         if samples == 0:
             local_sum, got = local_sum * 0.0, None if got is None else got * 0.0
         if got is not None and count is None:  # divided by the global count afterwards
-            weight = float(ctx.world_size)
+            weight = float(ctx.data.world_size)
         ctx.backward_sum(local_sum, weight)
         items = got if got is not None else samples if count is None else count
         scored, metric_args = objective.scored(out, batch), objective.metric_args(out, batch)

@@ -14,6 +14,7 @@ from ..data.streams import StreamReader
 from .faults import FaultInjector
 from .resume import Checkpointer
 from .strategies import Strategy
+from .strategies.base import DataCoords
 from .tracking import JobLog, Tracker
 
 
@@ -52,6 +53,12 @@ class RankContext:
     @property
     def world_size(self) -> int:
         return self.strategy.world_size
+
+    @property
+    def data(self) -> DataCoords:
+        """This rank's place among the ranks reading distinct data (see
+        :class:`~.strategies.base.DataCoords`): its share of each batch, its seeds."""
+        return self.strategy.data
 
     @property
     def device(self) -> torch.device:

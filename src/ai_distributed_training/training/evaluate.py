@@ -27,8 +27,8 @@ def evaluate(
     model.eval()
     strategy, batch_size = ctx.strategy, ctx.loop.batch_size
     totals = meter.zeros()
-    share = rank_share(data.val_idx, strategy.rank, strategy.world_size)
-    longest = -(-len(data.val_idx) // strategy.world_size)  # the first share is the longest
+    share = rank_share(data.val_idx, strategy.data.rank, strategy.data.world_size)
+    longest = -(-len(data.val_idx) // strategy.data.world_size)  # the first is the longest
     plan = [share[start : start + batch_size] for start in range(0, longest, batch_size)]
     for micro in read(data.val_reader, plan, sample_seed(ctx.loop.seed, 0)):
         batch = to_device(micro.batch, ctx.device)
@@ -41,6 +41,8 @@ def evaluate(
             items = got if got is not None else micro.samples
             scored, args = objective.scored(out, batch), objective.metric_args(out, batch)
             totals += meter.batch(local_sum, items, micro.samples, scored, args)
+    if not strategy.data.counts:  # a tensor-parallel peer: its group's first rank counts
+        totals.zero_()
     strategy.all_reduce(totals, dist.ReduceOp.SUM)
     model.train()
     return meter.summarize("val", totals)

@@ -178,6 +178,8 @@ class Loop:
             ctx.tracker.step(epoch, pos.step_in_epoch)
             if not self.step.apply_gradients(stats, pos, epoch):
                 continue  # a non-finite step, skipped on every rank together
+            if not ctx.data.counts:  # a tensor-parallel peer's: its group's first rank counts
+                stats.zero_()
             stats[BUSY], stats[STEPS] = time.perf_counter() - started, 1
             self.window += stats
             self.epoch_stats += stats
@@ -195,7 +197,7 @@ class Loop:
             micro
             for batch in batches
             for micro in self.data.train_idx[
-                rank_share(batch, ctx.rank, ctx.world_size)
+                rank_share(batch, ctx.data.rank, ctx.data.world_size)
             ].tensor_split(accumulation)
         ]
         micros = read(self.data.reader, plan, sample_seed(loop.seed, epoch))

@@ -35,12 +35,24 @@ def build_optimizer(
                 "torch.optim.Optimizer"
             )
         return optimizer
-    fused = _fused_supported(params, choice)
+    fused, foreach = _kernel(params, choice)
+    kernel: dict[str, Any] = {"fused": fused, "foreach": foreach}
     if choice == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=optim.momentum, weight_decay=wd, fused=fused)
+        return torch.optim.SGD(params, lr=lr, momentum=optim.momentum, weight_decay=wd, **kernel)
     if choice == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=wd, fused=fused)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=wd, fused=fused)
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd, **kernel)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=wd, **kernel)
+
+
+def _kernel(params: list[nn.Parameter], choice: str) -> tuple[bool, bool | None]:
+    """How the step runs over the parameters: one fused kernel where torch has one, else the
+    default; one parameter at a time when split (DTensor) and whole parameters mix (tensor
+    parallelism leaves the modules outside its plan whole): torch's fused and foreach
+    kernels refuse such a mix."""
+    split = [hasattr(p, "to_local") for p in params]
+    if any(split) and not all(split):
+        return False, False
+    return _fused_supported(params, choice), None  # foreach: torch's default
 
 
 #: Built-in optimizers whose fused kernel has no DTensor (FSDP) sharding rule in torch 2.13:

@@ -94,7 +94,7 @@ def set_up_process(job: Job, env: RankEnv) -> None:
     threads, deterministic algorithms."""
     # A rank's process trains, launched by us or by torchrun alike: DDP's keeps freed memory
     # for speed; a sharded model's gives it back (memory is why it is sharded).
-    if job.parallel.strategy == "fsdp":
+    if job.parallel.shards_model:
         return_freed_memory()
     else:
         keep_freed_memory()
@@ -130,7 +130,8 @@ def _train_rank(
     torch.manual_seed(seed)  # identical initial weights on every rank
     model = strategy.build_model(job.model, job.data.info)
     checkpoint_blocks(model, job.parallel.activation_checkpointing or ())
-    torch.manual_seed(seed + 1 + rank)  # per-rank stream (e.g. dropout)
+    # Per-rank stream (e.g. dropout), shared by tensor-parallel peers: they compute one replica.
+    torch.manual_seed(seed + 1 + strategy.data.rank)
     ckpt_dir = Path(job.checkpoint_dir) if job.checkpoint_dir else None
     attempt, run_id, resume, resumed_from = agreed_resume_point(
         strategy, job, ckpt_dir, hooks.restart_count

@@ -69,6 +69,9 @@ class StepContext:
         self.models: dict[str, nn.Module] = ByName(models)
         self.schedulers, self.scaler = dict(schedulers), scaler
         self.rank, self.world_size = rank_ctx.rank, rank_ctx.world_size
+        #: The ranks reading distinct data (the world, but for tensor-parallel groups), over
+        #: which the strategy averages gradients: what a loss is weighted by.
+        self.data = rank_ctx.data
         self.device = rank_ctx.device
         self.samples, self.global_samples, self.global_step = 0, 1, 0
         self.generator = torch.Generator(device=self.device)
@@ -88,7 +91,7 @@ class StepContext:
         """Ready for global step ``global_step`` (1-based) on ``samples`` of this rank's."""
         self.samples, self.global_samples, self.global_step = samples, global_samples, global_step
         seed = self._ctx.loop.seed
-        self.generator.manual_seed(sample_seed(sample_seed(seed, global_step), self.rank))
+        self.generator.manual_seed(sample_seed(sample_seed(seed, global_step), self.data.rank))
         self.calls = {"backward": 0, **{f"step:{name}": 0 for name in self.optimizers}}
         self.skipped, self.clipped, self._losses = [], False, []
         for name, optimizer in self.optimizers.items():
@@ -106,7 +109,7 @@ class StepContext:
         collective). Every rank must call it the same number of times."""
         if not isinstance(loss, (tuple, list)):  # a mean over this rank's samples: their sum
             _check_loss(loss, "the loss")
-            scale = loss_scale(self.global_samples, self.world_size)
+            scale = loss_scale(self.global_samples, self.data.world_size)
             self.backward_sum(loss * self.samples, scale)
             return
         total, count = loss
@@ -120,7 +123,7 @@ class StepContext:
                 "batch: a (sum, count) pair's count is the number of items the sum is "
                 "over, at least 1 in all"
             )
-        self.backward_sum(total * present, loss_scale(float(global_count), self.world_size))
+        self.backward_sum(total * present, loss_scale(float(global_count), self.data.world_size))
 
     def backward_sum(self, local_sum: torch.Tensor, weight: float) -> None:
         """Back-propagate this rank's ``local_sum`` times ``weight`` (what makes the strategy's
@@ -178,8 +181,9 @@ class StepContext:
         return self._ctx.strategy.no_sync(self.models[name])
 
     def all_reduce_sum(self, local: torch.Tensor) -> torch.Tensor:
-        """The sum over the ranks of a scalar ``local`` (collective: every rank calls)."""
-        total = local.to(self.device).reshape(1)
+        """The sum over the ranks of a scalar ``local`` (collective: every rank calls), each
+        data rank counted once (a tensor-parallel group's peers hold the same value)."""
+        total = local.to(self.device).reshape(1) * float(self.data.counts)
         return self._ctx.strategy.all_reduce(total, dist.ReduceOp.SUM)[0]
 
 

@@ -23,7 +23,7 @@ class StreamFeed:
 
     def __init__(self, reader: StreamReader, ctx: RankContext) -> None:
         self.reader, self.ctx = reader, ctx
-        reader.open_for(ctx.rank, ctx.world_size)
+        reader.open_for(ctx.data.rank, ctx.data.world_size)
         self.resume_state: Any = None  # from a checkpoint: where this rank's stream stood
 
     def steps(self, skip: int) -> Iterator[tuple[list[Micro], int]]:
@@ -45,14 +45,14 @@ class StreamFeed:
         """One global batch: this rank's samples of it, and how many all ranks got together."""
         ctx, batch_size = self.ctx, self.ctx.loop.batch_size
         if self.reader.sharded:  # each rank reads its share from its own shard
-            start, stop = shard_bounds(batch_size, ctx.rank, ctx.world_size)
+            start, stop = shard_bounds(batch_size, ctx.data.rank, ctx.data.world_size)
             items = self.reader.take(stop - start)
-            got = torch.tensor([float(len(items))], device=ctx.device)
+            got = torch.tensor([float(len(items)) * ctx.data.counts], device=ctx.device)
             global_count = int(ctx.strategy.all_reduce(got, dist.ReduceOp.SUM).item())
         else:  # every rank reads the global batch and keeps its slice
             whole = self.reader.take(batch_size)
             global_count = len(whole)
-            start, stop = shard_bounds(global_count, ctx.rank, ctx.world_size)
+            start, stop = shard_bounds(global_count, ctx.data.rank, ctx.data.world_size)
             items = whole[start:stop]
         parts = _split(items, ctx.loop.gradient_accumulation_steps)
         micros = [

@@ -37,12 +37,26 @@ def make_strategy(
     rank runs in the caller's own process (a torchrun-joined script), whose module instance
     is the caller's own."""
     backend = "inductor" if parallel.compile is True else parallel.compile or None
+    # Mixed precision on GPU: blocks compute in bf16 (fp16), gradients are reduced in fp32.
+    param_dtype = compute_dtype if device.type == "cuda" else None
+    if parallel.strategy in ("tp", "fsdp+tp"):
+        from .tp import TPStrategy  # DTensor's modules: not for every DDP worker
+
+        return TPStrategy(
+            env.rank,
+            env.world_size,
+            device,
+            blocks,
+            param_dtype,
+            tp_size=parallel.tp_size or env.world_size,
+            fsdp=parallel.strategy == "fsdp+tp",
+            plan=parallel.tp_plan,
+            in_callers_process=in_callers_process,
+        )
     if parallel.strategy == "fsdp":
         # Imported here: FSDP's modules (DCP, DTensor) add ~0.5 s to every worker's start-up.
         from .fsdp import FSDPStrategy
 
-        # Mixed precision on GPU: blocks compute in bf16 (fp16), gradients are reduced in fp32.
-        param_dtype = compute_dtype if device.type == "cuda" else None
         return FSDPStrategy(
             env.rank,
             env.world_size,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -20,12 +21,27 @@ from ...models import ModelSource
 from ..checkpoint import content_digest
 
 
+@dataclass(frozen=True)
+class DataCoords:
+    """Where a rank stands among the ranks that read distinct data. Under data parallelism
+    (DDP, FSDP) every rank reads its own share: its ``rank`` and ``world_size`` are the job's.
+    Under tensor parallelism the ``tp_size`` ranks of a group compute one replica together
+    and read the same samples: the group is one data rank, and only its first rank's sums
+    ``count`` in a sum over all ranks (the others add zeros), so totals are not multiplied."""
+
+    rank: int
+    world_size: int
+    counts: bool = True
+
+
 class Strategy(Protocol):
     """How the model is replicated or sharded and how ranks talk to each other."""
 
     rank: int
     world_size: int
     device: torch.device
+    #: This rank's place in the data-parallel dimension (the data it reads, its seeds).
+    data: DataCoords
 
     def build_model(self, source: ModelSource, info: DataInfo) -> nn.Module:
         """The model this rank starts from; call after seeding, so that every rank that builds

@@ -16,7 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ...data import DataInfo
 from ...models import ModelSource
 from ..checkpoint import capture_rng, restore_rng, save_checkpoint
-from .base import local_gradients_finite, state_digest, written_by
+from .base import DataCoords, local_gradients_finite, state_digest, written_by
 
 #: DDP's gradient bucket size (torch's default), given explicitly on gloo (see wrap).
 DDP_BUCKET_MB = 25
@@ -44,6 +44,7 @@ class DDPStrategy:
         compile_backend: str | None = None,
     ) -> None:
         self.rank, self.world_size, self.device = rank, world_size, device
+        self.data = DataCoords(rank, world_size)  # every rank reads its own share
         self.find_unused_parameters, self.sync_batchnorm = find_unused_parameters, sync_batchnorm
         #: torch.compile's backend for the models this strategy wraps (None: eager).
         self.compile_backend = compile_backend

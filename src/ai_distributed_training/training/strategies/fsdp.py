@@ -86,6 +86,8 @@ class FSDPStrategy(DDPStrategy):
         in_callers_process: bool = False,
     ) -> None:
         super().__init__(rank, world_size, device, compile_backend=compile_backend)
+        #: What checkpoints record as their strategy (a resume must use the same).
+        self.name = "fsdp"
         self.blocks = set(blocks)
         policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
         self.options: dict[str, Any] = {"mp_policy": policy} if param_dtype else {}
@@ -233,10 +235,10 @@ class FSDPStrategy(DDPStrategy):
         if not writes:
             return None
         rest = {k: obj.state_dict() for k, obj in stateful.items() if k not in _SHARDED}
-        return commit_sharded(path, {**rest, **meta, "strategy": "fsdp"}, keep)
+        return commit_sharded(path, {**rest, **meta, "strategy": self.name}, keep)
 
     def load_checkpoint(self, resume: Mapping[str, Any], stateful: Mapping[str, Any]) -> None:
-        written_by(resume, "fsdp")
+        written_by(resume, self.name)
         model, optimizer = stateful["model"], _optimizers(stateful["optimizer"])
         model_state, optim_state = get_state_dict(model, optimizer)
         # Loaded in place into this job's shards: resharded to however many ranks there are.
