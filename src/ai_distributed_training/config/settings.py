@@ -288,8 +288,8 @@ class TrainingSettings(StrictModel):
         description="'tp'/'fsdp+tp': which Linear layers are split, by module-name pattern "
         "(fnmatch: '*' matches any characters): 'colwise' splits outputs, 'rowwise' inputs "
         "(Megatron: q/k/v and the MLP's first layer colwise, the attention output and the "
-        "MLP's second layer rowwise). Default: the built-in transformer's, or a Hugging Face model's "
-        "config.base_model_tp_plan.",
+        "MLP's second layer rowwise). Default: the built-in transformer's, or a Hugging Face "
+        "model's config.base_model_tp_plan.",
     )
     find_unused_parameters: bool = Field(
         False,
