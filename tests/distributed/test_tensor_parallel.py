@@ -15,6 +15,9 @@ from torch.utils.data import Dataset
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from ai_distributed_training import ConfigError, DistributedTraining, TrainingResult
+from ai_distributed_training.data import resolve_data
+from ai_distributed_training.models import resolve_model
+from ai_distributed_training.planner.counting import ModelCount, count_source, parameter_layout
 from tests.helpers import bitwise_equal, fsdp_initial_model
 
 # 12 heads of width 4: split evenly over 2, 3 and 4 workers.
@@ -73,9 +76,20 @@ def test_tp_trains_the_weights_ddp_trains(tp_run: TrainingResult) -> None:
     assert tp_run["samples_seen"] == ddp["samples_seen"]
     trained = tp_run["history"][-1]["samples_per_second"] * tp_run["train_time_s"]  # one epoch
     assert trained == pytest.approx(tp_run["samples_seen"], rel=1e-6)
-    # Each worker holds a quarter of every split matrix (embeddings and norms whole).
+    # Each worker holds a quarter of every split matrix (embeddings and norms whole), to the
+    # byte what the planner counts: fp32 weights, gradients and SGD's momentum.
     replica = ddp["model_state_bytes_per_worker"][0]
     assert max(tp_run["model_state_bytes_per_worker"]) < 0.45 * replica
+    held = _planned(GPT, TOKENS).tensor_parallel_parameters(4)
+    assert tp_run["model_state_bytes_per_worker"] == [12 * held] * 4
+
+
+def _planned(model: object, data: object) -> ModelCount:
+    """The planner's count of ``model`` (flops and activations left out for a Dataset)."""
+    if isinstance(data, Dataset):
+        rows, tp_dims = parameter_layout(resolve_model(model).build(resolve_data(data).info))
+        return ModelCount(0, 0, 0.0, 0.0, rows=rows, tp_dims=tp_dims)
+    return count_source(resolve_model(model), resolve_data(data).info)
 
 
 def test_tp_killed_worker_resumes_bitwise(tp_run: TrainingResult, tmp_path: Path) -> None:
@@ -109,6 +123,8 @@ def test_llama_fsdp_tp_and_tp_train_the_weights_ddp_trains(fsdp_tp_run: Training
     start = fsdp_initial_model(llama, Chains(), seed=0)  # the weights both are born with
     ddp = TRAINER.train_distributed(start, Chains(), nodes=2)
     _close(fsdp_tp_run, ddp)
+    held = _planned(llama, Chains()).tensor_parallel_parameters(2, dp=2)
+    assert fsdp_tp_run["model_state_bytes_per_worker"] == [12 * held] * 4
     tp = TRAINER.train_distributed(llama, Chains(), nodes=2, strategy="tp")  # 2 kv heads: 2
     _close(tp, ddp)
 

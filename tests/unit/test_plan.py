@@ -242,3 +242,23 @@ def test_the_fsdp_memory_formula_counts_dim0_padding_as_fsdp2_allocates_it(world
     assert count.sharded_parameters(world) == allocated
     if world == 4096:  # every parameter's rows padded to one per rank: 14x the even share
         assert allocated > 10 * count.parameters / world
+
+
+def test_tensor_parallel_memory_is_predicted_for_a_model_with_a_plan() -> None:
+    gpt = {"model_name": "gpt", "architecture": "transformer", "d_model": 64, "layers": 2,
+           "heads": 4}  # fmt: skip
+    tokens = {"samples": 256, "seq_len": 8, "vocab_size": 32}
+    result = DistributedTraining(batch_size=32, optimizer="sgd").plan(
+        gpt, tokens, (1, 4), hardware=profile()
+    )
+    one, four = result.rows
+    assert one.memory_tp_bytes == one.memory_ddp_bytes  # one worker holds it all
+    # At 4: the blocks' Linear weights a quarter each; embeddings, norms, head, rowwise biases
+    # whole: 12 bytes (weight, gradient, momentum) for each parameter held.
+    block = 4 * (64 * 64 + 64) + (64 * 256 + 256) + (256 * 64 + 64) + 4 * 64  # each layer's
+    split = 3 * (64 * 64 + 64) // 4 + 64 * 64 // 4 + 64 + (64 * 256 + 256) // 4 + 256 * 64 // 4
+    held = result.model.parameters - 2 * block + 2 * (split + 64 + 4 * 64)
+    assert four.memory_tp_bytes - one.memory_tp_bytes == 12 * (held - result.model.parameters)
+    assert "TP mem/wkr" in result.table()
+    assert plan(profile()).rows[0].memory_tp_bytes is None  # an MLP has no plan
+    assert "TP mem/wkr" not in plan(profile()).table()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +22,7 @@ from ..data import (
     example_batch,
 )
 from ..models import ModelSource
+from ..models.parallel_plan import resolved_plan
 from ..training.optim import loss_sum_fn
 
 
@@ -34,6 +36,9 @@ class ModelCount:
     activation_bytes_per_sample: float  # saved for backward
     #: Each parameter as (rows, elements per row): its dim 0, which FSDP shards, and the rest.
     rows: tuple[tuple[int, int], ...] = ()
+    #: Each parameter's dimension a tensor-parallel plan splits (0: rows, 1: the rest, -1:
+    #: kept whole), in the order of ``rows``; empty: the model has no plan.
+    tp_dims: tuple[int, ...] = ()
 
     def sharded_parameters(self, world_size: int) -> int:
         """Parameters each of ``world_size`` FSDP ranks holds: FSDP2 pads dim 0 of every
@@ -44,9 +49,28 @@ class ModelCount:
             return math.ceil(self.parameters / world_size)
         return sum(-(-rows // world_size) * per_row for rows, per_row in self.rows)
 
+    def tensor_parallel_parameters(self, tp: int, dp: int = 1) -> int | None:
+        """Parameters each worker holds in groups of ``tp`` that split the plan's matrices
+        (each slice rounded up), FSDP sharding the slices over ``dp`` groups (dim 0 padded
+        as :meth:`sharded_parameters`); None without a plan."""
+        if not self.tp_dims:
+            return None
+        total = 0
+        for (rows, per_row), dim in zip(self.rows, self.tp_dims, strict=True):
+            rows, per_row = (
+                -(-rows // tp) if dim == 0 else rows,
+                -(-per_row // tp) if dim == 1 else per_row,
+            )
+            total += -(-rows // dp) * per_row
+        return total
+
 
 def count_model(
-    model: nn.Module, input_shape: tuple[int, ...], task: str, tokens: bool = False
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    task: str,
+    tokens: bool = False,
+    tp_plan: Mapping[str, str] | None = None,
 ) -> ModelCount:
     """Count ``model`` (moved to the meta device: no memory, no compute).
 
@@ -63,14 +87,37 @@ def count_model(
     ]
     blocks = [sum(p.numel() for p in unit.parameters()) for unit in units]
     params = sum(p.numel() for p in model.parameters())
-    shapes = [tuple(p.shape) or (1,) for p in model.parameters()]
+    rows, tp_dims = parameter_layout(model, tp_plan)
     return ModelCount(
         parameters=params,
         largest_block_parameters=max(blocks, default=params) or params,
         flops_per_sample=(flops_4 - flops_2) / 2,
         activation_bytes_per_sample=max(0.0, (saved_4 - saved_2) / 2),
-        rows=tuple((shape[0], math.prod(shape[1:])) for shape in shapes),
+        rows=rows,
+        tp_dims=tp_dims,
     )
+
+
+def parameter_layout(
+    model: nn.Module, tp_plan: Mapping[str, str] | None = None
+) -> tuple[tuple[tuple[int, int], ...], tuple[int, ...]]:
+    """``(rows, tp_dims)`` of :class:`ModelCount`: each parameter as (dim 0, elements per row),
+    and the dimension ``model``'s tensor-parallel plan (``tp_plan``, or its own) splits, as
+    ``parallelize_module`` splits them: a colwise Linear's weight and bias by rows, a colwise
+    Embedding's weight by columns, a rowwise Linear's weight by columns (its bias whole)."""
+    shapes = [tuple(p.shape) or (1,) for p in model.parameters()]
+    rows = tuple((shape[0], math.prod(shape[1:])) for shape in shapes)
+    try:
+        plan = resolved_plan(model, tp_plan)
+    except ValueError:  # no plan
+        return rows, ()
+    dims: dict[str, int] = {}
+    for name, style in plan.items():
+        module = model.get_submodule(name)
+        colwise = style == "colwise" and not isinstance(module, nn.Embedding)
+        dims[f"{name}.weight"] = 0 if colwise else 1
+        dims[f"{name}.bias"] = 0 if colwise else -1
+    return rows, tuple(dims.get(name, -1) for name, _ in model.named_parameters())
 
 
 def _count(model: nn.Module, info: DataInfo, batch: int) -> tuple[float, float]:
@@ -94,15 +141,18 @@ def _count(model: nn.Module, info: DataInfo, batch: int) -> tuple[float, float]:
     return float(counter.get_total_flops()), float(sum(saved.values()))
 
 
-def count_source(model: ModelSource, info: DataInfo) -> ModelCount:
+def count_source(
+    model: ModelSource, info: DataInfo, tp_plan: Mapping[str, str] | None = None
+) -> ModelCount:
     """``model`` counted on the meta device: specs and factories are built there (no memory, no
-    weights); the caller's own module is copied first, never moved."""
+    weights); the caller's own module is copied first, never moved. ``tp_plan``: the user's
+    tensor-parallel plan (else the model's own, if it has one)."""
     if model.module is not None:
         module = copy.deepcopy(model.module)
     else:
         with torch.device("meta"):
             module = model.build(info)
-    return count_model(module, info.input_shape, info.task, info.tokens)
+    return count_model(module, info.input_shape, info.task, info.tokens, tp_plan)
 
 
 def data_bytes_per_worker(source: DataSource) -> int:

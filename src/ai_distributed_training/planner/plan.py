@@ -74,6 +74,8 @@ class Row:
     memory_fsdp_bytes: int
     strategy: str  # "ddp", "fsdp" or "none fits"
     recommended: bool = False
+    #: With tensor parallelism over all the workers ("tp"); None: the model has no plan.
+    memory_tp_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -98,21 +100,23 @@ class Plan:
     def table(self) -> str:
         """A readable table plus the recommendation and the inputs it rests on."""
         m, hw = self.model, self.hardware
+        tp = " TP mem/wkr" if m.tp_dims else ""  # a model with a tensor-parallel plan
         lines = [
             f"hardware: {hw.name}",
             f"model: {m.parameters:,} parameters, {m.flops_per_sample / 1e6:.3g} MFLOP/sample "
             f"(forward + backward), {m.activation_bytes_per_sample / 1e3:.3g} kB activations/"
             f"sample; global batch {self.global_batch}, {self.train_samples:,} training samples",
             f"{'nodes':>6} {'batch/wkr':>9} {'step ms':>9} {'comm ms':>8} {'samples/s':>11} "
-            f"{'effic.':>6} {'DDP mem/wkr':>11} {'FSDP mem/wkr':>12}  strategy",
+            f"{'effic.':>6} {'DDP mem/wkr':>11} {'FSDP mem/wkr':>12}{tp}  strategy",
         ]
         for r in self.rows:
             mark = "  <- recommended" if r.recommended else ""
+            tp_bytes = f" {_size(r.memory_tp_bytes):>10}" if r.memory_tp_bytes is not None else ""
             lines.append(
                 f"{r.nodes:>6} {r.per_worker_batch:>9} {r.step_time_s * 1e3:>9.2f} "
                 f"{r.communication_s * 1e3:>8.2f} {r.samples_per_second:>11,.0f} "
                 f"{r.efficiency:>6.2f} {_size(r.memory_ddp_bytes):>11} "
-                f"{_size(r.memory_fsdp_bytes):>12}  {r.strategy}{mark}"
+                f"{_size(r.memory_fsdp_bytes):>12}{tp_bytes}  {r.strategy}{mark}"
             )
         best = self.recommended
         below = [r.nodes for r in self.rows if r.efficiency < self.threshold]
@@ -221,6 +225,20 @@ def _memory(
     return int(ddp), int(fsdp)
 
 
+def _tp_memory(
+    n: int, batch: int, m: ModelCount, hw: HardwareProfile, data: int, optimizer: str
+) -> int | None:
+    """Bytes per worker with tensor parallelism over all ``n`` workers (``"tp"``): the plan's
+    slices and the whole rest; every worker runs the whole global ``batch`` (its activations
+    counted whole: an upper bound, the split layers' are 1/n). None without a plan."""
+    held = m.tensor_parallel_parameters(n)
+    if held is None:
+        return None
+    activations = batch * m.activation_bytes_per_sample
+    state = _bytes_per_parameter(optimizer) * held
+    return int(hw.worker_baseline_bytes + data + activations + state)
+
+
 def make_plan(
     model: ModelSource,
     data: DataSource,
@@ -232,7 +250,7 @@ def make_plan(
     """Predict every node count in ``nodes`` for this model, data, settings and hardware."""
     info, loop = data.info, sections.loop
     check_plannable(info, "the planner", model)
-    count = count_source(model, info)
+    count = count_source(model, info, sections.parallel.tp_plan)
     timed = _time_model_here(model, info, sections, count, hardware)
     # This model's own speed on this machine beats the probe's; it rates this plan's compute
     # only: the profile itself (what --save-hardware writes) stays model-independent.
@@ -269,6 +287,7 @@ def make_plan(
                 memory_ddp_bytes=ddp,
                 memory_fsdp_bytes=fsdp,
                 strategy=strategy,
+                memory_tp_bytes=_tp_memory(n, batch, count, hardware, data_bytes, optimizer),
             )
         )
     rows = _with_efficiency(rows, hardware, threshold)
