@@ -82,6 +82,8 @@ def test_tp_trains_the_weights_ddp_trains(tp_run: TrainingResult) -> None:
     assert max(tp_run["model_state_bytes_per_worker"]) < 0.45 * replica
     held = _planned(GPT, TOKENS).tensor_parallel_parameters(4)
     assert tp_run["model_state_bytes_per_worker"] == [12 * held] * 4
+    two_d = TRAINER.train_distributed(GPT, TOKENS, nodes=4, strategy="fsdp+tp", tp_size=2)
+    _close(two_d, ddp)
 
 
 def _planned(model: object, data: object) -> ModelCount:
