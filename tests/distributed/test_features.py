@@ -57,7 +57,10 @@ def test_clipping_uses_the_global_gradient_norm() -> None:
     _close(two, one)  # a per-rank norm would clip differently on 2 ranks
 
 
-def test_lr_schedule_is_stepped_per_optimizer_step_and_reported() -> None:
+def test_lr_schedule_and_evaluations_survive_a_restart_exactly() -> None:
+    """The schedule steps per optimizer step (warmup, then cosine) and is reported in epoch and
+    step records; an evaluation every 3 steps writes eval records; killed at step 5 and
+    restarted from a checkpoint, the job ends bitwise where the uninterrupted one did."""
     trainer = DistributedTraining(
         epochs=3,
         batch_size=50,
@@ -65,22 +68,25 @@ def test_lr_schedule_is_stepped_per_optimizer_step_and_reported() -> None:
         warmup_steps=2,
         learning_rate=0.01,
         log_every_steps=2,
+        eval_every=3,
+        checkpoint_every=2,
     )
-    result = trainer.train_distributed(MODEL, {"samples": 222, "features": 4}, nodes=2)
+    data = {"samples": 222, "features": 4}
+    plain = trainer.train_distributed(MODEL, data, nodes=2)
     steps_per_epoch = -(-199 // 50)  # 222 - 22 held out = 200 -> 4 steps
     factor = lr_factor(sections_of(trainer.resolve_settings()).optim, 3 * steps_per_epoch)
-    for epoch, record in enumerate(result["history"], start=1):
+    for epoch, record in enumerate(plain["history"], start=1):
         assert record["lr"] == pytest.approx(0.01 * factor(epoch * steps_per_epoch))
-    steps, _ = read_records(Path(result["run_dir"]))
+    steps, _ = read_records(Path(plain["run_dir"]))
     assert all("lr" in s for s in steps)
-
-
-def test_lr_schedule_survives_a_restart_exactly() -> None:
-    trainer = DistributedTraining(
-        epochs=2, batch_size=50, lr_schedule="linear", warmup_ratio=0.2, checkpoint_every=2
-    )
-    data = {"samples": 400, "features": 4}
-    plain = trainer.train_distributed(MODEL, data, nodes=2)
+    records = [
+        json.loads(line)
+        for line in (Path(plain["run_dir"]) / "metrics.jsonl").read_text().splitlines()
+    ]
+    evals = [r for r in records if r["type"] == "eval"]
+    # Steps 4, 8 and 12 end an epoch, whose own evaluation covers them.
+    assert [r["step"] for r in evals] == [3, 6, 9]
+    assert all("val_loss" in r and "val_accuracy" in r for r in evals)
     restarted = trainer.train_distributed(
         MODEL,
         data,
@@ -147,20 +153,6 @@ def test_validation_covers_every_sample_exactly_once_with_user_metrics() -> None
         ]
     )
     assert float(val_targets[padded].mean()) != pytest.approx(float(val_targets.mean()))
-
-
-def test_eval_every_steps_writes_eval_records() -> None:
-    result = DistributedTraining(epochs=2, batch_size=20, eval_every=3).train_distributed(
-        MODEL, {"samples": 200, "features": 4}, nodes=2
-    )
-    records = [
-        json.loads(line)
-        for line in (Path(result["run_dir"]) / "metrics.jsonl").read_text().splitlines()
-    ]
-    evals = [r for r in records if r["type"] == "eval"]
-    # 9 steps per epoch; steps 9 and 18 end an epoch, whose own evaluation covers them.
-    assert [r["step"] for r in evals] == [3, 6, 12, 15]
-    assert all("val_loss" in r and "val_accuracy" in r for r in evals)
 
 
 class WorkerStateProbe(Callback):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 from torch.utils.data import Dataset
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -149,6 +150,29 @@ def test_fsdp_tp_checkpoint_of_2_by_2_resumes_on(
         llama, Chains(), nodes=nodes, strategy="fsdp+tp", tp_size=tp_size, resume=str(step_3)
     )  # one group of 2; three groups of 1 (FSDP alone)
     _close(resumed, fsdp_tp_run)
+
+
+def dropout_mlp() -> nn.Module:
+    """Dropout on activations every worker of a group holds whole (after the rowwise layer)."""
+    return nn.Sequential(nn.Linear(8, 12), nn.ReLU(), nn.Linear(12, 8), nn.Dropout(0.5),
+                         nn.Linear(8, 2))  # fmt: skip
+
+
+def test_a_groups_workers_draw_the_same_dropout_also_after_a_resume_elsewhere(
+    tmp_path: Path,
+) -> None:
+    """Workers of a group that drew other dropout masks would compute different whole
+    activations: their whole parameters (the last Linear) would drift apart."""
+    data, plan = {"samples": 256, "features": 8}, {"0": "colwise", "2": "rowwise"}
+    trainer = DistributedTraining(epochs=2, batch_size=32, runs_dir=None, tp_plan=plan)
+    first = trainer.train_distributed(
+        dropout_mlp, data, nodes=2, strategy="tp", checkpoint_dir=str(tmp_path), checkpoint_every=3
+    )
+    assert first["weights_in_sync"]
+    resumed = trainer.train_distributed(  # reseeded: another number of workers
+        dropout_mlp, data, nodes=3, strategy="tp", resume=str(tmp_path / "step-00000012.dcp")
+    )
+    assert resumed["resumed_from"] and resumed["weights_in_sync"]
 
 
 def test_tensor_parallel_refusals_name_the_value() -> None:

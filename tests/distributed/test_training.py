@@ -167,7 +167,7 @@ def test_replica_check_detects_workers_that_drift_apart() -> None:
     data = {"samples": 60, "features": 4}
     with pytest.warns(UserWarning, match="the workers ended with different weights"):
         assert trainer.train_distributed(Desync, data, nodes=2)["weights_in_sync"] is False
-    assert trainer.train_distributed(lambda: nn.Linear(4, 2), data, nodes=2)["weights_in_sync"]
+    # (Replicas in sync report True: asserted by test_same_weights_for_1_2_and_3_nodes.)
 
 
 def test_job_level_lines_once_and_worker_lines_tagged(
@@ -186,14 +186,6 @@ def test_job_level_lines_once_and_worker_lines_tagged(
     assert sum(m.startswith("Distributed training complete.") for m in messages) == 1
 
 
-def test_quiet_by_default(capfd: pytest.CaptureFixture[str]) -> None:
-    DistributedTraining(epochs=1, batch_size=32).train_distributed(
-        SMALL_MODEL, {"samples": 100, "features": 4}, nodes=2
-    )
-    captured = capfd.readouterr()
-    assert "[adt" not in captured.err and captured.out == ""
-
-
 class Doubling(DistributedTraining):
     """A user subclass overriding train_distributed and calling super()."""
 
@@ -205,9 +197,11 @@ class Doubling(DistributedTraining):
         return result
 
 
-def test_user_subclass_override_calls_super() -> None:
+def test_user_subclass_override_calls_super_quietly(capfd: pytest.CaptureFixture[str]) -> None:
     result = Doubling(epochs=1).train_distributed(
         SMALL_MODEL, {"samples": 80, "features": 3}, nodes=2, batch_size=16
     )
     assert result["double_checked"] and result["nodes_used"] == 2
     assert result["global_batch_size"] == 16
+    captured = capfd.readouterr()  # quiet by default: no log lines, nothing printed
+    assert "[adt" not in captured.err and captured.out == ""

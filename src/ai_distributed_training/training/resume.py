@@ -151,17 +151,20 @@ def restore(
     restore this rank's RNG; returns this rank's partial epoch sums. Collective."""
     strategy.load_checkpoint(resume, stateful)
     step = int(resume["loop"]["step"])
-    return restore_rank_state(resume, strategy.rank, strategy.world_size, seed, step)
+    return restore_rank_state(
+        resume, strategy.rank, strategy.world_size, seed, step, stream=strategy.data.rank
+    )
 
 
 def restore_rank_state(
-    resume: dict[str, Any], rank: int, world_size: int, seed: int, step: int
+    resume: dict[str, Any], rank: int, world_size: int, seed: int, step: int, *, stream: int
 ) -> torch.Tensor:
     """Restore this rank's RNG and partial epoch sums from a checkpoint; returns the sums.
 
     With the same number of ranks, each rank gets back exactly its own state (bitwise resume).
-    With another number, RNG streams are reseeded from (seed, step, rank) and the partial sums
-    are carried by rank 0, so epoch metrics stay correct.
+    With another number, RNG streams are reseeded from (seed, step, ``stream``: the rank's data
+    rank, which tensor-parallel peers share, so their dropout stays the same) and the partial
+    sums are carried by rank 0, so epoch metrics stay correct.
     """
     ranks = resume["ranks"]
     if len(ranks) == world_size:
@@ -174,7 +177,7 @@ def restore_rank_state(
             len(ranks),
             world_size,
         )
-    torch.manual_seed(seed + 7919 * (step + 1) + rank)
+    torch.manual_seed(seed + 7919 * (step + 1) + stream)
     if rank == 0:
         return torch.stack([torch.as_tensor(r["epoch_stats"]) for r in ranks]).sum(0)
     return torch.zeros_like(torch.as_tensor(ranks[0]["epoch_stats"]))
