@@ -24,9 +24,11 @@ from tests.helpers import bitwise_equal, fsdp_initial_model
 # 12 heads of width 4: split evenly over 2, 3 and 4 workers.
 GPT = {"model_name": "gpt", "architecture": "transformer", "d_model": 48, "layers": 2, "heads": 12}
 TOKENS = {"samples": 320, "seq_len": 8, "vocab_size": 32}
-TRAINER = DistributedTraining(
-    epochs=1, batch_size=32, learning_rate=0.05, optimizer="sgd", checkpoint_every=3, runs_dir=None
-)
+SETTINGS = {"epochs": 1, "batch_size": 32, "learning_rate": 0.05, "optimizer": "sgd",
+            "checkpoint_every": 3, "runs_dir": None}  # fmt: skip
+TRAINER = DistributedTraining(**SETTINGS)
+# The Llama runs clip every step: the global norm over split and whole gradients.
+LLAMA_TRAINER = DistributedTraining(**SETTINGS, max_grad_norm=0.05)
 
 
 class Chains(Dataset[dict[str, torch.Tensor]]):
@@ -116,7 +118,7 @@ def test_tp_checkpoint_of_4_workers_resumes_on(nodes: int, tp_run: TrainingResul
 def fsdp_tp_run(tmp_path_factory: pytest.TempPathFactory) -> TrainingResult:
     """A Llama from a config on 2 groups of 2 workers, checkpointed every 3 steps."""
     ckpt = tmp_path_factory.mktemp("fsdp_tp") / "ckpt"
-    return TRAINER.train_distributed(
+    return LLAMA_TRAINER.train_distributed(
         llama, Chains(), nodes=4, strategy="fsdp+tp", tp_size=2, checkpoint_dir=str(ckpt),
         keep_checkpoints=10,
     )  # fmt: skip
@@ -124,16 +126,16 @@ def fsdp_tp_run(tmp_path_factory: pytest.TempPathFactory) -> TrainingResult:
 
 def test_llama_fsdp_tp_and_tp_train_the_weights_ddp_trains(fsdp_tp_run: TrainingResult) -> None:
     start = fsdp_initial_model(llama, Chains(), seed=0)  # the weights both are born with
-    ddp = TRAINER.train_distributed(start, Chains(), nodes=2)
+    ddp = LLAMA_TRAINER.train_distributed(start, Chains(), nodes=2)
     _close(fsdp_tp_run, ddp)
     held = _planned(llama, Chains()).tensor_parallel_parameters(2, dp=2)
     assert fsdp_tp_run["model_state_bytes_per_worker"] == [12 * held] * 4
-    tp = TRAINER.train_distributed(llama, Chains(), nodes=2, strategy="tp")  # 2 kv heads: 2
+    tp = LLAMA_TRAINER.train_distributed(llama, Chains(), nodes=2, strategy="tp")  # 2 kv heads: 2
     _close(tp, ddp)
 
 
 def test_fsdp_tp_killed_worker_resumes_bitwise(fsdp_tp_run: TrainingResult, tmp_path: Path) -> None:
-    killed = TRAINER.train_distributed(
+    killed = LLAMA_TRAINER.train_distributed(
         llama, Chains(), nodes=4, strategy="fsdp+tp", tp_size=2, checkpoint_dir=str(tmp_path),
         max_restarts=1, fault_injection=[{"kind": "kill", "rank": 3, "step": 5}],
     )  # fmt: skip
@@ -146,7 +148,7 @@ def test_fsdp_tp_checkpoint_of_2_by_2_resumes_on(
     nodes: int, tp_size: int, fsdp_tp_run: TrainingResult
 ) -> None:
     step_3 = Path(fsdp_tp_run["checkpoint_dir"]) / "step-00000003.dcp"
-    resumed = TRAINER.train_distributed(
+    resumed = LLAMA_TRAINER.train_distributed(
         llama, Chains(), nodes=nodes, strategy="fsdp+tp", tp_size=tp_size, resume=str(step_3)
     )  # one group of 2; three groups of 1 (FSDP alone)
     _close(resumed, fsdp_tp_run)

@@ -95,9 +95,10 @@ class TPStrategy(FSDPStrategy):
         completed over its mesh) or replicated (plain tensors: the same on every peer)."""
         grads = [p.grad for p in wrapped.parameters() if p.grad is not None]
         total = math.sqrt(float(_squared(grads, self.device)))
-        if total > max_norm:
+        coefficient = min(max_norm / (total + 1e-6), 1.0)  # torch's clip_grad_norm_'s
+        if coefficient < 1.0:
             for g in grads:
-                local_part(g).mul_(max_norm / (total + 1e-6))
+                local_part(g).mul_(coefficient)
         return total
 
 
