@@ -191,5 +191,13 @@ def test_tensor_parallel_refusals_name_the_value() -> None:
         TRAINER.train_distributed(
             GPT, TOKENS, nodes=2, strategy="tp", tp_plan={"nothing.*": "colwise"}
         )
+    data = {"samples": 64, "features": 8}  # dropout_mlp: Linear(8, 12) colwise, (12, 8) rowwise
+    plan = {"0": "colwise", "2": "rowwise"}
+    with pytest.raises(ConfigError, match=r"0\.weight has 12 along its split dimension 0, which 5"):
+        TRAINER.train_distributed(dropout_mlp, data, nodes=5, strategy="tp", tp_plan=plan)
+    with pytest.raises(ConfigError, match=r"'1': the tensor-parallel plan splits it colwise, but"):
+        TRAINER.train_distributed(
+            dropout_mlp, data, nodes=2, strategy="tp", tp_plan={"1": "colwise"}
+        )
     with pytest.raises(ConfigError, match=r"tp_size and tp_plan are settings of strategy"):
         TRAINER.train_distributed(GPT, TOKENS, nodes=2, tp_size=2)

@@ -150,19 +150,23 @@ class ParallelSection:
     use_gpus: bool
 
     @property
+    def tensor_parallel(self) -> bool:
+        """Whether the strategy splits matrices over groups of workers ('tp', 'fsdp+tp')."""
+        return self.strategy in ("tp", "fsdp+tp")
+
+    @property
     def shards_model(self) -> bool:
         """Whether no worker holds the whole model: FSDP's shards, tensor parallelism's
         slices (or both)."""
-        return self.strategy in ("fsdp", "tp", "fsdp+tp")
+        return self.strategy == "fsdp" or self.tensor_parallel
 
     def __post_init__(self) -> None:
-        tensor_parallel = self.strategy in ("tp", "fsdp+tp")
-        if not tensor_parallel and (self.tp_size is not None or self.tp_plan is not None):
+        if not self.tensor_parallel and (self.tp_size is not None or self.tp_plan is not None):
             raise ConfigError(
                 f"tp_size and tp_plan are settings of strategy 'tp' or 'fsdp+tp' (this job's "
                 f"is {self.strategy!r})"
             )
-        if tensor_parallel and self.compile:
+        if self.tensor_parallel and self.compile:
             raise ConfigError(
                 f"compile is not supported with strategy={self.strategy!r} yet; use compile=False"
             )

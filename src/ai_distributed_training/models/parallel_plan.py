@@ -41,6 +41,22 @@ def resolved_plan(model: nn.Module, user_plan: Mapping[str, str] | None) -> dict
     return resolved
 
 
+def split_dims(module: nn.Module, style: str) -> dict[str, int]:
+    """How ``parallelize_module`` splits ``module``'s own parameters in ``style``: the split
+    dimension by parameter name (a parameter not named stays whole on every rank of the
+    group). A colwise Linear splits its weight's and bias's rows (outputs), a rowwise one its
+    weight's columns (inputs; its bias is added once, whole); a colwise Embedding splits its
+    weight's columns (the embedding width). Raises ValueError for another module."""
+    if isinstance(module, nn.Linear):
+        return {"weight": 0, "bias": 0} if style == "colwise" else {"weight": 1}
+    if isinstance(module, nn.Embedding) and style == "colwise":
+        return {"weight": 1}
+    raise ValueError(
+        f"the tensor-parallel plan splits it {style}, but it is a {type(module).__name__}: "
+        "plans split nn.Linear layers (colwise: also nn.Embedding)"
+    )
+
+
 def model_plan(model: nn.Module, user_plan: Mapping[str, str] | None) -> tuple[dict[str, str], str]:
     """``(plan, whose)``: the user's plan, the built-in transformer's, or a Hugging Face
     model's ``base_model_tp_plan`` under its base model's prefix."""

@@ -22,7 +22,7 @@ from ..data import (
     example_batch,
 )
 from ..models import ModelSource
-from ..models.parallel_plan import resolved_plan
+from ..models.parallel_plan import resolved_plan, split_dims
 from ..training.optim import loss_sum_fn
 
 
@@ -102,21 +102,18 @@ def parameter_layout(
     model: nn.Module, tp_plan: Mapping[str, str] | None = None
 ) -> tuple[tuple[tuple[int, int], ...], tuple[int, ...]]:
     """``(rows, tp_dims)`` of :class:`ModelCount`: each parameter as (dim 0, elements per row),
-    and the dimension ``model``'s tensor-parallel plan (``tp_plan``, or its own) splits, as
-    ``parallelize_module`` splits them: a colwise Linear's weight and bias by rows, a colwise
-    Embedding's weight by columns, a rowwise Linear's weight by columns (its bias whole)."""
+    and the dimension ``model``'s tensor-parallel plan (``tp_plan``, or its own) splits (see
+    :func:`~..models.parallel_plan.split_dims`)."""
     shapes = [tuple(p.shape) or (1,) for p in model.parameters()]
     rows = tuple((shape[0], math.prod(shape[1:])) for shape in shapes)
     try:
-        plan = resolved_plan(model, tp_plan)
-    except ValueError:  # no plan
+        dims = {
+            f"{name}.{param}": dim
+            for name, style in resolved_plan(model, tp_plan).items()
+            for param, dim in split_dims(model.get_submodule(name), style).items()
+        }
+    except ValueError:  # no plan, or one no worker could apply (prepare refuses it)
         return rows, ()
-    dims: dict[str, int] = {}
-    for name, style in plan.items():
-        module = model.get_submodule(name)
-        colwise = style == "colwise" and not isinstance(module, nn.Embedding)
-        dims[f"{name}.weight"] = 0 if colwise else 1
-        dims[f"{name}.bias"] = 0 if colwise else -1
     return rows, tuple(dims.get(name, -1) for name, _ in model.named_parameters())
 
 

@@ -11,7 +11,7 @@ from torch import nn
 from ..config.sections import Sections
 from ..errors import ConfigError
 from ..models import Models
-from ..models.parallel_plan import resolved_plan
+from ..models.parallel_plan import resolved_plan, split_dims
 from ..models.transformer import DecoderBlock
 from ..topology import Topology
 
@@ -26,7 +26,7 @@ def check_tensor_parallel(
             a matrix or head count the group cannot split evenly, naming them.
     """
     parallel, world = sections.parallel, topology.world_size
-    if parallel.strategy not in ("tp", "fsdp+tp"):
+    if not parallel.tensor_parallel:
         return {}
     tp = _group_size(parallel.strategy, parallel.tp_size, world)
     models = dict(skeleton.items()) if isinstance(skeleton, Models) else {"": skeleton}
@@ -62,25 +62,20 @@ def _group_size(strategy: str, tp_size: int | None, world: int) -> int:
 
 
 def _check_splits(module: nn.Module, name: str, style: str, tp: int) -> None:
-    """A planned module is a Linear (or, colwise, an Embedding) whose split side divides."""
-    if isinstance(module, nn.Linear):
-        size, side = (
-            (module.out_features, "out_features")
-            if style == "colwise"
-            else (module.in_features, "in_features")
-        )
-    elif isinstance(module, nn.Embedding) and style == "colwise":
-        size, side = module.embedding_dim, "embedding_dim"
-    else:
-        raise ConfigError(
-            f"the tensor-parallel plan splits {name!r} {style}, but it is a "
-            f"{type(module).__name__}: plans split nn.Linear layers (colwise: also nn.Embedding)"
-        )
-    if size % tp:
-        raise ConfigError(
-            f"{name!r} has {side}={size}, which {tp} tensor-parallel workers cannot split "
-            "evenly: choose a number of workers (or tp_size) that divides it"
-        )
+    """A planned module is one the styles split (:func:`split_dims`), each split dimension
+    a multiple of the group."""
+    try:
+        dims = split_dims(module, style)
+    except ValueError as error:
+        raise ConfigError(f"{name!r}: {error}") from None
+    for param, dim in dims.items():
+        tensor = getattr(module, param, None)  # a Linear without bias has None
+        if tensor is not None and tensor.shape[dim] % tp:
+            raise ConfigError(
+                f"{name}.{param} has {tensor.shape[dim]} along its split dimension {dim}, which "
+                f"{tp} tensor-parallel workers cannot split evenly: choose a number of workers "
+                "(or tp_size) that divides it"
+            )
 
 
 def _check_heads(model: nn.Module, tp: int) -> None:

@@ -39,7 +39,7 @@ def make_strategy(
     backend = "inductor" if parallel.compile is True else parallel.compile or None
     # Mixed precision on GPU: blocks compute in bf16 (fp16), gradients are reduced in fp32.
     param_dtype = compute_dtype if device.type == "cuda" else None
-    if parallel.strategy in ("tp", "fsdp+tp"):
+    if parallel.tensor_parallel:
         from .tp import TPStrategy  # DTensor's modules: not for every DDP worker
 
         return TPStrategy(
