@@ -20,6 +20,7 @@ if TYPE_CHECKING:
         NonFiniteError,
         RankFailure,
         RendezvousFailedError,
+        SimulationError,
         TrainingInterrupted,
         WorkerFailedError,
     )
@@ -42,6 +43,7 @@ _EXPORTS = {
     "NonFiniteError": "errors",
     "RankFailure": "errors",
     "RendezvousFailedError": "errors",
+    "SimulationError": "errors",
     "SyntheticDataSpec": "config",
     "TrainingInterrupted": "errors",
     "TrainingResult": "result",
@@ -61,6 +63,7 @@ __all__ = [
     "NonFiniteError",
     "RankFailure",
     "RendezvousFailedError",
+    "SimulationError",
     "SyntheticDataSpec",
     "TrainingInterrupted",
     "TrainingResult",

@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import TrainingSettings, validate
 from .config.sections import sections_of
@@ -23,11 +23,14 @@ from .errors import ConfigError, TrainingInterrupted, warn_user
 from .host import terminating_signals_raise
 from .models import resolve_model
 from .planner import HardwareProfile, Plan, make_plan, resolve_profile
-from .planner.plan import node_counts
+from .planner.plan import node_counts, with_simulated_memory
 from .prepare import prepare
 from .result import TrainingResult
 from .run import run
 from .topology import detect_environment
+
+if TYPE_CHECKING:  # the simulation loads torch's fake tensors and trackers: only when used
+    from .simulate import Simulation
 
 
 class DistributedTraining:
@@ -97,6 +100,7 @@ class DistributedTraining:
         hardware: str | Path | HardwareProfile | None = None,
         calibrate: bool = False,
         threshold: float = 0.8,
+        simulate: bool = False,
         **settings: Any,
     ) -> Plan:
         """Predict memory per worker, step time, samples/s and scaling efficiency for node
@@ -107,6 +111,9 @@ class DistributedTraining:
         on first use or when ``calibrate=True``), a preset name (see
         :data:`~.planner.PRESETS`), a profile YAML path, or a :class:`HardwareProfile`.
         ``threshold``: the scaling efficiency under which more nodes are not recommended.
+        ``simulate``: the DDP and FSDP memory per worker of each node count from a simulation
+        of the job's real step at that size (:meth:`simulate`, slower: seconds per size for a
+        small model) instead of the formulas; a size the job refuses keeps the formulas'.
 
         Raises:
             ConfigError: bad settings, node counts, threshold or hardware; before any probe.
@@ -121,7 +128,57 @@ class DistributedTraining:
         )
         profile = resolve_profile(hardware, calibrate)
         sections = sections_of(resolved)
-        return make_plan(model_source, data_source, sections, profile, counts, threshold)
+        plan = make_plan(model_source, data_source, sections, profile, counts, threshold)
+        if not simulate:
+            return plan
+        by_strategy = [
+            self.simulate(model, data, counts, profile, **{**settings, "strategy": strategy})
+            for strategy in ("ddp", "fsdp")
+        ]
+        ddp, fsdp = (sim.needed_bytes() for sim in by_strategy)
+        return with_simulated_memory(plan, ddp, fsdp, threshold)
+
+    def simulate(
+        self,
+        model: Any,
+        data: Any,
+        nodes: int | Sequence[int] = 4096,
+        hardware: str | Path | HardwareProfile | None = None,
+        ranks: Sequence[int] | None = None,
+        steps: int = 2,
+        fake_tensors: bool | None = None,
+        **settings: Any,
+    ) -> Simulation:
+        """Run this job's real step as chosen ranks of a world of ``nodes`` workers (or of
+        each world size in a list), in processes on this host posing as those ranks on
+        torch's fake process group: memory by category, collectives and their bytes, data
+        share and checkpoint bytes per rank, a step time predicted for ``hardware``, and what
+        would fail at that size (a rank without data or parameters, out of memory). Trains
+        nothing; the weights are meaningless.
+
+        ``ranks``: default the first, the last and those with the smallest and largest data
+        share. ``fake_tensors``: run on shapes only (no memory for the weights); default for a
+        model above 1 GiB of weights. ``hardware``: as for :meth:`plan`.
+
+        Raises:
+            ConfigError: bad settings, node counts, ranks or hardware; every size refused.
+            SimulationError: the simulation's own process failed.
+        """
+        from .simulate import simulate as simulate_job
+
+        counts = [nodes] if isinstance(nodes, int) else list(nodes)
+        resolved = self.resolve_settings(**settings)
+        profile = resolve_profile(hardware, recalibrate=False)
+        return simulate_job(
+            model,
+            data,
+            resolved,
+            nodes=counts,
+            hardware=profile,
+            ranks=ranks,
+            steps=steps,
+            fake_tensors=fake_tensors,
+        )
 
 
 class GPUAcceleratedTraining(DistributedTraining):

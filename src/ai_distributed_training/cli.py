@@ -1,4 +1,4 @@
-"""The ``adt`` command: ``train``, ``plan``, ``report`` and ``doctor``.
+"""The ``adt`` command: ``train``, ``plan``, ``simulate``, ``report`` and ``doctor``.
 
 Exit codes: 0 success; 2 usage or config error (one clear line, no traceback); 1 training failure
 (naming the failing rank) or a failed doctor check.
@@ -20,7 +20,7 @@ from typing import Any
 from . import __version__
 from .api import DistributedTraining
 from .config import TrainingSettings, runfile
-from .errors import ConfigError, RendezvousFailedError, WorkerFailedError
+from .errors import ConfigError, RendezvousFailedError, SimulationError, WorkerFailedError
 from .host import available_cores, check_writable_dir
 from .launch import probe
 from .launch.elastic import launch_local
@@ -59,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
 
     _train_parser(sub)
     _plan_parser(sub)
+    _simulate_parser(sub)
     report = sub.add_parser("report", help="re-render a run's report.html and plots")
     report.add_argument("run_dir", metavar="RUN_DIR")
 
@@ -108,6 +109,15 @@ def _train_parser(sub: Any) -> None:
     )
 
 
+def _job_arguments(parser: argparse.ArgumentParser, *, nodes: str) -> None:
+    """The job's inputs as ``adt train`` takes them, and a list of node counts."""
+    parser.add_argument("--config", metavar="FILE", help="YAML run config (as for adt train)")
+    parser.add_argument(
+        "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="override"
+    )
+    parser.add_argument("--nodes", type=int, nargs="+", metavar="N", help=nodes)
+
+
 def _plan_parser(sub: Any) -> None:
     """``adt plan``: the same inputs as ``adt train``, node counts, hardware, outputs."""
     plan = sub.add_parser(
@@ -117,13 +127,7 @@ def _plan_parser(sub: Any) -> None:
         "for N = 1, 2, 4, ..., 1024 workers on the given hardware, from the same --config "
         "and --set options as 'adt train'.",
     )
-    plan.add_argument("--config", metavar="FILE", help="YAML run config (as for adt train)")
-    plan.add_argument(
-        "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="override"
-    )
-    plan.add_argument(
-        "--nodes", type=int, nargs="+", metavar="N", help="node counts (default 1 2 4 ... 1024)"
-    )
+    _job_arguments(plan, nodes="node counts (default 1 2 4 ... 1024)")
     plan.add_argument(
         "--hardware",
         default=THIS_MACHINE,
@@ -137,11 +141,58 @@ def _plan_parser(sub: Any) -> None:
     plan.add_argument(
         "--threshold", type=float, default=0.8, help="lowest acceptable scaling efficiency"
     )
+    plan.add_argument(
+        "--simulate",
+        action="store_true",
+        help="memory per worker from a simulation of the real step at each size (slower)",
+    )
     plan.add_argument("--json", action="store_true", help="print one JSON object per node count")
     plan.add_argument("--plot", metavar="PNG", help="write samples/s and efficiency vs nodes")
     plan.add_argument(
         "--save-hardware", metavar="FILE", help="write the hardware profile used, to edit"
     )
+
+
+def _simulate_parser(sub: Any) -> None:
+    """``adt simulate``: the same inputs as ``adt train``, world sizes, ranks, hardware."""
+    sim = sub.add_parser(
+        "simulate",
+        help="run the job's real step as ranks of a huge world, on this host (trains nothing)",
+        description="Pose as chosen ranks of worlds of N workers on torch's fake process "
+        "group and run the job's real step (from the same --config and --set options as "
+        "'adt train'): memory by category, collectives and bytes, data share, checkpoint "
+        "bytes per rank, a predicted step time on the given hardware, and what fails.",
+    )
+    _job_arguments(sim, nodes="world sizes (default 8 64 1024 4096)")
+    sim.add_argument(
+        "--ranks",
+        type=_int_list,
+        metavar="R,R,...",
+        help="ranks to pose as (default: first, last, smallest and largest data share)",
+    )
+    sim.add_argument(
+        "--hardware",
+        default="h100-nvlink-400g",
+        metavar="NAME|FILE",
+        help=f"a preset ({', '.join(sorted(PRESETS))}; default h100-nvlink-400g), "
+        f"{THIS_MACHINE} or a profile YAML file",
+    )
+    sim.add_argument("--steps", type=int, default=2, help="steps per rank (the last is measured)")
+    sim.add_argument(
+        "--fake-tensors",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="shapes only, no memory for weights (default: above 1 GiB of weights)",
+    )
+    sim.add_argument("--json", action="store_true", help="print one JSON object per rank")
+    sim.add_argument("--out", metavar="DIR", help="write simulation.html, .png and .json here")
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give ranks as 0,17,4095") from None
 
 
 def _host_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -195,6 +246,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         hardware=args.hardware,
         calibrate=args.calibrate,
         threshold=args.threshold,
+        simulate=args.simulate,
         **settings,
     )
     if args.json:
@@ -206,6 +258,26 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.save_hardware:
         saved = save_profile(plan.hardware, Path(args.save_hardware))
         print(f"hardware profile: {saved}", file=sys.stderr)
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    model, data, settings = runfile.resolve(args.config, args.sets, None)
+    configured = settings.pop("nodes", None)
+    nodes = args.nodes or ([configured] if isinstance(configured, int) else [8, 64, 1024, 4096])
+    sim = DistributedTraining().simulate(
+        model,
+        data,
+        nodes=nodes,
+        hardware=args.hardware,
+        ranks=args.ranks,
+        steps=args.steps,
+        fake_tensors=args.fake_tensors,
+        **settings,
+    )
+    print(json.dumps(sim.to_json(), indent=1) if args.json else sim.table())
+    if args.out:
+        print(f"simulation: {sim.save(Path(args.out))}", file=sys.stderr)
     return 0
 
 
@@ -310,6 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = {
         "train": cmd_train,
         "plan": cmd_plan,
+        "simulate": cmd_simulate,
         "report": cmd_report,
         "doctor": cmd_doctor,
     }[args.command]
@@ -320,6 +393,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except (WorkerFailedError, RendezvousFailedError) as err:
         print(f"adt: training failed: {err}", file=sys.stderr)
+        return 1
+    except SimulationError as err:
+        print(f"adt: simulation failed: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("adt: interrupted; every worker was stopped", file=sys.stderr)

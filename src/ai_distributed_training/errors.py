@@ -129,6 +129,10 @@ class RendezvousFailedError(RuntimeError):
     """The hosts of a multi-host job did not all meet at the rendezvous in time; nothing ran."""
 
 
+class SimulationError(RuntimeError):
+    """A simulation's own process failed (not the job's step: that is reported per rank)."""
+
+
 class TrainingInterrupted(SystemExit):
     """The caller got SIGTERM, SIGHUP or SIGQUIT during ``train_distributed``: every worker was
     stopped and the call's temporary files removed; checkpoints already written stay.

@@ -95,6 +95,11 @@ def _proc_kib(path: str, key: str) -> int | None:
     return None
 
 
+def rss_bytes() -> int | None:
+    """This process's resident memory now (Linux's ``VmRSS``; None elsewhere)."""
+    return _proc_kib("/proc/self/status", "VmRSS")
+
+
 def peak_rss_bytes() -> int:
     """This process's peak resident memory: Linux's ``VmHWM``, else ``ru_maxrss``.
 

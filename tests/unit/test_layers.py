@@ -24,6 +24,7 @@ LAYERS: list[set[str]] = [
     {"planner"},
     {"rundir", "report"},
     {"prepare"},
+    {"simulate"},
     {"run"},
     {"api"},
     {"__init__"},

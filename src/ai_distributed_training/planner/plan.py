@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,9 @@ class Row:
     recommended: bool = False
     #: With tensor parallelism over all the workers ("tp"); None: the model has no plan.
     memory_tp_bytes: int | None = None
+    #: The DDP and FSDP memory are a simulation's (the job's real step posed as its ranks,
+    #: ``plan(simulate=True)``), not the formulas'.
+    simulated: bool = False
 
 
 @dataclass(frozen=True)
@@ -110,13 +113,16 @@ class Plan:
             f"{'effic.':>6} {'DDP mem/wkr':>11} {'FSDP mem/wkr':>12}{tp}  strategy",
         ]
         for r in self.rows:
-            mark = "  <- recommended" if r.recommended else ""
-            tp_bytes = f" {_size(r.memory_tp_bytes):>10}" if r.memory_tp_bytes is not None else ""
+            mark = ("  (simulated)" if r.simulated else "") + (
+                "  <- recommended" if r.recommended else ""
+            )
+            tp_mem = r.memory_tp_bytes
+            tp_bytes = f" {human_bytes(tp_mem):>10}" if tp_mem is not None else ""
             lines.append(
                 f"{r.nodes:>6} {r.per_worker_batch:>9} {r.step_time_s * 1e3:>9.2f} "
                 f"{r.communication_s * 1e3:>8.2f} {r.samples_per_second:>11,.0f} "
-                f"{r.efficiency:>6.2f} {_size(r.memory_ddp_bytes):>11} "
-                f"{_size(r.memory_fsdp_bytes):>12}{tp_bytes}  {r.strategy}{mark}"
+                f"{r.efficiency:>6.2f} {human_bytes(r.memory_ddp_bytes):>11} "
+                f"{human_bytes(r.memory_fsdp_bytes):>12}{tp_bytes}  {r.strategy}{mark}"
             )
         best = self.recommended
         below = [r.nodes for r in self.rows if r.efficiency < self.threshold]
@@ -156,7 +162,7 @@ class Plan:
         return path
 
 
-def _size(n: float) -> str:
+def human_bytes(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if n < 1000 or unit == "TB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -164,7 +170,7 @@ def _size(n: float) -> str:
     return str(n)
 
 
-def _placement(n: int, hw: HardwareProfile) -> tuple[int, int, int]:
+def placement(n: int, hw: HardwareProfile) -> tuple[int, int, int]:
     """(hosts, workers on the busiest host, threads per worker) for ``n`` workers."""
     hosts = hw.hosts or max(1, math.ceil(n / hw.slots_per_host))
     per_host = math.ceil(n / hosts)
@@ -261,7 +267,7 @@ def make_plan(
     optimizer = _optimizer_name(sections.optim)
     rows: list[Row] = []
     for n in sorted(set(nodes)):
-        hosts, per_host, threads = _placement(n, hardware)
+        hosts, per_host, threads = placement(n, hardware)
         share = _largest_share(batch, n)
         compute = compute_seconds(share, count, rated, per_host, threads)
         backward = compute * 2 / 3  # backward is ~2/3 of forward + backward for dense layers
@@ -371,6 +377,37 @@ def _with_efficiency(rows: list[Row], hw: HardwareProfile, threshold: float) -> 
         best = max(good, key=lambda r: (round(r.samples_per_second, 6), -r.nodes))
         out = [Row(**{**asdict(r), "recommended": r is best}) for r in out]
     return out
+
+
+def with_simulated_memory(
+    plan: Plan, ddp: Mapping[int, int], fsdp: Mapping[int, int], threshold: float
+) -> Plan:
+    """``plan`` with the peak memory per worker a simulation measured (by node count, the
+    worker's runtime included) in place of the formulas' where it has one: the strategy
+    that fits and the recommendation follow."""
+    hw, rows = plan.hardware, []
+    for r in plan.rows:
+        if r.nodes not in ddp and r.nodes not in fsdp:
+            rows.append(replace(r, recommended=False))
+            continue
+        mem_ddp, mem_fsdp = (
+            ddp.get(r.nodes, r.memory_ddp_bytes),
+            fsdp.get(r.nodes, r.memory_fsdp_bytes),
+        )
+        limit = hw.memory_bytes / (placement(r.nodes, hw)[1] if hw.kind == "cpu" else 1)
+        strategy = "ddp" if mem_ddp <= limit else "fsdp" if mem_fsdp <= limit else "none fits"
+        rows.append(
+            replace(
+                r,
+                memory_ddp_bytes=mem_ddp,
+                memory_fsdp_bytes=mem_fsdp,
+                memory_per_worker_bytes=mem_fsdp if strategy == "fsdp" else mem_ddp,
+                strategy=strategy,
+                simulated=True,
+                recommended=False,
+            )
+        )
+    return replace(plan, rows=_with_efficiency(rows, hw, threshold))
 
 
 def replica_bytes(model: ModelSource, info: DataInfo, sections: Sections) -> int:

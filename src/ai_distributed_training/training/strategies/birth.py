@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import torch
 from torch import nn
-from torch.distributed.tensor import DTensor, distribute_tensor
+from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 
 from ...models.meta import initialisers, reset_method, tied_aliases
 
@@ -98,12 +98,25 @@ def _init_together(
         for p, param in _own(module).items():
             value = full[(name, p)].to(device)
             if isinstance(param, DTensor):  # every rank computed the same full value: slice it
-                value = distribute_tensor(
-                    value, param.device_mesh, param.placements, src_data_rank=None
-                )
-            param.copy_(value)
+                param.to_local().copy_(_local_slice(value, param))
+            else:
+                param.copy_(value)
     left = [(n, p) for (n, p), t in full.items() if t.is_floating_point() and t.isnan().any()]
     return [f"{n}.{p}" if n else p for n, p in left]
+
+
+def _local_slice(value: torch.Tensor, param: DTensor) -> torch.Tensor:
+    """This rank's part of ``value``, the full tensor of ``param``. FSDP's layout (one mesh
+    dimension, ``Shard(d)``: ``ceil(size / n)`` rows each, the last ranks' fewer or none) is
+    sliced directly; any other by ``distribute_tensor``, which splits the tensor into every
+    rank's chunk to keep one (thousands of them in a simulated world)."""
+    mesh, placements = param.device_mesh, param.placements
+    if mesh.ndim == 1 and type(placements[0]) is Shard:
+        dim, size = placements[0].dim, value.shape[placements[0].dim]
+        chunk = -(-size // mesh.size())
+        start = min(mesh.get_local_rank() * chunk, size)
+        return value.narrow(dim, start, param.to_local().shape[dim])
+    return distribute_tensor(value, mesh, placements, src_data_rank=None).to_local()
 
 
 def _unwritten(param: nn.Parameter) -> torch.Tensor:

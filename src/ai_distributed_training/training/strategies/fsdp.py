@@ -46,6 +46,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import (
     CPUOffloadPolicy,
     FSDPModule,
@@ -84,6 +85,7 @@ class FSDPStrategy(DDPStrategy):
         compile_backend: str | None = None,
         cpu_offload: bool = False,
         in_callers_process: bool = False,
+        mesh: DeviceMesh | None = None,
     ) -> None:
         super().__init__(rank, world_size, device, compile_backend=compile_backend)
         #: What checkpoints record as their strategy (a resume must use the same).
@@ -91,6 +93,15 @@ class FSDPStrategy(DDPStrategy):
         self.blocks = set(blocks)
         policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
         self.options: dict[str, Any] = {"mp_policy": policy} if param_dtype else {}
+        # The ranks FSDP shards over: all of them (FSDP's own default, made here once, before
+        # any model: a simulation builds models under fake tensors, where it cannot), or
+        # ``mesh`` (tensor parallelism's data-parallel groups).
+        self.options["mesh"] = (
+            mesh if mesh is not None else init_device_mesh(device.type, (world_size,))
+        )
+        #: Whether the initial weights must be the job's. A simulation says no: its values are
+        #: meaningless, and rank 0's broadcast of them cannot be posed as another rank.
+        self.initial_values = True
         if cpu_offload:  # shards, gradients and optimizer state in (pinned) host memory
             self.options["offload_policy"] = CPUOffloadPolicy()
         #: Where the sharded parameters live: host memory when offloaded, else the device.
@@ -152,9 +163,11 @@ class FSDPStrategy(DDPStrategy):
         on_meta = on_meta_device(model)
         if not on_meta:
             model = model.to(self.device)
-        if model in self.same_on_every_rank:  # each rank keeps its slice of its own copy
-            self.same_on_every_rank.discard(model)
+        if model in self.same_on_every_rank or not self.initial_values:
+            self.same_on_every_rank.discard(model)  # each rank keeps its slice of its own copy
             self._shard(model)
+            if on_meta:
+                allocate_shards(model, self.shard_device, buffer_device=self.device)
             return model
         # Rank 0's full weights, kept until they are broadcast into everyone's shards.
         initial = model.state_dict() if self.rank == 0 and birth is None else {}

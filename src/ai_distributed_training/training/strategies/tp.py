@@ -61,17 +61,22 @@ class TPStrategy(FSDPStrategy):
         plan: Mapping[str, str] | None = None,
         in_callers_process: bool = False,
     ) -> None:
+        dp = world_size // tp_size
+        self.mesh = init_device_mesh(device.type, (dp, tp_size), mesh_dim_names=("dp", "tp"))
         super().__init__(
-            rank, world_size, device, blocks, param_dtype, in_callers_process=in_callers_process
+            rank,
+            world_size,
+            device,
+            blocks,
+            param_dtype,
+            in_callers_process=in_callers_process,
+            mesh=self.mesh["dp"],  # FSDP shards over the groups
         )
         self.name = "fsdp+tp" if fsdp else "tp"
         # Gathering a weight split both ways (the result, an export) takes two all-gathers,
         # and torch logs a warning for each weight: expected here, not the user's concern.
         logging.getLogger("torch.distributed.tensor._redistribute").setLevel(logging.ERROR)
         self.fsdp, self.user_plan = fsdp, dict(plan) if plan else None
-        dp = world_size // tp_size
-        self.mesh = init_device_mesh(device.type, (dp, tp_size), mesh_dim_names=("dp", "tp"))
-        self.options["mesh"] = self.mesh["dp"]  # FSDP shards over the groups
         # A group's peers read the same share; its first rank's sums count (DataCoords).
         self.data = DataCoords(rank // tp_size, dp, counts=rank % tp_size == 0)
 
