@@ -194,6 +194,7 @@ def _strategy(job: Job, env: RankEnv, *, fake_group: bool) -> Strategy:
         blocks=list(job.parallel.fsdp_blocks or job.model.blocks()),
         compute_dtype=autocast_dtype(job.parallel.precision, cpu),
     )
+    getattr(strategy, "shard_mesh", None)  # FSDP's: made now (not under fake tensors)
     if fake_group:
         if hasattr(strategy, "initial_values"):
             strategy.initial_values = False

@@ -93,12 +93,7 @@ class FSDPStrategy(DDPStrategy):
         self.blocks = set(blocks)
         policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
         self.options: dict[str, Any] = {"mp_policy": policy} if param_dtype else {}
-        # The ranks FSDP shards over: all of them (FSDP's own default, made here once, before
-        # any model: a simulation builds models under fake tensors, where it cannot), or
-        # ``mesh`` (tensor parallelism's data-parallel groups).
-        self.options["mesh"] = (
-            mesh if mesh is not None else init_device_mesh(device.type, (world_size,))
-        )
+        self._mesh = mesh
         #: Whether the initial weights must be the job's. A simulation says no: its values are
         #: meaningless, and rank 0's broadcast of them cannot be posed as another rank.
         self.initial_values = True
@@ -114,6 +109,16 @@ class FSDPStrategy(DDPStrategy):
         #: Models built on the meta device to be initialised in wrap(): their seeds, and how to
         #: build them whole should module-by-module init leave a parameter unwritten.
         self.born_sharded: dict[nn.Module, tuple[int, Callable[[], nn.Module]]] = {}
+
+    @property
+    def shard_mesh(self) -> DeviceMesh:
+        """The ranks FSDP shards over: ``mesh`` as given (tensor parallelism's data-parallel
+        groups), else all of them (FSDP's own default), made on first use, which needs the
+        process group. A simulation asks for it before it builds models under fake tensors,
+        where it cannot be made."""
+        if self._mesh is None:
+            self._mesh = init_device_mesh(self.device.type, (self.world_size,))
+        return self._mesh
 
     def build_model(self, source: ModelSource, info: DataInfo) -> nn.Module:
         """Sharded from birth where the model allows: built on the meta device on every rank,
@@ -202,8 +207,8 @@ class FSDPStrategy(DDPStrategy):
         # With compile, each block is compiled on its own (as torchtitan does: FSDP's
         # all-gathers stay between the compiled blocks); a model without blocks, whole.
         for module in blocks:
-            fully_shard(self.compiled(module), **self.options)
-        fully_shard(model if blocks else self.compiled(model), **self.options)
+            fully_shard(self.compiled(module), mesh=self.shard_mesh, **self.options)
+        fully_shard(model if blocks else self.compiled(model), mesh=self.shard_mesh, **self.options)
 
     def unwrap(self, wrapped: nn.Module) -> nn.Module:
         return wrapped
