@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
 
-.PHONY: demo test install install-dev lint typecheck readme docs bench clean
+.PHONY: demo test install install-dev lint typecheck browser readme docs bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +31,15 @@ lint: install-dev
 typecheck: install-dev
 	$(PY) -m mypy
 
-## Lint, type-check and run the whole suite (real gloo processes).
-test: lint typecheck
+## The browser the live page's test drives: Debian's chromium (Playwright's own download host
+## is not needed), installed with the system's package manager when missing.
+browser:
+	@command -v chromium >/dev/null || { \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+## Lint, type-check and run the whole suite (real gloo processes, a headless browser).
+test: lint typecheck browser
 	$(PY) -m pytest
 
 ## Throughput against the hand-written DDP and single-process baselines, then what

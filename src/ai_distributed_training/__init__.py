@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from .report import write_report
     from .result import TrainingResult
     from .training.callbacks import Callback, CallbackContext, EarlyStopping
+    from .training.trackers import MetricLogger, TrackerRun
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())  # quiet unless the app configures
 
@@ -39,6 +40,7 @@ _EXPORTS = {
     "DistributedTraining": "api",
     "EarlyStopping": "training.callbacks",
     "GPUAcceleratedTraining": "api",
+    "MetricLogger": "training.trackers",
     "ModelSpec": "config",
     "NonFiniteError": "errors",
     "RankFailure": "errors",
@@ -48,6 +50,7 @@ _EXPORTS = {
     "TrainingInterrupted": "errors",
     "TrainingResult": "result",
     "TrainingSettings": "config",
+    "TrackerRun": "training.trackers",
     "WorkerFailedError": "errors",
     "write_report": "report",
 }
@@ -59,12 +62,14 @@ __all__ = [
     "DistributedTraining",
     "EarlyStopping",
     "GPUAcceleratedTraining",
+    "MetricLogger",
     "ModelSpec",
     "NonFiniteError",
     "RankFailure",
     "RendezvousFailedError",
     "SimulationError",
     "SyntheticDataSpec",
+    "TrackerRun",
     "TrainingInterrupted",
     "TrainingResult",
     "TrainingSettings",

@@ -13,6 +13,7 @@ import os
 import socket
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,9 @@ from .launch.elastic import launch_local
 from .launch.ray_launcher import RAY_EXTRA
 from .planner.profiles import PRESETS, THIS_MACHINE, save_profile
 from .report import write_report
+from .rundir import CONFIG_FILE
 from .topology import slurm_job
+from .watch import start_server
 
 
 def _settings_help() -> str:
@@ -62,6 +65,15 @@ def _parser() -> argparse.ArgumentParser:
     _simulate_parser(sub)
     report = sub.add_parser("report", help="re-render a run's report.html and plots")
     report.add_argument("run_dir", metavar="RUN_DIR")
+
+    watch = sub.add_parser(
+        "watch", help="serve the live page of the runs under a runs dir (or of one run)"
+    )
+    watch.add_argument(
+        "path", nargs="?", default="runs", metavar="RUNS_OR_RUN_DIR", help="default: runs"
+    )
+    watch.add_argument("--host", default="127.0.0.1", help="address to serve on (127.0.0.1)")
+    watch.add_argument("--port", type=int, default=8765, help="port (8765; 0: a free one)")
 
     doctor = sub.add_parser("doctor", help="check this environment can run distributed jobs")
     doctor.add_argument("--runs-dir", default="runs", help="run directory root to check")
@@ -289,6 +301,26 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_watch(args: argparse.Namespace) -> int:
+    """Serve the live page until Ctrl-C: of the runs under PATH, or of the run PATH is."""
+    path = Path(args.path).resolve()
+    if not path.is_dir():
+        raise ConfigError(f"{args.path!r} is not a directory: give a runs dir or a run dir")
+    one_run = (path / CONFIG_FILE).is_file()
+    try:
+        server = start_server(path.parent if one_run else path, host=args.host, port=args.port)
+    except OSError as err:
+        raise ConfigError(f"cannot serve on {args.host}:{args.port}: {err.strerror}") from None
+    print(f"adt watch: {server.url}" + (f"?run={path.name}" if one_run else ""), flush=True)
+    try:
+        threading.Event().wait()  # the server's thread serves; Ctrl-C ends it
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0
+
+
 def _check_allreduce() -> str:
     with tempfile.TemporaryDirectory(prefix="adt-doctor-") as tmp:
         launch_local([probe.__name__], 2, log_dir=Path(tmp))
@@ -385,6 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "simulate": cmd_simulate,
         "report": cmd_report,
         "doctor": cmd_doctor,
+        "watch": cmd_watch,
     }[args.command]
     try:
         return command(args)

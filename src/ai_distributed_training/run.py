@@ -30,6 +30,9 @@ from .training.checkpoint import load_newest_valid, of_run, run_checkpoints, ste
 from .training.identity import new_run_id
 from .training.job import Job, RankOutput, ResolvedJob
 from .training.rank import join_process_group, run_rank
+from .training.tracker_clients import end_runs
+from .training.trackers import inherit_state
+from .watch import live_page
 
 STATUS = "distributed_trained"
 STATUS_ACCELERATED = "distributed_trained_with_acceleration"
@@ -142,15 +145,30 @@ def _launch(prepared: ResolvedJob, started: float, config: dict[str, Any]) -> Tr
     announce(run_dir, logging.INFO, f"Data: {prepared.data.info.description}")
     for note in prepared.notes:
         announce(run_dir, logging.WARNING, note)
-    try:
-        out = make_launcher(launch.launcher).launch(job, progress=partial(_progress, ckpt_dir, job))
-    except WorkerFailedError as err:
-        newest = load_newest_valid(ckpt_dir, of_run(job.run_id)) if ckpt_dir else None
-        err.note_checkpoint(str(newest[0]) if newest else None)
-        first_line = str(err).splitlines()[0]
-        announce(run_dir, logging.ERROR, f"Distributed training failed: {first_line}")
-        raise
-    return _finish(prepared, out, run_dir, ckpt_dir, started)
+    inherit_state(run_dir, plan.found)  # a resumed run's tracker runs continue
+    with _live_page(prepared, run_dir):  # until the page shows how the job ended
+        try:
+            out = make_launcher(launch.launcher).launch(
+                job, progress=partial(_progress, ckpt_dir, job)
+            )
+        except WorkerFailedError as err:
+            newest = load_newest_valid(ckpt_dir, of_run(job.run_id)) if ckpt_dir else None
+            err.note_checkpoint(str(newest[0]) if newest else None)
+            first_line = str(err).splitlines()[0]
+            announce(run_dir, logging.ERROR, f"Distributed training failed: {first_line}")
+            end_runs(run_dir, prepared.tracking.tracker_names, ok=False)
+            raise
+        return _finish(prepared, out, run_dir, ckpt_dir, started)
+
+
+def _live_page(
+    prepared: ResolvedJob, run_dir: Path | None
+) -> contextlib.AbstractContextManager[None]:
+    """The live page of ``run_dir`` while the job trains, with ``watch=True``."""
+    tracking = prepared.tracking
+    return live_page(
+        run_dir, enabled=tracking.watch, host=tracking.watch_host, port=tracking.watch_port
+    )
 
 
 def make_launcher(name: str) -> Launcher:
@@ -177,17 +195,19 @@ def _join(
             dirs[0] = create_run_dir(prepared.tracking.runs_dir, prepared.model.name)
             dirs[1] = checkpoint_dir(prepared.checkpoint.directory, dirs[0])
             write_config(dirs[0], config)
+            inherit_state(dirs[0], prepared.checkpoint.plan.found)
             message = f"Starting distributed training across {env.world_size} nodes (torchrun)..."
             announce(dirs[0], logging.INFO, message)
         dist.broadcast_object_list(dirs, src=0)  # collective: every rank, every time
         ckpt_dir = dirs[1]  # every rank reads and writes checkpoints in the same place
         run_dir = dirs[0] if env.rank == 0 else None  # rank 0's alone
-        # The data is not staged: this process holds it already.
-        out = run_rank(_job(prepared, run_dir, ckpt_dir, config, run_id=dirs[2]), env)
+        with _live_page(prepared, run_dir):  # run_dir: rank 0's alone
+            # The data is not staged: this process holds it already.
+            out = run_rank(_job(prepared, run_dir, ckpt_dir, config, run_id=dirs[2]), env)
+            return _finish(prepared, out, run_dir, ckpt_dir, started)
     finally:
         if owns_group and dist.is_initialized():
             dist.destroy_process_group()
-    return _finish(prepared, out, run_dir, ckpt_dir, started)
 
 
 def _progress(ckpt_dir: Path | None, job: Job) -> int:
@@ -220,6 +240,7 @@ def _finish(
     if run_dir:
         (run_dir / SUMMARY_FILE).write_text(json.dumps(dict(result), indent=2) + "\n")
         write_report(run_dir)
+        end_runs(run_dir, prepared.tracking.tracker_names, ok=True)
     announce(run_dir, logging.INFO, f"Distributed training complete. {result!r}")
     return result
 

@@ -6,8 +6,11 @@ tracker.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,9 @@ from .training.tracking import EVENTS_FILE, JOB_LOGGER
 
 CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
+#: Which process launched the run (host and pid): a watcher on that host can tell a run whose
+#: launcher was killed without a word from one still running.
+LAUNCHER_FILE = "launcher.json"
 
 log = logging.getLogger(JOB_LOGGER)
 
@@ -55,6 +61,8 @@ def create_run_dir(runs_dir: str | None, model_name: str) -> Path | None:
         try:
             path.mkdir(parents=True)  # not exist_ok: each run gets a new directory
             check_writable_dir(path)
+            launcher = {"host": socket.gethostname(), "pid": os.getpid()}
+            (path / LAUNCHER_FILE).write_text(json.dumps(launcher) + "\n")
             return path
         except FileExistsError:
             continue

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -69,6 +70,10 @@ def test_killed_ray_worker_is_restarted_and_ends_bitwise_equal_to_elastic(
     assert (tmp_path / "interval").read_text() == "0.2"
     assert POLL_INTERVAL_VAR not in os.environ
     assert on_ray["restarts"] == 1 and on_ray["nodes_used"] == 2
+    events = (Path(on_ray["run_dir"]) / "events.log").read_text()
+    # Ray names a killed worker's failure in more than one way (its process died, or its
+    # health check failed): the line gives the rank and Ray's words.
+    assert re.search(r" WARNING restart 1 of 1: rank 1 failed: \S", events), events
     assert bitwise_equal(on_ray, elastic)
     assert [h["train_loss"] for h in on_ray["history"]] == [
         h["train_loss"] for h in elastic["history"]

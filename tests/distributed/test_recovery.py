@@ -52,6 +52,18 @@ def test_killed_and_raising_workers_restarted_five_times_end_bitwise_equal(
     steps, epochs = read_records(Path(result["run_dir"]))
     assert [s["step"] for s in steps] == sorted({s["step"] for s in steps})
     assert [e["epoch"] for e in epochs] == [1, 2]
+    # Each restart and its reason, in the run's events.log (what the report and page show).
+    events = (Path(result["run_dir"]) / "events.log").read_text()
+    restarts = [
+        line.split(" WARNING ", 1)[1] for line in events.splitlines() if " restart " in line
+    ]
+    assert restarts == [
+        "restart 1 of 5: rank 1 was killed by SIGKILL",
+        "restart 2 of 5: rank 0 was killed by SIGKILL",
+        "restart 3 of 5: rank 0 failed: InjectedFault: injected fault: rank 0 raised at step 18",
+        "restart 4 of 5: rank 1 was killed by SIGKILL",
+        "restart 5 of 5: rank 0 was killed by SIGKILL",
+    ]
 
 
 def test_resume_from_a_mid_epoch_file_is_exact_and_needs_the_rng_state(

@@ -77,11 +77,29 @@ def test_metrics_are_rank_aggregated_with_per_worker_timing(
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if r["type"] == "step"]
     epochs = [r for r in records if r["type"] == "epoch"]
+    # The attempt's start says where it begins and how far it goes (the live page's ETA).
+    start = {k: v for k, v in records[0].items() if k != "time"}
+    assert start == {
+        "type": "start", "epoch": 1, "step": 0, "samples": 0, "epochs": 3,
+        "total_steps": result["steps"], "steps_per_epoch": result["steps"] // 3,
+        "world_size": 2,
+    }  # fmt: skip
+    assert [r["time"] for r in records] == sorted(r["time"] for r in records)
     assert [e["epoch"] for e in epochs] == [1, 2, 3]
     assert [s["step"] for s in steps][:3] == [5, 10, 15]
-    for record in records:
+    for record in steps + epochs:
         assert len(record["worker_step_time_s"]) == 2 and len(record["worker_samples"]) == 2
         assert all(t > 0 for t in record["worker_step_time_s"])
+    for record in steps:  # each rank's time alone per step: within its step time
+        alone, whole = record["worker_alone_s"], record["worker_step_time_s"]
+        assert len(alone) == 2 and all(0 < a <= w for a, w in zip(alone, whole, strict=True))
+    # Each rank's peak memory so far (what the live page and the report show per rank): a
+    # running peak, never above the one the result reports at the end.
+    peaks = [r["worker_peak_memory_bytes"] for r in records if r["type"] != "start"]
+    assert all(len(p) == 2 and min(p) > 10**7 for p in peaks)
+    for rank in (0, 1):
+        assert [p[rank] for p in peaks] == sorted(p[rank] for p in peaks)
+        assert peaks[-1][rank] <= result["peak_memory_per_worker_bytes"][rank]
     # Per-worker samples add up to the whole epoch: every sample, across both ranks.
     assert all(sum(e["worker_samples"]) == 1080 for e in epochs)
     assert epochs[-1]["train_loss"] == pytest.approx(result["final_loss"])

@@ -23,6 +23,7 @@ LAYERS: list[set[str]] = [
     {"launch"},
     {"planner"},
     {"rundir", "report"},
+    {"watch"},
     {"prepare"},
     {"simulate"},
     {"run"},

@@ -295,14 +295,55 @@ class LaunchSection:
             )
 
 
+#: The built-in trackers (see :mod:`..training.trackers`).
+TRACKER_NAMES = ("csv", "tensorboard", "mlflow", "wandb")
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrackingSection:
-    """What the run leaves behind and shows: its directory, progress, TensorBoard, log level."""
+    """What the run leaves behind and shows: its directory, progress, TensorBoard, log level,
+    the live page."""
 
     runs_dir: str | None
     progress: Literal["auto", "bar", "lines", "off"]
     tensorboard: bool
     log_level: str | None
+    watch: bool
+    watch_host: str
+    watch_port: int
+    #: Tracker names ('csv', 'tensorboard', 'mlflow', 'wandb') and MetricLogger objects.
+    trackers: tuple[Any, ...]
+    tracker_project: str | None
+    mlflow_tracking_uri: str | None
+    wandb_mode: Literal["offline", "online", "disabled"] | None
+
+    def __post_init__(self) -> None:
+        if self.watch and self.runs_dir is None:
+            raise ConfigError(
+                "watch=True serves the page of the run's directory, and runs_dir=None writes "
+                "none: give a runs_dir (the default is 'runs'), or watch=False"
+            )
+        for tracker in self.trackers:
+            if isinstance(tracker, str) and tracker not in TRACKER_NAMES:
+                raise ConfigError(
+                    f"trackers: {tracker!r} is not a tracker; use {', '.join(TRACKER_NAMES)}, "
+                    "or a MetricLogger object of your own"
+                )
+            if not isinstance(tracker, str) and not callable(getattr(tracker, "log", None)):
+                raise ConfigError(
+                    f"trackers: {tracker!r} has no log(record) method; subclass "
+                    "ai_distributed_training.MetricLogger"
+                )
+        names = [t for t in self.trackers if isinstance(t, str)]
+        if len(set(names)) < len(names):
+            raise ConfigError(f"trackers={list(names)} names a tracker twice")
+
+    @property
+    def tracker_names(self) -> list[str]:
+        """The built-in trackers asked for, ``tensorboard=True`` included."""
+        names = [t for t in self.trackers if isinstance(t, str)]
+        wanted = self.tensorboard and "tensorboard" not in names
+        return [*names, "tensorboard"] if wanted else names
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -396,6 +396,44 @@ class TrainingSettings(StrictModel):
     tensorboard: bool = Field(
         False, description="Also write TensorBoard event files into the run directory."
     )
+    trackers: list[Any] = Field(
+        default_factory=list,
+        description="Where the metrics are also logged, from global rank 0, with the values of "
+        "metrics.jsonl: 'csv' (metrics.csv), 'tensorboard', 'mlflow' (mlflow-skinny), "
+        "'wandb' (offline unless configured), or your MetricLogger objects.",
+    )
+    tracker_project: str | None = Field(
+        None,
+        min_length=1,
+        description="trackers: the MLflow experiment / W&B project to log into; None: the "
+        "model's name.",
+    )
+    mlflow_tracking_uri: str | None = Field(
+        None,
+        min_length=1,
+        description="trackers=['mlflow']: where to log; None: MLFLOW_TRACKING_URI, else a "
+        "SQLite database beside the runs (sqlite:///<runs_dir>/mlflow.db).",
+    )
+    wandb_mode: Literal["offline", "online", "disabled"] | None = Field(
+        None,
+        description="trackers=['wandb']: None: WANDB_MODE if set, else 'offline' (files in the "
+        "run directory; `wandb sync` uploads them).",
+    )
+    watch: bool = Field(
+        False,
+        description="Serve the live page of this run (state, loss, per-worker figures, "
+        "restarts, events) while it trains, printing its address; needs a run directory. "
+        "`adt watch` serves the same page from another terminal.",
+    )
+    watch_host: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="watch=True: the address the page is served on; another than loopback "
+        "opens it to whoever reaches that address (a warning says so).",
+    )
+    watch_port: int = Field(
+        0, ge=0, le=65535, description="watch=True: the page's port; 0 picks a free one."
+    )
     callbacks: list[Any] = Field(
         default_factory=list,
         description="Callback objects (see ai_distributed_training.Callback), called on every "
@@ -530,6 +568,8 @@ def settings_as_plain_data(settings: TrainingSettings) -> dict[str, Any]:
         value = getattr(settings, name)
         if name == "callbacks":
             value = [type(cb).__name__ for cb in value]
+        elif name == "trackers":
+            value = [t if isinstance(t, str) else type(t).__name__ for t in value]
         elif name == "metrics":
             value = {k: f"<function {getattr(f, '__qualname__', '?')}>" for k, f in value.items()}
         elif name == "validation_data" and value is not None and not isinstance(value, str):

@@ -36,6 +36,7 @@ from ..config.sections import Hosts
 from ..errors import RankFailure, RendezvousFailedError, TrainingInterrupted, WorkerFailedError
 from ..host import interface_with_address, restored_environ, restored_signal_handlers
 from ..training.job import Job, RankOutput
+from ..training.tracking import EVENTS_FILE
 from . import worker
 from .handover import JobFiles, new_job_dir, remove_stale_job_dirs
 from .restarts import PolicyAgent, RestartPolicy, root_cause_first
@@ -101,6 +102,10 @@ class ElasticLauncher:
                 hosts=hosts,
                 # Across hosts every agent must restart together: elastic's plain rule there.
                 policy=None if hosts else RestartPolicy(progress),
+                # Why each restart happened, in the run's story (host 0's run directory).
+                events=run_dir / EVENTS_FILE
+                if run_dir and not (hosts and hosts.node_rank)
+                else None,
             )
             return files.read_result()
         finally:
@@ -115,11 +120,13 @@ def launch_local(
     shutdown_timeout_s: int = 5,
     hosts: Hosts | None = None,
     policy: RestartPolicy | None = None,
+    events: Path | None = None,
 ) -> None:
     """Run ``nproc`` workers of ``python -m <module_args>`` on this host and wait for them;
     with ``hosts``, as one host of a multi-host job whose agents meet at its endpoint. After a
     failure the workers are restarted (all of them) up to ``max_restarts`` times, unless
-    ``policy`` says a restart cannot help.
+    ``policy`` says a restart cannot help; each restart and its reason is appended to
+    ``events`` (the run's events.log).
 
     Elastic's per-attempt error files go under ``log_dir``.
 
@@ -136,7 +143,7 @@ def launch_local(
             if interface:  # gloo would bind to whatever the hostname resolves to
                 os.environ["GLOO_SOCKET_IFNAME"] = interface
         try:
-            _run_agent(config, ["-m", *module_args], policy)
+            _run_agent(config, ["-m", *module_args], policy, events)
         except RendezvousError as err:
             if hosts is None:  # one host meets itself on loopback: not a missing host
                 raise
@@ -191,7 +198,9 @@ def _launch_config(
     )
 
 
-def _run_agent(config: LaunchConfig, args: list[str], policy: RestartPolicy | None) -> None:
+def _run_agent(
+    config: LaunchConfig, args: list[str], policy: RestartPolicy | None, events: Path | None
+) -> None:
     """What ``torch.distributed.launcher.elastic_launch`` does, with our agent (which asks
     ``policy`` before each restart) in place of its own.
 
@@ -221,6 +230,7 @@ def _run_agent(config: LaunchConfig, args: list[str], policy: RestartPolicy | No
     agent = PolicyAgent(
         policy=policy,
         root_cause=lambda failures: rank_failures(failures)[0],
+        events=events,
         spec=spec,
         logs_specs=config.logs_specs,
         start_method=config.start_method,

@@ -33,8 +33,9 @@ from ..config.sections import LaunchSection
 from ..errors import ConfigError, RankFailure, WorkerFailedError
 from ..host import available_cores, restored_environ, restored_signal_handlers
 from ..training.job import Job, RankOutput
+from ..training.tracking import EVENTS_FILE
 from .ray_worker import TRACEBACK_ATTR
-from .restarts import WORKER_DIED, RestartPolicy, root_cause_first
+from .restarts import WORKER_DIED, RestartPolicy, log_restart, root_cause_first
 
 RAY_EXTRA = "pip install 'ai-distributed-training[ray]'"
 #: Seconds to wait for a TCP connection to a given Ray address before calling it unreachable
@@ -192,6 +193,10 @@ class RayLauncher:
                 if reason is not None:
                     raise WorkerFailedError(failed.failures, reason) from None
                 restarts_left -= 1
+                events = Path(job.run_dir) / EVENTS_FILE if job.run_dir else None
+                if events is not None and events.parent.is_dir():  # rank 0's, on this host
+                    restart = settings.max_restarts - restarts_left
+                    log_restart(events, restart, settings.max_restarts, failed.first)
         returned = getattr(result, "return_value")  # noqa: B009  (Ray Train V2's Result)
         facts, state_dict = torch.load(io.BytesIO(returned), weights_only=True)
         return RankOutput.of(facts, state_dict)

@@ -13,6 +13,7 @@ previous one began; otherwise the job stops at once and the error says why.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -88,10 +89,11 @@ class PolicyAgent(LocalElasticAgent):
         *,
         policy: RestartPolicy | None,
         root_cause: Callable[[dict[int, ProcessFailure]], RankFailure],
+        events: Path | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.policy, self.root_cause = policy, root_cause
+        self.policy, self.root_cause, self.events = policy, root_cause, events
         #: Why the agent stopped restarting early (None: it did not).
         self.stopped_because: str | None = None
 
@@ -104,11 +106,16 @@ class PolicyAgent(LocalElasticAgent):
             if not self._remove_unreadable_error_files():
                 raise
             result = super()._monitor_workers(worker_group)
-        if self.policy is not None and result.is_failed() and self._remaining_restarts > 0:
-            reason = self.policy.why_not_restart(self.root_cause(result.failures))
-            if reason is not None:
-                self.stopped_because = reason
-                self._remaining_restarts = 0  # the agent then stops every worker and returns
+        if not result.is_failed() or self._remaining_restarts <= 0:
+            return result
+        root = self.root_cause(result.failures)
+        reason = self.policy.why_not_restart(root) if self.policy is not None else None
+        if reason is not None:
+            self.stopped_because = reason
+            self._remaining_restarts = 0  # the agent then stops every worker and returns
+        elif self.events is not None:
+            restart = self._worker_group.spec.max_restarts - self._remaining_restarts + 1
+            log_restart(self.events, restart, self._worker_group.spec.max_restarts, root)
         return result
 
     def _remove_unreadable_error_files(self) -> bool:
@@ -125,3 +132,18 @@ class PolicyAgent(LocalElasticAgent):
                 Path(path).unlink(missing_ok=True)
                 removed = True
         return removed
+
+
+def log_restart(events: Path, restart: int, max_restarts: int, root: RankFailure) -> None:
+    """Append why the workers are being restarted to the run's ``events.log`` (rank 0 writes
+    the rest of it; this line comes from the process that restarts them), in its format:
+    ``<time> WARNING restart 1 of 3: rank 1 was killed by SIGKILL``."""
+    how = f"was killed by {root.signal}" if root.signal else f"failed: {root.message}"
+    line = f"restart {restart} of {max_restarts}: rank {root.rank} {how}"
+    handler = logging.FileHandler(events)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    record = logging.LogRecord(__name__, logging.WARNING, __file__, 0, line, None, None)
+    try:
+        handler.emit(record)
+    finally:
+        handler.close()

@@ -47,6 +47,7 @@ from .placement import (
     check_placement,
     check_tools,
     check_workers,
+    resolve_trackers,
     worker_memory_budget,
 )
 
@@ -92,6 +93,7 @@ def prepare(
     world = topology.world_size
     check_batchnorm(skeleton, data_source.info, sections, world, held_out, facts)
     check_tools(sections)
+    resolved |= resolve_trackers(sections.tracking)
     fingerprint = run_fingerprint(skeleton, data_source, dict(settings.model_copy(update=resolved)))
     runs = earlier_runs(settings.runs_dir, model_source.name)
     plan = plan_resume(sections.checkpoint, fingerprint, runs, notes)

@@ -4,15 +4,18 @@ torch knows, the optional packages the settings need."""
 
 from __future__ import annotations
 
-import importlib.util
+import os
+from pathlib import Path
+from typing import Any
 
 import torch
 
-from ..config.sections import Sections
+from ..config.sections import Sections, TrackingSection
 from ..errors import ConfigError, ConfigTypeError, warn_user
 from ..host import available_cores, host_memory_bytes
 from ..topology import Topology
 from ..training.callbacks import Callback
+from ..training.trackers import missing_library
 
 #: Workers per CPU core at most: beyond it a job only simulates a cluster, ever more slowly.
 MAX_WORKERS_PER_CORE = 32
@@ -101,11 +104,32 @@ def check_tools(sections: Sections) -> None:
                 f"compile={backend!r} is not a torch.compile backend; use True (inductor), "
                 f"False (eager), or one of {', '.join(known)}"
             )
-    if sections.tracking.tensorboard and importlib.util.find_spec("tensorboard") is None:
-        raise ConfigError(
-            "tensorboard=True needs the tensorboard package: "
-            "pip install 'ai-distributed-training[tensorboard]'"
-        )
+    for name in sections.tracking.tracker_names:
+        command = missing_library(name)
+        if command is not None:
+            what = "tensorboard=True" if name == "tensorboard" else f"trackers: {name!r}"
+            raise ConfigError(f"{what} needs its library: {command}")
+
+
+def resolve_trackers(tracking: TrackingSection) -> dict[str, Any]:
+    """Where MLflow logs and how W&B runs, decided once in the caller (the workers and
+    config.yaml get the answer): the setting, else the environment variable, else a SQLite
+    database beside the runs and W&B offline."""
+    resolved: dict[str, Any] = {}
+    names = tracking.tracker_names
+    if "mlflow" in names and tracking.mlflow_tracking_uri is None:
+        uri = os.environ.get("MLFLOW_TRACKING_URI")
+        if uri is None and tracking.runs_dir is None:
+            raise ConfigError(
+                "trackers: 'mlflow' logs into a SQLite database beside the runs by default, "
+                "and runs_dir=None has none: set mlflow_tracking_uri (or MLFLOW_TRACKING_URI)"
+            )
+        database = Path(tracking.runs_dir or ".").resolve() / "mlflow.db"
+        resolved["mlflow_tracking_uri"] = uri or f"sqlite:///{database}"
+    if "wandb" in names and tracking.wandb_mode is None:
+        mode = os.environ.get("WANDB_MODE", "offline")
+        resolved["wandb_mode"] = mode if mode in ("offline", "online", "disabled") else "offline"
+    return resolved
 
 
 def worker_memory_budget(use_gpus: bool, local_workers: int) -> int:

@@ -1,9 +1,10 @@
 """Simulate a cluster of any size on this machine: the job's real step, one rank at a time.
 
 For each world size asked for, the job is resolved for that many workers on the target
-hardware (:func:`..prepare.prepare` with ``cluster=``), and one process (:mod:`.worker`) poses
-as each chosen rank on torch's fake process-group backend (:mod:`.private`) and runs the job's
-own code for a few steps (:mod:`.rank`): data share, strategy, model, optimizer, step. The
+hardware (:func:`..prepare.prepare` with ``cluster=``), and processes (:mod:`.worker`, one per
+core) pose as the chosen ranks in turn on torch's fake process-group backend (:mod:`.private`),
+each running the job's own code for a few steps (:mod:`.rank`): data share, strategy, model,
+optimizer, step. The
 measurements (memory by category, collectives and their bytes, checkpoint bytes) then give a
 predicted step time on the hardware (:mod:`.predict`) and the problems the job would meet at
 that size, per rank (:mod:`.report`).

@@ -1,8 +1,8 @@
 """The simulation's process: ``python -m ai_distributed_training.simulate.worker REQUEST``.
 
-One process poses as each requested rank in turn (the fake process group joined as that rank,
-then left), so the caller's own process never holds a process group and the user's script is
-never re-run. The request (the jobs, one per world size, and the ranks) travels with
+A simulation process poses as each rank of its request in turn (the fake group joined as that
+rank, then left), so the caller's own process never holds a process group and the user's script
+is never re-run. The request (the jobs, one per world size, and the ranks) travels with
 cloudpickle like a training job's; the facts come back the same way, written after every rank
 so that a crash loses only the rank it happened in.
 """

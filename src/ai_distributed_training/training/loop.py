@@ -25,7 +25,7 @@ from ..data.loading import Micro, read, sample_seed
 from .callbacks import CallbackRunner
 from .context import RankContext, RankData
 from .initial import load_initial_weights
-from .metrics import BUSY, CLIPPED, COUNT, ITEMS, LOSS, STEPS, per_worker
+from .metrics import BUSY, CLIPPED, COUNT, ITEMS, LOSS, STEPS, peak_memory_bytes, per_worker
 from .parts import LoopParts, build_parts
 from .resume import Checkpointer, LoopPosition, Stateful, restore
 from .sharding import epoch_order, global_batch, num_steps, rank_share
@@ -114,6 +114,7 @@ class Loop:
         self.epoch_samples = min(n_train, self.steps_per_epoch * loop.batch_size)
         self.hooks = CallbackRunner(list(ctx.loop.callbacks), ctx.rank, ctx.world_size)
         self.window = self.meter.zeros()  # stats since the last step record
+        self.window_alone = 0.0  # seconds of those steps before each first synced (see below)
         self.window_started = self.epoch_started = time.perf_counter()
 
     def restore(self, resume: dict[str, Any]) -> None:
@@ -132,9 +133,10 @@ class Loop:
     def run(self) -> LoopResult:
         """Train the remaining epochs (collective: every rank)."""
         ctx, pos, epochs = self.ctx, self.pos, self.ctx.loop.epochs
-        ctx.tracker.start(
-            planned_steps(ctx.loop, training_samples(self.data)), self.steps_per_epoch, epochs
-        )
+        plan = {"epoch": pos.epoch, "step": pos.step, "samples": pos.samples, "epochs": epochs}
+        plan["total_steps"] = planned_steps(ctx.loop, training_samples(self.data))
+        plan.update(steps_per_epoch=self.steps_per_epoch, world_size=ctx.world_size)
+        ctx.tracker.start(plan)
         self.hooks("on_train_start", pos.epoch, pos.step, {})
         stopped_early = False
         for epoch in range(pos.epoch, epochs + 1):
@@ -163,7 +165,7 @@ class Loop:
         ``gradient_accumulation_steps`` micro-batches (prefetched where the reader can)."""
         ctx, pos = self.ctx, self.pos
         self.model.train()
-        self.window = self.meter.zeros()
+        self.window, self.window_alone = self.meter.zeros(), 0.0
         self.epoch_started = self.window_started = time.perf_counter()
         batches = self.streamed() if self.feed is not None else self.indexed(epoch)
         while not self.out_of_steps():  # max_steps: the epoch ends early, its metrics cover it
@@ -182,6 +184,7 @@ class Loop:
                 stats.zero_()
             stats[BUSY], stats[STEPS] = time.perf_counter() - started, 1
             self.window += stats
+            self.window_alone += self._alone(started)
             self.epoch_stats += stats
             self.after_step(epoch, stats)
 
@@ -228,23 +231,44 @@ class Loop:
         if ctx.checkpointer.due(pos.step):
             self.save()
 
+    def _alone(self, started: float) -> float:
+        """Seconds this step ran before the rank first waited on the others (its step's first
+        all-reduce or backward): reading its share, and its forward pass unless the step
+        synchronizes before it. The step time includes waiting for the slowest rank, the same
+        on every rank; this does not, so a straggler stands out."""
+        synced = getattr(getattr(self.step, "ctx", None), "synced_at", None)
+        return (synced if synced is not None else time.perf_counter()) - started
+
     def record_window(self, epoch: int) -> None:
         """A step record of the steps since the last one, aggregated over ranks."""
-        gathered = self.ctx.strategy.all_gather(self.window)
+        steps = max(float(self.window[STEPS]), 1.0)
+        gathered, extra = self._gather(self.window, self.window_alone / steps)
         now = time.perf_counter()
         self.ctx.tracker.record(
             {
                 "type": "step",
                 "epoch": epoch,
                 "step": self.pos.step,
+                "samples": self.pos.samples,  # training samples so far, all ranks together
                 **self.meter.summarize("train", gathered.sum(0)),
                 "lr": self._lr(),
                 "samples_per_second": float(gathered[:, COUNT].sum()) / (now - self.window_started),
-                **per_worker(gathered),
+                **per_worker(gathered, extra[:, -1]),
+                "worker_alone_s": extra[:, 0].tolist(),
             }
         )
         self.window.zero_()
+        self.window_alone = 0.0
         self.window_started = now
+
+    def _gather(self, stats: torch.Tensor, *extra: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every rank's ``stats`` and ``extra`` values, then its peak memory so far, in one
+        all-gather (one row per rank each): the page and the report show per-rank figures
+        from the records."""
+        peak = peak_memory_bytes(self.ctx.device)
+        values = torch.tensor([*extra, peak], dtype=stats.dtype).to(stats.device)
+        gathered = self.ctx.strategy.all_gather(torch.cat([stats, values]))
+        return gathered[:, : len(stats)], gathered[:, len(stats) :]
 
     def end_epoch(self, epoch: int) -> bool:
         """Epoch metrics (reduced over ranks), validation, a checkpoint and the epoch's hooks;
@@ -253,14 +277,16 @@ class Loop:
         elapsed = torch.tensor(
             [time.perf_counter() - self.epoch_started], dtype=torch.float64, device=ctx.device
         )
-        gathered = ctx.strategy.all_gather(torch.cat([self.epoch_stats, elapsed]))
+        gathered, extra = self._gather(torch.cat([self.epoch_stats, elapsed]))
+        peaks = extra[:, -1]
         seconds = float(gathered[:, -1].max())  # an epoch lasts as long as its slowest rank
         gathered = gathered[:, :-1]
         pos.train_time += seconds
         metrics = self.epoch_metrics(epoch, gathered.sum(0), seconds)
         pos.history.append(metrics)
-        record = {"type": "epoch", "step": pos.step, **metrics, "epoch_time_s": seconds}
-        ctx.tracker.record({**record, **per_worker(gathered)})
+        record = {"type": "epoch", "step": pos.step, "samples": pos.samples, **metrics}
+        record["epoch_time_s"] = seconds
+        ctx.tracker.record({**record, **per_worker(gathered, peaks)})
         shown = _fmt({k: v for k, v in metrics.items() if k != "epoch"})
         ctx.job_log.info("epoch %d/%d: %s", epoch, ctx.loop.epochs, shown)
         pos.epoch, pos.step_in_epoch = epoch + 1, 0

@@ -15,6 +15,7 @@ import torch
 
 from ..data import Task
 from ..data.structure import IGNORE_INDEX
+from ..host import peak_rss_bytes
 
 LOSS, CORRECT, COUNT, BUSY, STEPS, CLIPPED, ITEMS, SCORED = range(8)
 #: ITEMS: what the loss is a mean over (samples, or counted items such as valid tokens);
@@ -110,10 +111,20 @@ def _correct(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, to
     return correct.sum(), (target != IGNORE_INDEX).sum()
 
 
-def per_worker(gathered: torch.Tensor) -> dict[str, list[float]]:
-    """Per-rank mean step time and samples, from the gathered stat vectors (one row per rank)."""
+def per_worker(gathered: torch.Tensor, peaks: torch.Tensor) -> dict[str, list[Any]]:
+    """Per-rank mean step time and samples, from the gathered stat vectors (one row per rank),
+    and each rank's peak memory so far (``peaks``, gathered :func:`peak_memory_bytes`)."""
     steps = gathered[:, STEPS].clamp(min=1)
     return {
         "worker_step_time_s": (gathered[:, BUSY] / steps).tolist(),
         "worker_samples": gathered[:, COUNT].tolist(),
+        "worker_peak_memory_bytes": [int(p) for p in peaks.tolist()],
     }
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """This rank's peak memory so far, as the planner predicts it: the bytes allocated on its
+    GPU, else its process's peak resident memory."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return peak_rss_bytes()

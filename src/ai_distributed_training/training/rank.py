@@ -36,10 +36,13 @@ from .faults import FaultInjector
 from .identity import check_data_unchanged
 from .job import Job, RankOutput
 from .loop import LoopResult, train
+from .metrics import peak_memory_bytes
 from .recompute import checkpoint_blocks
 from .resume import Checkpointer, CheckpointHook, agreed_resume_point
 from .sharding import train_val_split
 from .strategies import Strategy, make_strategy
+from .tracker_clients import make_loggers
+from .trackers import TrackerRun
 from .tracking import JobLog, RankZeroTracker, Tracker
 
 log = logging.getLogger(__name__)
@@ -67,11 +70,7 @@ def run_rank(job: Job, env: RankEnv, *, on_checkpoint: CheckpointHook | None = N
     )
     # Roles are decided once: global rank 0 logs the job and writes files, others don't.
     run_dir = Path(job.run_dir) if job.run_dir else None
-    tracker = (
-        RankZeroTracker(run_dir, job.tracking.progress, job.tracking.tensorboard)
-        if env.rank == 0
-        else Tracker()
-    )
+    tracker = _rank_zero_tracker(job, run_dir) if env.rank == 0 else Tracker()
     failed = True
     try:
         log.debug("joined the process group (%s, world size %d)", backend, env.world_size)
@@ -87,6 +86,22 @@ def run_rank(job: Job, env: RankEnv, *, on_checkpoint: CheckpointHook | None = N
         # and the launcher could see them fail before the root cause and stop it by a signal.
         if owns_group and not failed:
             dist.destroy_process_group()
+
+
+def _rank_zero_tracker(job: Job, run_dir: Path | None) -> RankZeroTracker:
+    """Global rank 0's tracker: the run's files, and the trackers the job asks for."""
+    tracking, checkpoints = job.tracking, Path(job.checkpoint_dir) if job.checkpoint_dir else None
+    run = TrackerRun(
+        run_dir=run_dir,
+        name=run_dir.name if run_dir else job.model.name,
+        project=tracking.tracker_project or job.model.name,
+        config=job.config,
+        resumed=None,
+    )
+    state_dirs = [run_dir] if run_dir else []
+    if checkpoints is not None and run_dir is not None and checkpoints.parent != run_dir:
+        state_dirs.append(checkpoints)  # a shared checkpoint_dir
+    return RankZeroTracker(run_dir, tracking.progress, make_loggers(tracking), run, state_dirs)
 
 
 def set_up_process(job: Job, env: RankEnv) -> None:
@@ -192,10 +207,13 @@ def _gather_output(
     # Per-rank facts in one collective: peak memory (what the planner predicts: the GPU's
     # allocated, else host RSS), host RSS, the CPUs this rank could use, its model-state
     # bytes; one tuple per rank, in rank order.
-    device = strategy.device
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss_bytes()
     facts = strategy.all_gather_object(
-        (peak, peak_rss_bytes(), allowed_cpus(), loop.model_state_bytes)
+        (
+            peak_memory_bytes(strategy.device),
+            peak_rss_bytes(),
+            allowed_cpus(),
+            loop.model_state_bytes,
+        )
     )
     return RankOutput(
         state_dict=state_dict,

@@ -13,6 +13,7 @@ with those two methods can stand in for it.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -79,6 +80,9 @@ class StepContext:
         self.skipped: list[str] = []
         self.clipped = False
         self._losses: list[torch.Tensor] = []  # this step's, for naming a non-finite one
+        #: When this rank first waited on the others this step (its first all-reduce or
+        #: backward): what it did before, alone, is its own pace, which shows a straggler.
+        self.synced_at: float | None = None
         #: Optimizers whose gradients step(name) zeroed with no backward since.
         self._zeroed: set[str] = set()
 
@@ -93,7 +97,7 @@ class StepContext:
         seed = self._ctx.loop.seed
         self.generator.manual_seed(sample_seed(sample_seed(seed, global_step), self.data.rank))
         self.calls = {"backward": 0, **{f"step:{name}": 0 for name in self.optimizers}}
-        self.skipped, self.clipped, self._losses = [], False, []
+        self.skipped, self.clipped, self._losses, self.synced_at = [], False, [], None
         for name, optimizer in self.optimizers.items():
             if name not in self._zeroed:  # step(name) zeroed it already: ~40 us a call saved
                 optimizer.zero_grad(set_to_none=True)
@@ -129,6 +133,7 @@ class StepContext:
         """Back-propagate this rank's ``local_sum`` times ``weight`` (what makes the strategy's
         average of gradients the gradient of the global batch's mean), through the scaler."""
         self.calls["backward"] += 1
+        self.synced_at = self.synced_at or time.perf_counter()
         self._losses.append(local_sum.detach())
         self._zeroed.clear()  # a backward may reach any model's gradients, stepped ones too
         self.scaler.scale(local_sum * weight).backward()
@@ -183,6 +188,7 @@ class StepContext:
     def all_reduce_sum(self, local: torch.Tensor) -> torch.Tensor:
         """The sum over the ranks of a scalar ``local`` (collective: every rank calls), each
         data rank counted once (a tensor-parallel group's peers hold the same value)."""
+        self.synced_at = self.synced_at or time.perf_counter()
         total = local.to(self.device).reshape(1) * float(self.data.counts)
         return self._ctx.strategy.all_reduce(total, dist.ReduceOp.SUM)[0]
 

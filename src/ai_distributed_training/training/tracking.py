@@ -7,12 +7,15 @@ use ordinary module loggers and carry their rank in the prefix.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from .trackers import TRACKERS_FILE, MetricLogger, TrackerRun, read_state, write_state
 
 PACKAGE_LOGGER = "ai_distributed_training"
 JOB_LOGGER = f"{PACKAGE_LOGGER}.job"
@@ -80,15 +83,16 @@ def caller_log_level() -> str:
 
 METRICS_FILE = "metrics.jsonl"
 EVENTS_FILE = "events.log"
-TENSORBOARD_DIR = "tensorboard"
 
 
 class Tracker:
     """Where the loop reports: metric records, progress. This base class does nothing; it is what
     every rank but global rank 0 gets, so the loop calls it unconditionally."""
 
-    def start(self, total_steps: int, steps_per_epoch: int, epochs: int) -> None:
-        """Training begins."""
+    def start(self, plan: dict[str, int]) -> None:
+        """Training begins (or resumes): ``plan`` says where it stands and where it goes
+        (``epoch``, ``step``, ``samples``, ``total_steps``, ``steps_per_epoch``, ``epochs``,
+        ``world_size``; a total of 0: unknown, a stream without a length)."""
 
     def step(self, epoch: int, step_in_epoch: int) -> None:
         """One optimizer step finished (cheap: no reductions)."""
@@ -101,10 +105,17 @@ class Tracker:
 
 
 class RankZeroTracker(Tracker):
-    """Global rank 0: appends records to ``metrics.jsonl``, logs events to ``events.log``,
-    optionally writes TensorBoard events, and shows progress."""
+    """Global rank 0: appends records to ``metrics.jsonl`` and hands each to the trackers
+    (:mod:`.trackers`), logs events to ``events.log``, and shows progress."""
 
-    def __init__(self, run_dir: Path | None, progress: str, tensorboard: bool) -> None:
+    def __init__(
+        self,
+        run_dir: Path | None,
+        progress: str,
+        loggers: list[MetricLogger],
+        run: TrackerRun,
+        state_dirs: list[Path],
+    ) -> None:
         self.run_dir = run_dir
         self.progress = _progress_mode(progress)
         self._metrics = (run_dir / METRICS_FILE).open("a") if run_dir else None
@@ -114,23 +125,40 @@ class RankZeroTracker(Tracker):
             self._events.setLevel(logging.INFO)
             self._events.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
             logging.getLogger(PACKAGE_LOGGER).addHandler(self._events)
-        self._tb: Any = None
-        if tensorboard and run_dir:
-            from torch.utils.tensorboard import SummaryWriter  # optional extra
-
-            self._tb = SummaryWriter(str(run_dir / TENSORBOARD_DIR))
+        self._loggers, self._run, self._opened = loggers, run, False
+        #: Where trackers.json is kept: the run directory, and a shared checkpoint_dir (a
+        #: later call resuming from its checkpoints continues the same tracker runs).
+        self._state_paths = [d / TRACKERS_FILE for d in state_dirs]
         self._bar: Any = None
         self._started = time.perf_counter()
         self._total = self._done = self._epochs = 0
 
-    def start(self, total_steps: int, steps_per_epoch: int, epochs: int) -> None:
-        self._total, self._epochs = total_steps, epochs
+    def start(self, plan: dict[str, int]) -> None:
+        if not self._opened:
+            self._open_loggers()
+        # Each attempt's start is a record too: the live page and the report learn from it
+        # where an attempt resumed and how many steps the job has.
+        self.record({"type": "start", **plan})
+        self._total, self._epochs = plan["total_steps"], plan["epochs"]
         self._started = time.perf_counter()
         if self.progress == "bar":
             from tqdm import tqdm
 
-            total = total_steps or None  # 0: unknown (a stream without len): a counter
+            total = plan["total_steps"] or None  # 0: unknown (a stream without len): a counter
             self._bar = tqdm(total=total, unit="step", dynamic_ncols=True, leave=True)
+
+    def _open_loggers(self) -> None:
+        """Open each tracker, continuing the tracker runs of an earlier attempt (or of the
+        run resumed) from trackers.json, and keep what they return there for the next."""
+        self._opened = True
+        state = read_state(self._state_paths[0]) if self._state_paths else {}
+        for logger in self._loggers:
+            run = dataclasses.replace(self._run, resumed=state.get(logger.name))
+            kept = logger.open(run)
+            if kept is not None:
+                state[logger.name] = kept
+        for path in self._state_paths if state else ():
+            write_state(path, state)
 
     def step(self, epoch: int, step_in_epoch: int) -> None:
         self._done += 1
@@ -139,13 +167,12 @@ class RankZeroTracker(Tracker):
             self._bar.update(1)
 
     def record(self, record: dict[str, Any]) -> None:
+        record = {**record, "time": round(time.time(), 3)}  # wall-clock, Unix seconds
         if self._metrics is not None:
             self._metrics.write(json.dumps(record) + "\n")
             self._metrics.flush()
-        if self._tb is not None:
-            for key, value in record.items():
-                if isinstance(value, float):
-                    self._tb.add_scalar(f"{record['type']}/{key}", value, record["step"])
+        for logger in self._loggers:
+            logger.log(record)
         loss = record.get("train_loss")
         if self._bar is not None and loss is not None:
             self._bar.set_postfix(
@@ -170,8 +197,8 @@ class RankZeroTracker(Tracker):
         if self._events is not None:
             logging.getLogger(PACKAGE_LOGGER).removeHandler(self._events)
             self._events.close()
-        if self._tb is not None:
-            self._tb.close()
+        for logger in self._loggers if self._opened else ():
+            logger.close()
 
 
 def _progress_mode(progress: str) -> str:
