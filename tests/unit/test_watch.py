@@ -147,10 +147,13 @@ def test_failed_finished_and_interrupted_runs(tmp_path: Path) -> None:
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], text=True,
                           capture_output=True, check=True).stdout.strip()  # fmt: skip
     interrupted = _run(tmp_path, "c")
+    reader = RunReader(interrupted)
+    alive = reader.mark()
     (interrupted / "launcher.json").write_text(
         json.dumps({"host": socket.gethostname(), "pid": int(gone)})
     )
-    snap = RunReader(interrupted).snapshot()
+    assert reader.mark()[-1] != alive[-1]  # a killed launcher writes nothing: still news
+    snap = reader.snapshot()
     assert snap["state"] == "interrupted" and gone in snap["detail"]
     # On another host the watcher cannot tell: it goes by the files.
     (interrupted / "launcher.json").write_text(json.dumps({"host": "elsewhere", "pid": 1}))

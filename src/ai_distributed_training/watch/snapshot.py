@@ -82,9 +82,11 @@ class RunReader:
         self.records += [json.loads(line) for line in lines if line.strip()]
 
     def mark(self) -> tuple[tuple[int, int], ...]:
-        """The files' sizes and times: a different mark means something was written."""
+        """The files' sizes and times, and whether the launcher is known gone (a killed one
+        writes nothing more): a different mark means there is something new to show."""
         names = (METRICS_FILE, EVENTS_FILE, SUMMARY_FILE, REPORT_FILE, LAUNCHER_FILE)
-        return tuple(_stat(self.run_dir / name) for name in names)
+        gone = (int(bool(_launcher_gone(self.run_dir))), 0)
+        return (*(_stat(self.run_dir / name) for name in names), gone)
 
     def snapshot(self) -> dict[str, Any]:
         """Everything the page shows of this run, as JSON-ready values."""
