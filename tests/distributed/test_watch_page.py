@@ -100,7 +100,8 @@ def test_the_page_follows_a_job_through_a_restart_to_its_end(tmp_path: Path) -> 
         assert "restart 1 of 1: rank 1 was killed by SIGKILL" in _text(page, "#restarts")
         assert page.locator("#ranks tr.straggler td").first.text_content() == "1"
         page.wait_for_selector("#plots img[alt='loss.png']")
-        assert "Distributed training complete." in _text(page, "#events")
+        # summary.json (finished) is written just before events.log's last line: a later update
+        page.wait_for_selector("#events:has-text('Distributed training complete.')")
         browser.close()
     job.join(timeout=60)
     assert "error" not in out, out
