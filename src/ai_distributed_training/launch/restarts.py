@@ -23,6 +23,7 @@ from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElas
 from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
 
 from ..errors import RankFailure
+from ..training.tracking import EVENTS_FORMAT
 
 #: Messages of errors a rank raises only because a PEER failed first (not a root cause).
 PEER_FAILURE_HINTS = (
@@ -141,7 +142,7 @@ def log_restart(events: Path, restart: int, max_restarts: int, root: RankFailure
     how = f"was killed by {root.signal}" if root.signal else f"failed: {root.message}"
     line = f"restart {restart} of {max_restarts}: rank {root.rank} {how}"
     handler = logging.FileHandler(events)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.setFormatter(logging.Formatter(EVENTS_FORMAT))
     record = logging.LogRecord(__name__, logging.WARNING, __file__, 0, line, None, None)
     try:
         handler.emit(record)

@@ -124,8 +124,9 @@ def resolve_trackers(tracking: TrackingSection) -> dict[str, Any]:
                 "trackers: 'mlflow' logs into a SQLite database beside the runs by default, "
                 "and runs_dir=None has none: set mlflow_tracking_uri (or MLFLOW_TRACKING_URI)"
             )
-        database = Path(tracking.runs_dir or ".").resolve() / "mlflow.db"
-        resolved["mlflow_tracking_uri"] = uri or f"sqlite:///{database}"
+        if uri is None:
+            uri = f"sqlite:///{Path(str(tracking.runs_dir)).resolve() / 'mlflow.db'}"
+        resolved["mlflow_tracking_uri"] = uri
     if "wandb" in names and tracking.wandb_mode is None:
         mode = os.environ.get("WANDB_MODE", "offline")
         resolved["wandb_mode"] = mode if mode in ("offline", "online", "disabled") else "offline"

@@ -164,8 +164,7 @@ def missing_library(name: str) -> str | None:
     """The pip command a built-in tracker's missing library needs, or None (installed)."""
     import importlib.util
 
-    module = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}.get(name)
-    if module is None or importlib.util.find_spec(module) is not None:
+    if name not in EXTRAS or importlib.util.find_spec(name) is not None:  # module = name
         return None
     return EXTRAS[name]
 

@@ -83,6 +83,8 @@ def caller_log_level() -> str:
 
 METRICS_FILE = "metrics.jsonl"
 EVENTS_FILE = "events.log"
+#: An events.log line as rank 0's and the launcher's handlers write it.
+EVENTS_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
 
 class Tracker:
@@ -123,7 +125,7 @@ class RankZeroTracker(Tracker):
         if run_dir:
             self._events = logging.FileHandler(run_dir / EVENTS_FILE)
             self._events.setLevel(logging.INFO)
-            self._events.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+            self._events.setFormatter(logging.Formatter(EVENTS_FORMAT))
             logging.getLogger(PACKAGE_LOGGER).addHandler(self._events)
         self._loggers, self._run, self._opened = loggers, run, False
         #: Where trackers.json is kept: the run directory, and a shared checkpoint_dir (a

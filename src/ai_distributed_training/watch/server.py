@@ -53,7 +53,9 @@ class Runs:
 
     def reader(self, name: str) -> RunReader | None:
         """The reader of run ``name`` (a folder directly under the root), else None."""
-        if not name or "/" in name or name.startswith(".") or name not in self.names():
+        if not name or "/" in name or name.startswith("."):
+            return None
+        if not (self.root / name / CONFIG_FILE).exists():
             return None
         with self._lock:
             return self._readers.setdefault(name, RunReader(self.root / name))
@@ -63,14 +65,13 @@ class Runs:
             return reader.snapshot()
 
     def listing(self) -> list[dict[str, Any]]:
-        """Every run's name, state and position, for the page's run list."""
+        """Every run's name, state and position, for the page's run list (no curves)."""
         out = []
         for name in self.names():
             reader = self.reader(name)
             if reader is not None:
-                snap = self.snapshot(reader)
-                keys = ("name", "state", "detail", "attempt", "position")
-                out.append({k: snap[k] for k in keys})
+                with self._lock:
+                    out.append(reader.brief())
         return out
 
 

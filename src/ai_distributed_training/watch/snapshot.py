@@ -67,6 +67,7 @@ class RunReader:
     records: list[dict[str, Any]] = field(default_factory=list)
     _offset: int = 0
     _partial: str = ""
+    _config: dict[str, Any] | None = None
 
     def _read_metrics(self) -> None:
         """Append the records written since the last call (a half-written line waits)."""
@@ -81,6 +82,22 @@ class RunReader:
         self._partial = lines.pop()  # "" after a complete line
         self.records += [json.loads(line) for line in lines if line.strip()]
 
+    def _read(self) -> tuple[dict[str, Any], list[Event], dict[str, Any] | None]:
+        """What is new in the files; the brief, the events and the summary."""
+        self._read_metrics()
+        events = read_events(self.run_dir / EVENTS_FILE)
+        summary = _json(self.run_dir / SUMMARY_FILE)
+        starts = [r for r in self.records if r["type"] == "start"]
+        state, detail = run_state(self.run_dir, events, summary, starts)
+        brief = {
+            "name": self.run_dir.name,
+            "state": state,
+            "detail": detail,
+            "attempt": 1 + sum(1 for e in events if _RESTART.match(e.message)),
+            "position": position(self.records, starts),
+        }
+        return brief, events, summary
+
     def mark(self) -> tuple[tuple[int, int], ...]:
         """The files' sizes and times, and whether the launcher is known gone (a killed one
         writes nothing more): a different mark means there is something new to show."""
@@ -88,22 +105,19 @@ class RunReader:
         gone = (int(bool(_launcher_gone(self.run_dir))), 0)
         return (*(_stat(self.run_dir / name) for name in names), gone)
 
+    def brief(self) -> dict[str, Any]:
+        """The run's name, state, attempt and position: what the list of runs shows."""
+        return self._read()[0]
+
     def snapshot(self) -> dict[str, Any]:
         """Everything the page shows of this run, as JSON-ready values."""
-        self._read_metrics()
-        events = read_events(self.run_dir / EVENTS_FILE)
-        summary = _json(self.run_dir / SUMMARY_FILE)
-        starts = [r for r in self.records if r["type"] == "start"]
-        restarts = [_restart(e) for e in events if _RESTART.match(e.message)]
-        state, detail = run_state(self.run_dir, events, summary, starts)
+        brief, events, summary = self._read()
+        if self._config is None:  # written before any worker starts, never changed
+            self._config = _config(self.run_dir)
         return {
-            "name": self.run_dir.name,
-            "state": state,
-            "detail": detail,
-            "attempt": len(restarts) + 1,
-            "restarts": restarts,
-            "config": _config(self.run_dir),
-            "position": position(self.records, starts),
+            **brief,
+            "restarts": [_restart(e) for e in events if _RESTART.match(e.message)],
+            "config": self._config,
             "curves": curves(self.records),
             "ranks": ranks(self.records),
             "straggler_factor": STRAGGLER_FACTOR,
