@@ -80,8 +80,8 @@ def test_user_classes_and_lambdas_from_a_script_main(tmp_path: Path) -> None:
 
 def test_many_nodes_on_two_cores_finish_and_warn_once() -> None:
     """nodes=8 on a small machine (4 workers a core on 2 cores): slow but finishes, with one
-    oversubscription warning. (It ran nodes=16, then nodes=8 as well; one size of 8 keeps
-    the path at half the time: each worker costs ~2 CPU-seconds of imports.)"""
+    oversubscription warning. (nodes=16 before: the same path at twice the worker start-ups,
+    ~2 CPU-seconds of imports each.)"""
     model = {"model_name": "NeuralNet_Model"}
     data = {"samples": 3000, "features": 128}
     nodes = 8

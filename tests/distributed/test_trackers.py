@@ -120,21 +120,20 @@ def test_wandb_offline_files_hold_the_same_values_under_one_run_id(tracked: tupl
         logged = _by_step(wandb_files.history(path))
         logs = [r for r in attempt if r["type"] != "start"]  # a position, not values
         expected = _by_step([{"_step": r["step"], **scalars(r)} for r in logs])
-        expected = {
-            step: {k: v for k, v in row.items() if k != "_step"} for step, row in expected.items()
-        }
         if complete:
             assert set(logged) == set(expected)
         for step, row in logged.items():
-            assert {k: v for k, v in row.items() if not k.startswith("_")} == expected[step]
+            assert row == expected[step]
     assert "artifact" in wandb_files.kinds(files[-1])
 
 
 def _by_step(rows: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
-    """Rows merged by ``_step`` (the step, eval and epoch records of one step together)."""
+    """Rows' values merged by ``_step`` (the step, eval and epoch records of one step
+    together), without W&B's own ``_``-keys (``_step``, ``_runtime``, ``_timestamp``)."""
     merged: dict[int, dict[str, Any]] = {}
     for row in rows:
-        merged.setdefault(row["_step"], {}).update(row)
+        values = {k: v for k, v in row.items() if not k.startswith("_")}
+        merged.setdefault(row["_step"], {}).update(values)
     return merged
 
 
